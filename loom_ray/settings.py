@@ -1,0 +1,254 @@
+"""One frozen settings object, built once from ``LOOM_*`` environment variables.
+
+The driver builds :class:`Settings` at start (``Settings.from_env()``) and passes it to every actor, so a
+bad value fails before anything connects, with a message naming the variable and what it accepts.
+Names and meanings follow the seed system (``LOOM_KAFKA_BATCH_SIZE``, ``LOOM_DB_MAX_POOL_SIZE``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from loom_ray.errors import ConfigError
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_GiB = 1024**3
+_MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    """Every knob of loom-ray. Each field reads ``LOOM_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOM_", frozen=True, extra="ignore", case_sensitive=False)
+
+    # Kafka: where and what.
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,...].")
+    kafka_topics: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("events",), description="Comma-separated topics to ingest."
+    )
+    kafka_group_id: str = Field(
+        "loom-ray", min_length=1, description="Consumer group that mirrors progress for lag tools (never read back)."
+    )
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a partition starts the first time loom-ray sees it."
+    )
+    # Kafka: the seed's consumer tuning.
+    kafka_batch_size: int = Field(200, ge=1, le=100_000, description="Messages per partition that trigger a flush.")
+    kafka_batch_timeout: float = Field(
+        0.5, gt=0, le=60, description="Seconds a buffered message may wait before its batch is flushed."
+    )
+    kafka_max_poll_records: int = Field(500, ge=1, le=100_000, description="Messages taken per consume() call.")
+    kafka_fetch_max_bytes: int = Field(
+        50 * _MiB, ge=1024, le=2**31 - 1, description="librdkafka fetch.max.bytes (bytes per fetch response)."
+    )
+    kafka_session_timeout_ms: int = Field(
+        60_000,
+        ge=1000,
+        le=3_600_000,
+        description="A consumer actor that misses health checks this long is fenced and its partitions reclaimed.",
+    )
+    kafka_auto_commit_interval_ms: int = Field(
+        5000,
+        ge=100,
+        le=3_600_000,
+        description="How often offsets committed in PostgreSQL are mirrored to the Kafka group (never auto-commit).",
+    )
+    # Kafka: security, passed through to librdkafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="librdkafka sasl.mechanism."
+    )
+    kafka_sasl_username: str | None = Field(None, description="librdkafka sasl.username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="librdkafka sasl.password (secret).")
+    kafka_ssl_ca_location: str | None = Field(None, description="librdkafka ssl.ca.location (CA bundle path).")
+    kafka_ssl_certificate_location: str | None = Field(None, description="librdkafka ssl.certificate.location.")
+    kafka_ssl_key_location: str | None = Field(None, description="librdkafka ssl.key.location.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="librdkafka ssl.key.password (secret).")
+
+    # PostgreSQL.
+    db_dsn: SecretStr = Field(
+        SecretStr("postgresql://loom@127.0.0.1:5432/loom"),
+        description="PostgreSQL DSN (secret: never printed). TLS via ?sslmode=verify-full&sslrootcert=...",
+    )
+    db_min_pool_size: int = Field(2, ge=1, le=100, description="asyncpg pool minimum, per consumer actor.")
+    db_max_pool_size: int = Field(8, ge=1, le=100, description="asyncpg pool maximum, per consumer actor.")
+    db_synchronous_commit: Literal["on", "off", "local", "remote_write", "remote_apply"] = Field(
+        "off", description="Session synchronous_commit (off keeps exactly-once: offsets roll back with rows)."
+    )
+    db_jit: Literal["on", "off"] = Field("off", description="Session jit.")
+    db_statement_timeout_ms: int = Field(
+        60_000, ge=0, le=3_600_000, description="Session statement_timeout for ingest queries (0 = none)."
+    )
+
+    # Batching and bad input.
+    batch_max_bytes: int = Field(
+        8 * _MiB, ge=1024, le=1024 * _MiB, description="Bytes per partition batch that trigger a flush."
+    )
+    buffer_max_bytes: int = Field(
+        64 * _MiB, ge=1024, le=16 * 1024 * _MiB, description="Per actor: fetching pauses while buffers hold more."
+    )
+    max_message_bytes: int = Field(
+        256 * 1024, ge=1, le=1024 * _MiB, description="A larger value becomes a dead letter (Oversize)."
+    )
+    dead_letter_max_bytes: int = Field(
+        64 * 1024, ge=0, le=1024 * _MiB, description="Bytes of a bad value kept in loom_dead_letters.raw_value."
+    )
+
+    # Actors and scaling.
+    min_actors: int = Field(3, ge=1, le=1000, description="Fewest consumer actors (capped at the partition count).")
+    max_actors: int = Field(10, ge=1, le=1000, description="Most consumer actors.")
+    actor_num_cpus: float = Field(1.0, ge=0, le=64, description="Ray num_cpus per consumer actor (drives autoscaling).")
+    actor_memory_bytes: int = Field(
+        _GiB, ge=0, le=1024 * _GiB, description="Ray memory per consumer actor in bytes (drives autoscaling)."
+    )
+    ray_namespace: str = Field("loom", min_length=1, description="Ray namespace of the named coordinator.")
+    health_check_interval_s: float = Field(2.0, gt=0, le=300, description="Seconds between actor health checks.")
+    lag_sample_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between consumer_lag_history samples."
+    )
+    shutdown_timeout_s: float = Field(
+        25.0, gt=0, le=3600, description="Drain deadline on SIGTERM; keep below the pod's grace period (30 s)."
+    )
+    audit: bool = Field(False, description="Also append every committed offset to loom_audit (fault tests).")
+
+    @field_validator("kafka_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("kafka_topics")
+    @classmethod
+    def _check_topics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one topic is required, e.g. LOOM_KAFKA_TOPICS=orders,payments")
+        for topic in value:
+            if not _TOPIC_RE.match(topic) or topic in {".", ".."}:
+                raise ValueError(f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-', 1-249)")
+        return value
+
+    @field_validator("db_dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (value hidden)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.db_min_pool_size > self.db_max_pool_size:
+            raise ValueError(
+                f"LOOM_DB_MIN_POOL_SIZE ({self.db_min_pool_size}) is greater than "
+                f"LOOM_DB_MAX_POOL_SIZE ({self.db_max_pool_size}); lower the first or raise the second"
+            )
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"LOOM_MIN_ACTORS ({self.min_actors}) is greater than LOOM_MAX_ACTORS ({self.max_actors})")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"LOOM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs LOOM_KAFKA_SASL_MECHANISM, "
+                "LOOM_KAFKA_SASL_USERNAME and LOOM_KAFKA_SASL_PASSWORD"
+            )
+        if self.batch_max_bytes > self.buffer_max_bytes:
+            raise ValueError(
+                f"LOOM_BATCH_MAX_BYTES ({self.batch_max_bytes}) is greater than "
+                f"LOOM_BUFFER_MAX_BYTES ({self.buffer_max_bytes}): a batch could never fill"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build the settings at start; raise :class:`ConfigError` naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in clear, for asyncpg only; never log it."""
+        return self.db_dsn.get_secret_value()
+
+    def kafka_client_config(self) -> dict[str, str | int | bool]:
+        """librdkafka options shared by every client (connection and security)."""
+        config: dict[str, str | int | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        return config
+
+    def summary(self) -> str:
+        """One key=value line of the effective settings, secrets masked, logged at start."""
+        return " ".join(f"{name}={value}" for name, value in self.model_dump().items())
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"LOOM_{field.upper()}"
+
+
+SECRET_FIELDS = frozenset({"db_dsn", "kafka_sasl_password", "kafka_ssl_key_password"})
+
+
+def accepted_range(field: str) -> str:
+    """``"1 to 100000"`` (inclusive) or ``"more than 0, up to 60"`` for a bounded numeric field, else ``""``."""
+    low = high = None
+    low_open = False
+    for bound in Settings.model_fields[field].metadata:
+        if getattr(bound, "gt", None) is not None:
+            low, low_open = bound.gt, True
+        low = getattr(bound, "ge", low)
+        high = getattr(bound, "le", high)
+    if low is None or high is None:
+        return ""
+    return f"more than {low}, up to {high}" if low_open else f"{low} to {high}"
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Turn pydantic's errors into lines naming the variable, the bad value and what is accepted."""
+    lines = []
+    for error in exc.errors():
+        location = error["loc"]
+        if not location:
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(location[0])
+        shown = "(hidden)" if field in SECRET_FIELDS else repr(error.get("input"))
+        line = f"{env_name(field)}={shown}: {str(error['msg']).removeprefix('Value error, ')}"
+        if field in Settings.model_fields and (bounds := accepted_range(field)):
+            line += f" (accepted: {bounds})"
+        lines.append(line)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's table of variables, generated from the fields (a unit test keeps them in step)."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if name in SECRET_FIELDS:
+            default = "(secret)" if default is not None else None
+        elif isinstance(default, tuple):
+            default = ",".join(default)
+        bounds = accepted_range(name)
+        meaning = f"{field.description} ({bounds})" if bounds else field.description
+        lines.append(f"| `{env_name(name)}` | `{default}` | {meaning} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Helpers shared by the integration and fault tests (real Kafka, PostgreSQL and Ray; no mocks)."""
