@@ -1,0 +1,98 @@
+"""The coordinator actor: a named, detached Ray shell over :class:`loom_ray.coordinator.Coordinator`.
+
+The driver creates or rejoins it by name (``get_if_exists``). ``max_restarts=-1``: if its process dies,
+Ray restarts it, the consumers it owned die with it, and the new one claims every partition again with
+a new epoch, rebuilding its view from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.consumer import ConsumerActor
+from actors.metrics import LagMetrics
+from loom_ray.coordinator import ConsumerGone, Coordinator
+from loom_ray.offsets import Claim
+from loom_ray.settings import Settings
+
+log = logging.getLogger(__name__)
+COORDINATOR_NAME = "loom-coordinator"
+
+
+class RayConsumer:
+    """A :class:`loom_ray.coordinator.ConsumerHandle` backed by a :class:`ConsumerActor`."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.name = name
+        self._actor = ConsumerActor.options(  # type: ignore[attr-defined]
+            name=name,
+            namespace=settings.ray_namespace,
+            num_cpus=settings.actor_num_cpus,
+            memory=settings.actor_memory_bytes or None,
+        ).remote(settings, name)
+
+    async def _call(self, method: str, timeout_s: float, *args: Any) -> Any:
+        try:
+            return await asyncio.wait_for(getattr(self._actor, method).remote(*args), timeout_s)
+        except RayActorError as exc:
+            raise ConsumerGone(self.name) from exc
+
+    async def start(self, timeout_s: float) -> None:
+        await self._call("start", timeout_s)
+
+    async def assign(self, claim: Claim, timeout_s: float) -> None:
+        await self._call("assign", timeout_s, claim)
+
+    async def release(self, topic: str, partition: int, timeout_s: float) -> int | None:
+        result: int | None = await self._call("release", timeout_s, topic, partition)
+        return result
+
+    async def stats(self, timeout_s: float) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("stats", timeout_s)
+        return result
+
+    async def stop(self, drain: bool, timeout_s: float) -> None:
+        await self._call("stop", timeout_s, drain)
+
+    def kill(self) -> None:
+        ray.kill(self._actor, no_restart=True)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class CoordinatorActor:
+    """The one coordinator of a deployment; see :class:`loom_ray.coordinator.Coordinator`."""
+
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._lag = LagMetrics()
+        self._core = Coordinator(settings, lambda name: RayConsumer(settings, name), self._lag.set)
+        # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.
+        self._run = asyncio.get_running_loop().create_task(self._start_and_run())
+
+    async def _start_and_run(self) -> None:
+        await self._core.start()
+        await self._core.run()
+
+    async def status(self) -> dict[str, Any]:
+        """Progress snapshot; raises if the coordinator's loop failed to start."""
+        if self._run.done():
+            self._run.result()
+        status = await self._core.status()
+        return status
+
+    async def resize(self, actors: int) -> int:
+        """Change the number of consumers with a live hand-off of the moved partitions."""
+        return await self._core.resize(actors)
+
+    async def shutdown(self) -> None:
+        """Drain every consumer and stop."""
+        await self._core.shutdown()
+        self._run.cancel()
+
+    def __repr__(self) -> str:
+        return "Coordinator"

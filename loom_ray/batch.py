@@ -1,0 +1,77 @@
+"""Per-partition batch buffers and the pure rule that says when one must be flushed.
+
+A :class:`PartitionBatch` collects rows and dead letters for one partition, in offset order, from
+``start`` (the offset the database expects next) to ``end`` (one past the last message added). The
+pipeline hands a batch to the sink when :func:`flush_due` says so; the sink advances the stored offset
+from ``start`` to ``end`` in the same transaction as the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Row = tuple[Any, ...]  # a loom_messages record, in sink.postgres.MESSAGE_COLUMNS order
+DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
+
+
+@dataclass(frozen=True, slots=True)
+class FlushLimits:
+    """When a batch is due: ``max_messages`` (LOOM_KAFKA_BATCH_SIZE), ``max_bytes``, ``max_age_s``."""
+
+    max_messages: int
+    max_bytes: int
+    max_age_s: float
+
+
+@dataclass(slots=True)
+class PartitionBatch:
+    """Messages of one partition waiting for one transaction."""
+
+    topic: str
+    partition: int
+    epoch: int
+    start: int
+    end: int = -1
+    rows: list[Row] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    size_bytes: int = 0
+    opened_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.end < 0:
+            self.end = self.start
+
+    @property
+    def count(self) -> int:
+        """Messages in the batch, rows and dead letters together."""
+        return len(self.rows) + len(self.dead_letters)
+
+    def add_row(self, offset: int, row: Row, size: int, now: float) -> None:
+        """Append a decoded message; ``now`` opens the batch's age clock on the first one."""
+        self._advance(offset, size, now)
+        self.rows.append(row)
+
+    def add_dead_letter(self, offset: int, dead_letter: DeadLetter, size: int, now: float) -> None:
+        """Append a message that failed decoding or validation."""
+        self._advance(offset, size, now)
+        self.dead_letters.append(dead_letter)
+
+    def _advance(self, offset: int, size: int, now: float) -> None:
+        if offset < self.end:
+            raise ValueError(f"{self.topic}[{self.partition}] offset {offset} is behind the batch end {self.end}")
+        if self.count == 0:
+            self.opened_at = now
+        self.end = offset + 1
+        self.size_bytes += size
+
+
+def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float) -> bool:
+    """Whether the batch must be flushed now: full by count or bytes, or its oldest message too old."""
+    if batch.count == 0:
+        return False
+    return (
+        batch.count >= limits.max_messages
+        or batch.size_bytes >= limits.max_bytes
+        or now - batch.opened_at >= limits.max_age_s
+    )

@@ -1,0 +1,295 @@
+"""The coordinator's logic: which consumer owns which partition, and keeping that true.
+
+Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``reconcile()`` every
+``LOOM_HEALTH_CHECK_INTERVAL_S``:
+
+1. discover the partitions of the configured topics (new ones are picked up here);
+2. health-check every consumer: a dead one (RayActorError) or one silent for longer than
+   ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free;
+3. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
+   more than partitions);
+4. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
+   then *claim* for the new owner (a new epoch in ``loom_offsets`` fences the old one whatever it does)
+   and hand the new owner the claim.
+
+Everything it knows is rebuilt from PostgreSQL and Ray on start, so a restarted coordinator simply
+claims every partition again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+
+from loom_ray import db, offsets
+from loom_ray.kafka.admin import KafkaMetadata
+from loom_ray.offsets import Claim
+from loom_ray.policy.assignment import TopicPartition, assign, moves
+from loom_ray.policy.scaling import ScalingBounds, clamp_actors
+from loom_ray.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerGone(Exception):
+    """A consumer actor died or was killed; its partitions must be reclaimed."""
+
+
+class ConsumerHandle(Protocol):
+    """What the coordinator needs from a consumer actor (the Ray shell provides it)."""
+
+    name: str
+
+    async def start(self, timeout_s: float) -> None: ...
+    async def assign(self, claim: Claim, timeout_s: float) -> None: ...
+    async def release(self, topic: str, partition: int, timeout_s: float) -> int | None: ...
+    async def stats(self, timeout_s: float) -> dict[str, Any]: ...
+    async def stop(self, drain: bool, timeout_s: float) -> None: ...
+    def kill(self) -> None: ...
+
+
+ConsumerFactory = Callable[[str], ConsumerHandle]
+
+
+@dataclass(slots=True)
+class _Member:
+    handle: ConsumerHandle
+    last_ok: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Maps partitions onto consumers; see the module docstring for the loop."""
+
+    def __init__(
+        self, settings: Settings, factory: ConsumerFactory, on_lag: Callable[[str, int, int], None] | None = None
+    ) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._on_lag = on_lag
+        self._members: dict[str, _Member] = {}
+        self._owners: dict[TopicPartition, str] = {}
+        self._partitions: list[TopicPartition] = []
+        self._target = settings.min_actors
+        self._serial = 0
+        self._pool: asyncpg.Pool | None = None
+        self._metadata: KafkaMetadata | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._last_lag_sample = 0.0
+        self._progress: dict[TopicPartition, dict[str, int]] = {}
+        self.moves = 0
+        self.reclaims = 0
+
+    async def start(self) -> None:
+        """Connect to PostgreSQL and Kafka. Raises if either is out of reach."""
+        self._pool = await asyncpg.create_pool(
+            self._settings.dsn, min_size=1, max_size=2, server_settings={"application_name": "loom-coordinator"}
+        )
+        self._metadata = KafkaMetadata(self._settings)
+
+    async def run(self) -> None:
+        """Reconcile until :meth:`shutdown`; a failed round is logged and retried next interval."""
+        while not self._stopping:
+            try:
+                await self.reconcile()
+            except db.TRANSIENT_ERRORS as exc:
+                log.warning("coordinator round failed (%s: %s); retrying", type(exc).__name__, exc)
+            except Exception:
+                log.exception("coordinator round failed; retrying")
+            await asyncio.sleep(self._settings.health_check_interval_s)
+
+    async def resize(self, actors: int) -> int:
+        """Set the consumer count (clamped to the bounds and the partition count); returns the target."""
+        self._target = actors
+        await self.reconcile()
+        return self._target_count()
+
+    def _target_count(self) -> int:
+        bounds = ScalingBounds(self._settings.min_actors, self._settings.max_actors)
+        return clamp_actors(self._target, bounds, max(1, len(self._partitions)))
+
+    async def reconcile(self) -> None:
+        """One round: discover, health-check, scale, reassign (serialised with resize and shutdown)."""
+        async with self._lock:
+            if self._stopping:
+                return
+            assert self._metadata is not None
+            self._partitions = await asyncio.to_thread(self._metadata.partitions)
+            await self._check_health()
+            await self._scale()
+            await self._rebalance()
+            await self._sample_lag()
+
+    async def _check_health(self) -> None:
+        timeout = self._settings.health_check_interval_s
+        session = self._settings.kafka_session_timeout_ms / 1000
+        names = list(self._members)
+        results = await asyncio.gather(*(self._members[n].handle.stats(timeout) for n in names), return_exceptions=True)
+        now = time.monotonic()
+        for name, result in zip(names, results, strict=True):
+            member = self._members[name]
+            if isinstance(result, dict):
+                member.last_ok, member.stats = now, result
+            elif isinstance(result, asyncio.TimeoutError) and now - member.last_ok < session:
+                log.warning("consumer %s missed a health check", name)
+            else:
+                log.error("consumer %s is gone (%s); reclaiming its partitions", name, type(result).__name__)
+                self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        member = self._members.pop(name, None)
+        if member is not None:
+            member.handle.kill()
+        freed = [tp for tp, owner in self._owners.items() if owner == name]
+        for tp in freed:
+            del self._owners[tp]
+        self.reclaims += len(freed)
+
+    async def _scale(self) -> None:
+        target = self._target_count()
+        if len(self._members) < target:
+            await self._start_consumers(target - len(self._members))
+        surplus = sorted(self._members, key=lambda n: int(n.rsplit("-", 1)[1]))[target:]
+        if surplus:
+            keep = [n for n in self._members if n not in surplus]
+            await self._move_to(assign(self._partitions, keep, self._owners))
+            for name in surplus:
+                member = self._members.pop(name)
+                try:
+                    await member.handle.stop(drain=True, timeout_s=self._settings.shutdown_timeout_s)
+                except Exception as exc:
+                    log.warning("consumer %s did not stop cleanly (%s); killing it", name, exc)
+                member.handle.kill()
+                log.info("stopped consumer %s", name)
+
+    async def _start_consumers(self, count: int) -> None:
+        """Start ``count`` consumers at once; one that cannot start (e.g. no resources yet) is dropped."""
+        handles = []
+        for _ in range(count):
+            self._serial += 1
+            handles.append(self._factory(f"loom-consumer-{self._serial}"))
+        results = await asyncio.gather(*(h.start(timeout_s=120.0) for h in handles), return_exceptions=True)
+        for handle, result in zip(handles, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("consumer %s failed to start: %s", handle.name, result)
+                handle.kill()
+                continue
+            self._members[handle.name] = _Member(handle, time.monotonic())
+            log.info("started consumer %s (%d running)", handle.name, len(self._members))
+
+    async def _rebalance(self) -> None:
+        known = set(self._partitions)
+        for tp in [tp for tp in self._owners if tp not in known]:
+            del self._owners[tp]  # topic deleted or shrunk
+        await self._move_to(assign(self._partitions, list(self._members), self._owners))
+
+    async def _move_to(self, target: dict[TopicPartition, str]) -> None:
+        """Hand each moved partition over: release by the old owner (best effort), claim, assign."""
+        timeout = self._settings.shutdown_timeout_s
+        for tp in moves(self._owners, target):
+            old = self._owners.get(tp)
+            if old is not None and old in self._members:
+                try:
+                    await self._members[old].handle.release(*tp, timeout_s=timeout)
+                except Exception as exc:
+                    log.warning("%s did not release %s[%d] (%s); the new epoch fences it", old, *tp, exc)
+            new = target[tp]
+            claim = await self._claim(tp, new)
+            try:
+                await self._members[new].handle.assign(claim, timeout_s=timeout)
+            except Exception as exc:
+                log.error("assigning %s[%d] to %s failed (%s)", *tp, new, exc)
+                self._owners.pop(tp, None)
+                continue
+            self._owners[tp] = new
+            self.moves += 1
+
+    async def _claim(self, tp: TopicPartition, owner: str) -> Claim:
+        assert self._pool is not None and self._metadata is not None
+        low, high = await asyncio.to_thread(self._metadata.watermarks, *tp)
+        start = low if self._settings.kafka_auto_offset_reset == "earliest" else high
+        async with self._pool.acquire() as conn:
+            return await offsets.claim(conn, tp[0], tp[1], start, owner)
+
+    async def _sample_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_sample < self._settings.lag_sample_interval_s:
+            return
+        self._last_lag_sample = now
+        progress = await self.progress()
+        if self._on_lag is not None:
+            for (topic, partition), row in progress.items():
+                self._on_lag(topic, partition, row["lag"])
+        assert self._pool is not None
+        await self._pool.executemany(
+            'INSERT INTO consumer_lag_history (topic, "partition", next_offset, high_watermark, owner) '
+            "VALUES ($1, $2, $3, $4, $5)",
+            [
+                (t, p, row["next_offset"], row["high_watermark"], self._owners.get((t, p)))
+                for (t, p), row in progress.items()
+            ],
+        )
+
+    async def progress(self) -> dict[TopicPartition, dict[str, int]]:
+        """Per partition: committed ``next_offset`` (from PostgreSQL) and the high watermark (from Kafka)."""
+        assert self._pool is not None and self._metadata is not None
+        async with self._pool.acquire() as conn:
+            stored = await offsets.committed(conn, list(self._settings.kafka_topics))
+        result = {}
+        for tp in self._partitions:
+            _, high = await asyncio.to_thread(self._metadata.watermarks, *tp)
+            next_offset = stored[tp][0] if tp in stored else 0
+            result[tp] = {"next_offset": next_offset, "high_watermark": high, "lag": max(high - next_offset, 0)}
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        """A snapshot for the driver's progress line; ``database`` is False while PostgreSQL is out of reach."""
+        try:
+            self._progress = await self.progress() if self._partitions else {}
+            reachable = True
+        except db.TRANSIENT_ERRORS:
+            reachable = False
+        progress = self._progress
+        return {
+            "database": reachable,
+            "actors": {name: m.stats for name, m in self._members.items()},
+            "owners": {f"{t}[{p}]": o for (t, p), o in sorted(self._owners.items())},
+            "partitions": len(self._partitions),
+            "assigned": len(self._owners),
+            "lag": sum(row["lag"] for row in progress.values()),
+            "committed": sum(row["next_offset"] for row in progress.values()),
+            "drained": reachable
+            and bool(progress)
+            and len(self._owners) == len(self._partitions)
+            and all(row["lag"] == 0 for row in progress.values()),
+            "moves": self.moves,
+            "reclaims": self.reclaims,
+            "target": self._target_count(),
+        }
+
+    async def shutdown(self) -> None:
+        """Stop every consumer, draining each (flush, commit) within ``LOOM_SHUTDOWN_TIMEOUT_S``."""
+        async with self._lock:
+            self._stopping = True
+            timeout = self._settings.shutdown_timeout_s
+            members = list(self._members.values())
+            results = await asyncio.gather(
+                *(m.handle.stop(drain=True, timeout_s=timeout) for m in members), return_exceptions=True
+            )
+            for member, result in zip(members, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("consumer %s did not drain (%s)", member.handle.name, result)
+                member.handle.kill()
+            self._members.clear()
+            self._owners.clear()
+            if self._pool is not None:
+                await self._pool.close()
+            if self._metadata is not None:
+                self._metadata.close()

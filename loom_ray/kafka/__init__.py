@@ -1,0 +1,1 @@
+"""Kafka clients: the partition-assigned consumer and the admin helpers (partitions, watermarks)."""

@@ -1,0 +1,226 @@
+"""Entry point: ``python -m loom_ray.main`` (also as ``ray job submit -- python -m loom_ray.main``).
+
+Start-up, in order, each failing with a message that says what to change: settings from ``LOOM_*``;
+PostgreSQL reachable, migrations applied, connection capacity; the topics exist; Ray joined (``RAY_ADDRESS``
+or ``--address``) or started locally; the coordinator created or rejoined by name. Then it prints progress
+until SIGTERM/SIGINT (or, with ``--exit-when-drained``, until every partition's committed offset reaches its
+high watermark), drains within ``LOOM_SHUTDOWN_TIMEOUT_S`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import asyncpg
+from confluent_kafka import KafkaException
+
+from loom_ray import db
+from loom_ray.errors import ConfigError
+from loom_ray.kafka.admin import KafkaMetadata
+from loom_ray.migrate import migrate
+from loom_ray.settings import SECRET_FIELDS, Settings, env_name
+
+log = logging.getLogger("loom_ray.main")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def variables_help() -> str:
+    """The ``LOOM_*`` variables with defaults and meanings, for ``--help``."""
+    lines = ["environment variables (all optional):"]
+    for name, field in Settings.model_fields.items():
+        default = "(secret)" if name in SECRET_FIELDS else field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        lines.append(f"  {env_name(name):<34} {field.description} [default: {default}]")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loom_ray.main",
+        description="Ingest Kafka topics into PostgreSQL exactly once, on a Ray cluster.",
+        epilog=variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--exit-when-drained",
+        action="store_true",
+        help="stop once every partition's committed offset reaches its high watermark, and print a summary",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+    parser.add_argument("--actors", type=int, help="consumer actors to start with (default: LOOM_MIN_ACTORS)")
+    parser.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    parser.add_argument("--log-level", default="INFO", help="logging level of the driver (default INFO)")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Totals in PostgreSQL for the configured topics."""
+
+    committed: int
+    rows: int
+    dead_letters: int
+
+
+async def prepare(settings: Settings) -> Counts:
+    """Migrate, check capacity, check the topics; return the counts before this run."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await migrate(conn)
+        await db.check_capacity(conn, settings)
+        return await counts(conn, settings)
+    finally:
+        await conn.close()
+
+
+async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
+    topics = list(settings.kafka_topics)
+    row = await conn.fetchrow(
+        """SELECT (SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = ANY($1)) AS committed,
+                  (SELECT count(*) FROM loom_messages WHERE topic = ANY($1)) AS rows,
+                  (SELECT count(*) FROM loom_dead_letters WHERE topic = ANY($1)) AS dead_letters""",
+        topics,
+    )
+    assert row is not None
+    return Counts(int(row["committed"]), int(row["rows"]), int(row["dead_letters"]))
+
+
+async def final_counts(settings: Settings) -> Counts:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        return await counts(conn, settings)
+    finally:
+        await conn.close()
+
+
+def check_topics(settings: Settings) -> int:
+    """The number of partitions; raises ConfigError naming a missing topic."""
+    metadata = KafkaMetadata(settings)
+    try:
+        return len(metadata.partitions())
+    except KafkaException as exc:
+        raise ConfigError(f"{exc}; create the topic or fix LOOM_KAFKA_TOPICS") from None
+    finally:
+        metadata.close()
+
+
+def connect_ray(settings: Settings, address: str | None) -> None:
+    """Join a running Ray (``--address`` or ``RAY_ADDRESS``) or start a local one sized for the actors."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=settings.ray_namespace)
+        return
+    # Logical CPUs: enough for every consumer, even on a small machine (they mostly wait on I/O).
+    cpus = max(os.cpu_count() or 1, int(settings.max_actors * settings.actor_num_cpus) + 1)
+    memory = settings.max_actors * settings.actor_memory_bytes + 2 * 1024**3
+    ray.init(
+        address="local",
+        namespace=settings.ray_namespace,
+        num_cpus=cpus,
+        _memory=memory,
+        object_store_memory=200 * 1024**2,
+        include_dashboard=os.environ.get("LOOM_RAY_DASHBOARD", "1") == "1",
+    )
+
+
+class Stop:
+    """Set by SIGTERM/SIGINT; the driver then drains and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        self.requested = True
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    from actors.coordinator import COORDINATOR_NAME, CoordinatorActor
+
+    before = asyncio.run(prepare(settings))
+    partitions = check_topics(settings)
+    log.info("settings: %s", settings.summary())
+    log.info("%d partitions in %s", partitions, ",".join(settings.kafka_topics))
+    connect_ray(settings, args.address)
+    stop = Stop()
+    coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
+        name=COORDINATOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True
+    ).remote(settings)
+    if args.actors:
+        ray.get(coordinator.resize.remote(args.actors))
+    started = time.monotonic()
+    last_print = 0.0
+    status: dict[str, Any] = {}
+    while not stop.requested:
+        try:
+            status = ray.get(coordinator.status.remote(), timeout=60)
+        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+            log.warning("coordinator not answering (%s); waiting", type(exc).__name__)
+            time.sleep(1)
+            continue
+        now = time.monotonic()
+        if now - last_print >= args.progress_interval:
+            last_print = now
+            done = status["committed"] - before.committed
+            print(
+                f"progress: {done} messages in {now - started:.0f}s ({done / max(now - started, 1e-9):.0f} msg/s), "
+                f"lag {status['lag']}, {len(status['actors'])} actors, {status['assigned']}/{status['partitions']} "
+                "partitions assigned" + ("" if status["database"] else ", PostgreSQL unreachable: retrying"),
+                flush=True,
+            )
+        if args.exit_when_drained and status.get("drained"):
+            log.info("all partitions drained")
+            break
+        time.sleep(0.5)
+    try:
+        ray.get(coordinator.shutdown.remote(), timeout=settings.shutdown_timeout_s + 5)
+    except (GetTimeoutError, RayActorError) as exc:
+        log.warning("coordinator did not drain in time (%s)", type(exc).__name__)
+    ray.kill(coordinator, no_restart=True)
+    seconds = time.monotonic() - started
+    after = asyncio.run(final_counts(settings))
+    messages = after.committed - before.committed
+    print(
+        f"summary: messages={messages} rows={after.rows - before.rows} "
+        f"dead_letters={after.dead_letters - before.dead_letters} seconds={seconds:.1f} "
+        f"msgs_per_s={messages / max(seconds, 1e-9):.0f}",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        return run(settings, args)
+    except ConfigError as exc:
+        print(f"loom-ray: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"loom-ray: PostgreSQL unavailable: {type(exc).__name__}: {exc}; check LOOM_DB_DSN", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""One consumer's loop: consume the claimed partitions, decode, batch, flush exactly once.
+
+:class:`IngestWorker` is plain asyncio (no Ray), so the consumer actor is a thin shell over it and the
+benchmark can run the same code in one process. Its life: ``start()`` -> ``assign()`` claims ->
+``run()`` until ``stop()``; ``release()`` hands a partition back with everything flushed.
+
+Ordering: at most one flush runs at a time (``_flush_lock``), and a partition's batches are taken in
+offset order, so each flush starts where the previous one ended, which the offset compare-and-set checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+import orjson
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+
+from loom_ray import db
+from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
+from loom_ray.decode import capped, decode_value, sha256
+from loom_ray.kafka.consumer import PartitionConsumer
+from loom_ray.offsets import Claim
+from loom_ray.policy.backoff import backoff_delay
+from loom_ray.settings import Settings
+from loom_ray.sink.postgres import FlushResult, PostgresSink
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class FlushObserver(Protocol):
+    """Receives counts after each committed flush (the actor turns them into Ray metrics)."""
+
+    def on_flush(self, result: FlushResult, seconds: float) -> None: ...
+
+
+@dataclass(slots=True)
+class PartitionStats:
+    """Cumulative counts of one partition on this worker."""
+
+    messages: int = 0
+    rows: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+@dataclass(slots=True)
+class _Partition:
+    claim: Claim
+    committed: int  # next_offset as committed in PostgreSQL
+    open: PartitionBatch  # the batch messages are added to now
+    stats: PartitionStats = field(default_factory=PartitionStats)
+
+
+HeaderValue = str | bytes | None
+
+
+def encode_headers(headers: list[tuple[str, HeaderValue]] | dict[str, HeaderValue] | None) -> str | None:
+    """Kafka headers as a JSON array of [key, value]; non-UTF-8 values as {"base64": ...}."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return orjson.dumps([[_header_text(key), _header_text(value)] for key, value in pairs]).decode("utf-8")
+
+
+def _header_text(value: HeaderValue) -> str | dict[str, str] | None:
+    """A header key or value as JSON text; bytes that are not UTF-8, or hold NUL (jsonb refuses
+    ``\\u0000``), as ``{"base64": ...}``."""
+    if value is None:
+        return None
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+    return text
+
+
+class IngestWorker:
+    """Consumes claimed partitions and commits them exactly once; see the module docstring."""
+
+    def __init__(self, settings: Settings, name: str, observer: FlushObserver | None = None) -> None:
+        self.name = name
+        self._settings = settings
+        self._observer = observer
+        self._limits = FlushLimits(settings.kafka_batch_size, settings.batch_max_bytes, settings.kafka_batch_timeout)
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._kafka: PartitionConsumer | None = None
+        self._sink: PostgresSink | None = None
+        self._pool: Any = None
+        self._flush_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._inflight_bytes = 0
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._mirror: dict[TopicPartition, int] = {}
+        self._last_mirror = time.monotonic()
+        self.fenced: list[tuple[str, int, int]] = []  # (topic, partition, epoch) of every fenced batch
+        self.outages = 0
+
+    async def start(self) -> None:
+        """Open the asyncpg pool and the Kafka consumer; raises if PostgreSQL cannot be reached."""
+        self._pool = await db.create_pool(self._settings, f"loom-ray {self.name} pid={os.getpid()}")
+        self._sink = PostgresSink(self._pool, self.name, self._settings.dead_letter_max_bytes, self._settings.audit)
+        self._kafka = PartitionConsumer(self._settings, self.name)
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        """The partitions this worker holds now."""
+        return sorted(self._parts)
+
+    async def assign(self, claim: Claim) -> None:
+        """Take a claimed partition and read it from ``claim.next_offset``."""
+        assert self._kafka is not None
+        tp = (claim.topic, claim.partition)
+        if tp in self._parts:
+            await self._drop(tp, reason="reassigned with a newer claim")
+        batch = PartitionBatch(claim.topic, claim.partition, claim.epoch, claim.next_offset)
+        self._parts[tp] = _Partition(claim, claim.next_offset, batch)
+        await self._kafka.assign(claim.topic, claim.partition, claim.next_offset)
+        log.info("%s assigned %s[%d] epoch=%d from offset %d", self.name, *tp, claim.epoch, claim.next_offset)
+
+    async def release(self, topic: str, partition: int) -> int | None:
+        """Flush what is buffered for the partition, then drop it; the committed offset, or None if fenced."""
+        part = self._parts.pop((topic, partition), None)
+        if part is None:
+            return None
+        assert self._kafka is not None
+        await self._kafka.unassign(topic, partition)
+        async with self._flush_lock:  # waits for an in-flight flush that may hold this partition's batch
+            if (topic, partition, part.claim.epoch) in self.fenced:
+                return None
+            result = await self._write_with_retry([part.open]) if part.open.count else FlushResult()
+        if result.fenced:
+            return None
+        committed = part.open.end if part.open.count else part.committed
+        log.info("%s released %s[%d] at offset %d", self.name, topic, partition, committed)
+        return committed
+
+    async def run(self) -> None:
+        """Consume and flush until :meth:`stop`; a non-transient flush failure ends it with the error."""
+        assert self._kafka is not None
+        poll_s = min(0.1, self._settings.kafka_batch_timeout / 2)
+        while not self._stopping.is_set():
+            await self._apply_backpressure()
+            if self._parts and not self._paused:
+                messages = await self._kafka.consume(poll_s)
+            else:
+                messages = []
+                await asyncio.sleep(poll_s)
+            now = time.monotonic()
+            for message in messages:
+                self._add(message, now)
+            self._check_flush_task()
+            if self._flush_task is None:
+                due = self._take_due(now, force=False)
+                if due:
+                    self._flush_task = asyncio.create_task(self._flush(due))
+            await self._mirror_offsets(now)
+
+    def _check_flush_task(self) -> None:
+        task = self._flush_task
+        if task is not None and task.done():
+            self._flush_task = None
+            task.result()  # re-raise a non-transient failure: the actor dies and its partitions move
+
+    def _add(self, message: Message, now: float) -> None:
+        topic = cast(str, message.topic())
+        partition = cast(int, message.partition())
+        offset = cast(int, message.offset())
+        part = self._parts.get((topic, partition))
+        if part is None or offset < part.open.end:
+            return  # released partition, or a message already buffered or committed
+        value = message.value()
+        key = message.key()
+        headers = encode_headers(message.headers())
+        size = len(value) if value is not None else 0
+        decoded = decode_value(value, self._settings.max_message_bytes)
+        part.stats.messages += 1
+        if isinstance(decoded, str):
+            ts_type, ts_ms = message.timestamp()
+            kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else datetime.fromtimestamp(ts_ms / 1000, UTC)
+            row = (topic, partition, offset, key, decoded, headers, kafka_ts)
+            part.open.add_row(offset, row, size, now)
+        else:
+            dead_letter = (
+                topic,
+                partition,
+                offset,
+                key,
+                capped(value, self._settings.dead_letter_max_bytes),
+                None if value is None else size,
+                sha256(value),
+                headers,
+                decoded.error_class,
+                decoded.error_message,
+                decoded.stage,
+                None,
+            )
+            part.open.add_dead_letter(offset, dead_letter, size, now)
+
+    def _take_due(self, now: float, force: bool) -> list[PartitionBatch]:
+        """Detach the batches that must be flushed and open fresh ones after them."""
+        due = []
+        for part in self._parts.values():
+            batch = part.open
+            if batch.count and (force or flush_due(batch, self._limits, now)):
+                due.append(batch)
+                part.open = PartitionBatch(batch.topic, batch.partition, batch.epoch, batch.end)
+        self._inflight_bytes = sum(b.size_bytes for b in due)
+        return due
+
+    async def _flush(self, batches: list[PartitionBatch]) -> None:
+        async with self._flush_lock:
+            await self._write_with_retry(batches)
+        self._inflight_bytes = 0
+
+    async def _write_with_retry(self, batches: list[PartitionBatch]) -> FlushResult:
+        """Write until committed or fenced; outages are retried with backoff, never dropped."""
+        assert self._sink is not None
+        pending = batches
+        total = FlushResult()
+        attempt = 0
+        while pending:
+            started = time.monotonic()
+            try:
+                result = await self._sink.write(pending)
+                pending = []
+            except db.TRANSIENT_ERRORS as exc:
+                self.outages += 1
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "%s flush of %d batches failed (%s: %s); retry %d in %.2fs",
+                    self.name,
+                    len(pending),
+                    type(exc).__name__,
+                    exc,
+                    attempt + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+                pending, result = await self._resolve(pending)
+            self._account(result, time.monotonic() - started)
+            total.committed += result.committed
+            total.fenced += result.fenced
+            total.rows += result.rows
+            total.dead_letters += result.dead_letters
+        return total
+
+    async def _resolve(self, pending: list[PartitionBatch]) -> tuple[list[PartitionBatch], FlushResult]:
+        """After an outage, learn from the offset rows which batches committed; the rest to retry."""
+        assert self._sink is not None
+        try:
+            done, fenced = await self._sink.resolve(pending)
+        except db.TRANSIENT_ERRORS:
+            return pending, FlushResult()
+        settled = {id(b) for b in done + fenced}
+        result = FlushResult(committed=done, fenced=fenced)
+        result.rows = sum(len(b.rows) for b in done)
+        result.dead_letters = sum(len(b.dead_letters) for b in done)
+        if done:
+            log.info("%s: %d in-doubt batches had committed (offset row is the witness)", self.name, len(done))
+        return [b for b in pending if id(b) not in settled], result
+
+    def _account(self, result: FlushResult, seconds: float) -> None:
+        for batch in result.committed:
+            tp = (batch.topic, batch.partition)
+            part = self._parts.get(tp)
+            if part is not None and part.open.epoch == batch.epoch:
+                part.committed = batch.end
+                part.stats.batches += 1
+                part.stats.rows += len(batch.rows)
+                part.stats.dead_letters += len(batch.dead_letters)
+            self._mirror[tp] = batch.end
+        for batch in result.fenced:
+            tp = (batch.topic, batch.partition)
+            self.fenced.append((batch.topic, batch.partition, batch.epoch))
+            part = self._parts.get(tp)
+            if part is not None and part.open.epoch == batch.epoch:
+                self._parts.pop(tp)
+                asyncio.get_running_loop().create_task(self._unassign_quietly(tp))
+            log.warning("%s fenced on %s[%d] epoch=%d: dropped its buffer", self.name, *tp, batch.epoch)
+        if self._observer is not None and (result.committed or result.fenced):
+            self._observer.on_flush(result, seconds)
+
+    async def _unassign_quietly(self, tp: TopicPartition) -> None:
+        assert self._kafka is not None
+        with contextlib.suppress(Exception):
+            await self._kafka.unassign(*tp)
+
+    async def _drop(self, tp: TopicPartition, reason: str) -> None:
+        self._parts.pop(tp, None)
+        await self._unassign_quietly(tp)
+        log.info("%s dropped %s[%d]: %s", self.name, *tp, reason)
+
+    def buffered_bytes(self) -> int:
+        """Bytes held in open and in-flight batches."""
+        return self._inflight_bytes + sum(p.open.size_bytes for p in self._parts.values())
+
+    async def _apply_backpressure(self) -> None:
+        assert self._kafka is not None
+        held = self.buffered_bytes()
+        if not self._paused and held >= self._settings.buffer_max_bytes:
+            self._paused = True
+            log.warning("%s buffers hold %d bytes (LOOM_BUFFER_MAX_BYTES): pausing fetch", self.name, held)
+            await self._kafka.pause(self._parts)
+        elif self._paused and held < self._settings.buffer_max_bytes // 2:
+            self._paused = False
+            log.info("%s buffers drained to %d bytes: resuming fetch", self.name, held)
+            await self._kafka.resume(self._parts)
+
+    async def _mirror_offsets(self, now: float, force: bool = False) -> None:
+        interval = self._settings.kafka_auto_commit_interval_ms / 1000
+        if self._mirror and (force or now - self._last_mirror >= interval):
+            assert self._kafka is not None
+            offsets, self._mirror = self._mirror, {}
+            self._last_mirror = now
+            await self._kafka.mirror(offsets)
+
+    def stats(self) -> dict[str, Any]:
+        """Per-partition progress and counts, for the coordinator, the dashboard and tests."""
+        return {
+            "name": self.name,
+            "partitions": {
+                f"{t}[{p}]": {
+                    "epoch": part.claim.epoch,
+                    "committed": part.committed,
+                    "buffered": part.open.count,
+                    "messages": part.stats.messages,
+                    "rows": part.stats.rows,
+                    "dead_letters": part.stats.dead_letters,
+                    "batches": part.stats.batches,
+                }
+                for (t, p), part in sorted(self._parts.items())
+            },
+            "committed": {f"{t}[{p}]": part.committed for (t, p), part in self._parts.items()},
+            "buffered_bytes": self.buffered_bytes(),
+            "paused": self._paused,
+            "fenced": len(self.fenced),
+            "outages": self.outages,
+        }
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop consuming; with ``drain``, flush every buffer first. Then close Kafka and the pool."""
+        self._stopping.set()
+        if self._flush_task is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_task
+            self._flush_task = None
+        if drain and self._sink is not None:
+            async with self._flush_lock:
+                due = self._take_due(time.monotonic(), force=True)
+                if due:
+                    await self._write_with_retry(due)
+            await self._mirror_offsets(time.monotonic(), force=True)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the Kafka consumer and the pool without flushing; idempotent."""
+        if self._kafka is not None:
+            await self._kafka.close()
+            self._kafka = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,1 @@
+"""Pure decisions (no I/O, no Ray): partition assignment, actor count, retry delays."""

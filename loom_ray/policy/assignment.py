@@ -1,0 +1,47 @@
+"""Balanced, sticky assignment of topic partitions onto consumer actors.
+
+Runs in the coordinator whenever partitions or actors change. Balanced: every actor holds
+``n // k`` or ``n // k + 1`` partitions. Sticky: a partition stays with its owner unless that owner is
+gone or holds more than its share, so adding or removing one actor moves as few partitions as possible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+TopicPartition = tuple[str, int]
+
+
+def assign(
+    partitions: Iterable[TopicPartition], actors: Iterable[str], current: Mapping[TopicPartition, str]
+) -> dict[TopicPartition, str]:
+    """The new owner of every partition; empty when there are no actors."""
+    parts = sorted(set(partitions))
+    names = sorted(set(actors))
+    if not names:
+        return {}
+    base, extra = divmod(len(parts), len(names))
+    held: dict[str, list[TopicPartition]] = {name: [] for name in names}
+    for tp in parts:
+        owner = current.get(tp)
+        if owner in held:
+            held[owner].append(tp)
+    # The actors already holding the most get the `extra` larger quotas: fewer moves.
+    by_load = sorted(names, key=lambda name: (-len(held[name]), name))
+    quota = {name: base + (1 if rank < extra else 0) for rank, name in enumerate(by_load)}
+    result: dict[TopicPartition, str] = {}
+    for name in names:
+        for tp in held[name][: quota[name]]:
+            result[tp] = name
+    free = [tp for tp in parts if tp not in result]
+    for name in sorted(names, key=lambda name: (sum(1 for o in result.values() if o == name), name)):
+        room = quota[name] - sum(1 for owner in result.values() if owner == name)
+        for tp in free[:room]:
+            result[tp] = name
+        free = free[room:]
+    return result
+
+
+def moves(old: Mapping[TopicPartition, str], new: Mapping[TopicPartition, str]) -> list[TopicPartition]:
+    """Partitions whose owner changes (including newly owned ones), in a stable order."""
+    return sorted(tp for tp, owner in new.items() if old.get(tp) != owner)

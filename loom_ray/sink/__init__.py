@@ -1,0 +1,1 @@
+"""Where batches go: PostgreSQL, in one transaction with their offsets."""

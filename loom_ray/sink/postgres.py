@@ -1,0 +1,191 @@
+"""The flush: rows, dead letters and offsets of several partitions in one PostgreSQL transaction.
+
+Called by the pipeline with the batches that are due. Step by step, inside one transaction:
+
+1. compare-and-set each partition's ``loom_offsets`` row from ``batch.start`` to ``batch.end`` where the
+   epoch is still ours; a row that does not match means another owner claimed the partition: roll back,
+   report it fenced, and retry the other partitions' batches;
+2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) is found
+   by bisecting under savepoints and becomes a dead letter, the rest still commit;
+3. COPY the dead letters into ``loom_dead_letters`` (and the batch ranges into ``loom_audit`` if asked);
+4. commit.
+
+Outages (:data:`loom_ray.db.TRANSIENT_ERRORS`) propagate; the caller resolves an in-doubt commit with
+:meth:`PostgresSink.resolve`, which reads the offset row: it is the witness of what committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from loom_ray.batch import DeadLetter, PartitionBatch, Row
+from loom_ray.decode import DB_ROW, capped, sha256
+from loom_ray.errors import FencedError
+
+log = logging.getLogger(__name__)
+
+MESSAGE_COLUMNS = ("topic", "partition", "offset", "key", "payload", "headers", "kafka_ts")
+DEAD_LETTER_COLUMNS = (
+    "topic",
+    "partition",
+    "offset",
+    "key",
+    "raw_value",
+    "value_len",
+    "value_sha256",
+    "headers",
+    "error_class",
+    "error_message",
+    "stage",
+    "sqlstate",
+)
+_AUDIT_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "rows", "dead_letters", "epoch", "owner")
+
+# Errors about one row's content: isolate the row, dead-letter it, commit the rest.
+# A unique violation is not among them: after a successful offset CAS it would mean a duplicate write,
+# which must stop the flush loudly rather than hide in the dead-letter table.
+_ROW_ERRORS = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError)
+
+_CAS_SQL = """
+UPDATE loom_offsets AS o SET next_offset = b.end_offset, updated_at = now()
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[])
+     AS b(topic, "partition", epoch, start_offset, end_offset)
+WHERE o.topic = b.topic AND o."partition" = b."partition"
+  AND o.epoch = b.epoch AND o.next_offset = b.start_offset
+RETURNING o.topic, o."partition"
+"""
+
+
+@dataclass(slots=True)
+class FlushResult:
+    """What one :meth:`PostgresSink.write` did."""
+
+    committed: list[PartitionBatch] = field(default_factory=list)
+    fenced: list[PartitionBatch] = field(default_factory=list)
+    rows: int = 0
+    dead_letters: int = 0
+
+
+class PostgresSink:
+    """Writes due batches of one consumer actor; one transaction per call (plus retries after a fence)."""
+
+    def __init__(self, pool: asyncpg.Pool, owner: str, dead_letter_max_bytes: int, audit: bool = False) -> None:
+        self._pool = pool
+        self._owner = owner
+        self._dead_letter_max_bytes = dead_letter_max_bytes
+        self._audit = audit
+
+    async def write(self, batches: Sequence[PartitionBatch]) -> FlushResult:
+        """Commit ``batches``; fenced ones are returned, not written. Outages raise."""
+        result = FlushResult()
+        pending = [b for b in batches if b.count]
+        while pending:
+            try:
+                result.rows, result.dead_letters = await self._write_once(pending)
+            except FencedError as exc:
+                lost = set(exc.partitions)
+                result.fenced.extend(b for b in pending if (b.topic, b.partition) in lost)
+                pending = [b for b in pending if (b.topic, b.partition) not in lost]
+                log.warning("flush fenced, rolled back and retrying the rest: %s", exc)
+                continue
+            result.committed = pending
+            break
+        return result
+
+    async def _write_once(self, batches: list[PartitionBatch]) -> tuple[int, int]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            matched = await conn.fetch(
+                _CAS_SQL,
+                [b.topic for b in batches],
+                [b.partition for b in batches],
+                [b.epoch for b in batches],
+                [b.start for b in batches],
+                [b.end for b in batches],
+            )
+            if len(matched) != len(batches):
+                won = {(r["topic"], r["partition"]) for r in matched}
+                raise FencedError([(b.topic, b.partition) for b in batches if (b.topic, b.partition) not in won])
+            rows = [row for b in batches for row in b.rows]
+            refused = await self._copy_isolating(conn, rows)
+            dead_letters = [dl for b in batches for dl in b.dead_letters]
+            dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
+            if dead_letters:
+                await conn.copy_records_to_table("loom_dead_letters", records=dead_letters, columns=DEAD_LETTER_COLUMNS)
+            if self._audit:
+                await conn.copy_records_to_table(
+                    "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
+                )
+        return len(rows) - len(refused), len(dead_letters)
+
+    async def _copy_isolating(
+        self, conn: asyncpg.Connection, rows: list[Row]
+    ) -> list[tuple[Row, asyncpg.PostgresError]]:
+        """COPY ``rows`` under a savepoint; on a row error, bisect to find and return the refused rows."""
+        if not rows:
+            return []
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("loom_messages", records=rows, columns=MESSAGE_COLUMNS)
+            return []
+        except _ROW_ERRORS as exc:
+            if len(rows) == 1:
+                return [(rows[0], exc)]
+        middle = len(rows) // 2
+        return await self._copy_isolating(conn, rows[:middle]) + await self._copy_isolating(conn, rows[middle:])
+
+    def _refused_row(self, row: Row, exc: asyncpg.PostgresError) -> DeadLetter:
+        topic, partition, offset, key, payload, headers, _ = row
+        raw = payload.encode("utf-8")
+        return (
+            topic,
+            partition,
+            offset,
+            key,
+            capped(raw, self._dead_letter_max_bytes),
+            len(raw),
+            sha256(raw),
+            headers,
+            type(exc).__name__,
+            str(exc)[:2000],
+            DB_ROW,
+            exc.sqlstate,
+        )
+
+    def _audit_row(self, batch: PartitionBatch) -> tuple[object, ...]:
+        return (
+            batch.topic,
+            batch.partition,
+            batch.start,
+            batch.end,
+            len(batch.rows),
+            len(batch.dead_letters),
+            batch.epoch,
+            self._owner,
+        )
+
+    async def resolve(self, batches: Sequence[PartitionBatch]) -> tuple[list[PartitionBatch], list[PartitionBatch]]:
+        """After an outage, split ``batches`` into (already committed, fenced); the rest must be retried.
+
+        The offset row is the commit witness: at ``batch.end`` with our epoch, the lost COMMIT did land.
+        """
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT o.topic, o."partition", o.next_offset, o.epoch
+                   FROM loom_offsets o JOIN unnest($1::text[], $2::int[]) AS b(topic, "partition")
+                   USING (topic, "partition")""",
+                [b.topic for b in batches],
+                [b.partition for b in batches],
+            )
+        stored = {(r["topic"], r["partition"]): (r["next_offset"], r["epoch"]) for r in rows}
+        done, fenced = [], []
+        for batch in batches:
+            next_offset, epoch = stored.get((batch.topic, batch.partition), (None, None))
+            if epoch != batch.epoch or next_offset not in (batch.start, batch.end):
+                fenced.append(batch)
+            elif next_offset == batch.end:
+                done.append(batch)
+        return done, fenced

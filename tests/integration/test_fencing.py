@@ -1,0 +1,60 @@
+"""Fencing at the sink: a flush by a stale epoch is rolled back whole and leaves no row behind."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+
+from loom_ray.batch import PartitionBatch
+from loom_ray.migrate import migrate
+from loom_ray.offsets import claim
+from loom_ray.sink.postgres import PostgresSink
+from tests.support.services import Endpoints
+
+
+def _batch(topic: str, partition: int, epoch: int, start: int, n: int) -> PartitionBatch:
+    batch = PartitionBatch(topic, partition, epoch, start)
+    for offset in range(start, start + n):
+        row = (topic, partition, offset, None, f'{{"n": {offset}}}', None, datetime.now(UTC))
+        batch.add_row(offset, row, 10, 0.0)
+    return batch
+
+
+async def _stale_epoch_flush(dsn: str, topic: str) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            zombie = await claim(conn, topic, 0, 0, "zombie")
+            other = await claim(conn, topic, 1, 0, "zombie")
+            successor = await claim(conn, topic, 0, 0, "successor")  # epoch bump on partition 0 only
+        result = await PostgresSink(pool, "zombie", 1024, audit=True).write(
+            [_batch(topic, 0, zombie.epoch, 0, 5), _batch(topic, 1, other.epoch, 0, 3)]
+        )
+        fresh = await PostgresSink(pool, "successor", 1024, audit=True).write([_batch(topic, 0, successor.epoch, 0, 2)])
+        assert [(b.partition, b.epoch) for b in result.fenced] == [(0, 1)]
+        assert [b.partition for b in result.committed] == [1]
+        assert [b.partition for b in fresh.committed] == [0]
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                'SELECT "partition", count(*) AS n FROM loom_messages WHERE topic = $1 GROUP BY 1 ORDER BY 1', topic
+            )
+            stored = await conn.fetch(
+                'SELECT "partition", next_offset, epoch FROM loom_offsets WHERE topic = $1 ORDER BY 1', topic
+            )
+            zombie_audit = await conn.fetch(
+                "SELECT \"partition\" FROM loom_audit WHERE topic = $1 AND owner = 'zombie'", topic
+            )
+    finally:
+        await pool.close()
+    # Partition 0 holds only the successor's 2 rows: the zombie's 5 left nothing, not even an audit line.
+    assert [(r["partition"], r["n"]) for r in rows] == [(0, 2), (1, 3)]
+    assert [(r["partition"], r["next_offset"], r["epoch"]) for r in stored] == [(0, 2, 2), (1, 3, 1)]
+    assert [r["partition"] for r in zombie_audit] == [1]  # its partition-1 batch, committed after the retry
+
+
+def test_stale_epoch_flush_is_rejected_and_the_rest_commits(endpoints: Endpoints, topic_name: str) -> None:
+    asyncio.run(_stale_epoch_flush(endpoints.dsn, topic_name))

@@ -1,0 +1,255 @@
+"""The whole job on real Kafka, PostgreSQL and a local Ray: every offset lands exactly once.
+
+Each test fills a fresh topic with the load generator, runs ``python -m loom_ray.main`` as users do,
+injects a fault, and then accounts for every offset of the topic in PostgreSQL (``Accounting``): none
+lost, none twice (counted from the append-only ``loom_audit``, which the primary keys cannot hide),
+none in both tables, and ``loom_offsets`` at the high watermarks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loom_ray import loadgen
+from tests.support.pipeline import account, pipeline_env, scalar, start_main, stop_group, wait_until
+from tests.support.services import Endpoints
+from tests.support.tcp_proxy import proxy
+
+KIND_TO_ERROR = {
+    "invalid_utf8": "InvalidUtf8",
+    "truncated_json": "InvalidJson",
+    "not_json": "InvalidJson",
+    "nul_in_string": "NulCharacter",
+    "deep_nesting": "InvalidJson",
+    "huge_number": "InvalidJson",
+    "oversize": "Oversize",
+    "empty": "EmptyValue",
+    "null_value": "NullValue",
+    "lone_surrogate": "InvalidJson",
+}
+
+
+def fill(
+    endpoints: Endpoints, topic: str, messages: int, partitions: int = 12, ratio: float = 0.0, **extra: str
+) -> None:
+    argv = ["--topic", topic, "--partitions", str(partitions), "--messages", str(messages), "--size", "200"]
+    argv += ["--bootstrap-servers", endpoints.kafka, "--malformed-ratio", str(ratio)]
+    for name, value in extra.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    assert loadgen.main(argv) == 0
+
+
+def committed(endpoints: Endpoints, topic: str) -> int:
+    return int(scalar(endpoints, "SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = $1", topic))
+
+
+def consumer_pids(endpoints: Endpoints) -> list[int]:
+    names = scalar(
+        endpoints,
+        "SELECT array_agg(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE 'loom-ray %'",
+    )
+    return sorted({int(m.group(1)) for name in names or [] if (m := re.search(r"pid=(\d+)", name))})
+
+
+def test_every_offset_once_with_malformed_input_and_db_rejects(
+    endpoints: Endpoints, topic_name: str, tmp_path: Path
+) -> None:
+    messages, ratio, seed = 200_000, 0.01, 7
+    fill(endpoints, topic_name, messages, ratio=ratio, seed=str(seed), ack_log=str(tmp_path / "acks"))
+    # A CHECK constraint that refuses some valid events at write time: they must be isolated by bisection.
+    scalar(
+        endpoints,
+        f"ALTER TABLE loom_messages ADD CONSTRAINT reject_{topic_name.replace('-', '_')} "
+        f"CHECK (topic <> '{topic_name}' OR (payload->>'seq')::bigint % 997 <> 0) NOT VALID",
+    )
+    try:
+        env = pipeline_env(endpoints, topic_name)
+        log = tmp_path / "main.log"
+        process = start_main(env, "--exit-when-drained", log=log)
+        assert process.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        scalar(endpoints, f"ALTER TABLE loom_messages DROP CONSTRAINT reject_{topic_name.replace('-', '_')}")
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.expected == messages
+    planned = Counter(loadgen.plan(seq, ratio, seed) for seq in range(messages))
+    refused = sum(1 for seq in range(0, messages, 997) if loadgen.plan(seq, ratio, seed) is None)
+    by_class = Counter(
+        dict(
+            scalar(
+                endpoints,
+                "SELECT array_agg(ARRAY[error_class, count::text]) FROM (SELECT error_class, count(*) "
+                "FROM loom_dead_letters WHERE topic = $1 AND stage <> 'db_row' GROUP BY 1) AS t",
+                topic_name,
+            )
+        )
+    )
+    expected_classes: Counter[str] = Counter()
+    for kind, n in planned.items():
+        if kind is not None:
+            expected_classes[KIND_TO_ERROR[kind]] += n
+    assert {k: int(v) for k, v in by_class.items()} == dict(expected_classes)
+    db_rows = scalar(
+        endpoints,
+        "SELECT count(*) FROM loom_dead_letters WHERE topic = $1 AND stage = 'db_row' AND sqlstate = '23514'",
+        topic_name,
+    )
+    assert db_rows == refused > 0
+    assert result.dead_letters == sum(expected_classes.values()) + refused
+    summary = [line for line in log.read_text().splitlines() if line.startswith("summary:")]
+    assert summary and f"messages={messages}" in summary[-1], summary
+
+
+def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic_name, kafka_batch_size=100), "--exit-when-drained", log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
+        victims = consumer_pids(endpoints)
+        assert victims, "no consumer actor connections found in pg_stat_activity"
+        os.kill(victims[0], signal.SIGKILL)
+        assert process.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.max_epoch >= 2, "the killed actor's partitions were never reclaimed"
+    assert "is gone" in log.read_text()
+
+
+def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    env = pipeline_env(endpoints, topic_name, kafka_batch_size=100)
+    log = tmp_path / "main.log"
+    # 1. SIGTERM: drains, prints a summary and exits 0 well within the shutdown deadline.
+    first = start_main(env, log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) > messages // 10, 180, "a tenth committed")
+        first.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert first.wait(60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - started < 60
+    finally:
+        stop_group(first)
+    assert "summary:" in log.read_text()
+    # 2. SIGKILL of the driver and its local Ray, mid-run.
+    second = start_main(env, log=log)
+    try:
+        mark = committed(endpoints, topic_name)
+        wait_until(lambda: committed(endpoints, topic_name) > mark + messages // 10, 180, "progress after restart")
+    finally:
+        stop_group(second, signal.SIGKILL)
+    # 3. A third run finishes the topic.
+    third = start_main(env, "--exit-when-drained", log=log)
+    try:
+        assert third.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(third)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.max_epoch >= 3  # each run claimed every partition again
+
+
+def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 150_000
+    fill(endpoints, topic_name, messages)
+    host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
+    with proxy(host, int(port)) as pg:
+        dsn = endpoints.dsn.replace(f"{host}:{port}", f"127.0.0.1:{pg.port}")
+        env = pipeline_env(endpoints, topic_name, kafka_batch_size=100, db_dsn=dsn)
+        log = tmp_path / "main.log"
+        process = start_main(env, "--exit-when-drained", log=log)
+        try:
+            wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
+            pg.cut()
+            time.sleep(5)
+            pg.restore()
+            assert process.wait(600) == 0, log.read_text()[-3000:]
+        finally:
+            stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert "retry" in log.read_text(), "the outage never reached the flush path"
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A `ray start --head --block` cluster, stopped by its pid."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from ray.job_submission import JobSubmissionClient
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp_dir = tempfile.mkdtemp(prefix="lr-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    dashboard_port = 28265
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--port=26379",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=4",
+            "--object-store-memory=200000000",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=(tmp_path / "head.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        # Job drivers run `python` from PATH: the cluster's, as in a Ray image with loom-ray installed.
+        env={**os.environ, "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}"},
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+
+    def up() -> bool:
+        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+        try:
+            JobSubmissionClient(address).list_jobs()
+        except Exception:
+            return False
+        return True
+
+    try:
+        wait_until(up, 120, "the Ray head's job server")
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(30)
+
+
+def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, ray_head: str) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    messages = 30_000
+    fill(endpoints, topic_name, messages, partitions=6)
+    env = {k: v for k, v in pipeline_env(endpoints, topic_name).items() if k.startswith(("LOOM_", "RAY_AUTH"))}
+    client = JobSubmissionClient(ray_head)
+    job = client.submit_job(
+        entrypoint="python -m loom_ray.main --exit-when-drained",
+        runtime_env={"working_dir": str(Path(__file__).resolve().parents[2]), "env_vars": env},
+    )
+    wait_until(lambda: client.get_job_status(job).is_terminal(), 300, "the job to finish", interval_s=1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    assert f"messages={messages}" in logs
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)

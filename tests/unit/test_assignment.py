@@ -1,0 +1,136 @@
+"""assign(): balanced, sticky and deterministic; moves(): the partitions whose owner changes."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from loom_ray.policy.assignment import TopicPartition, assign, moves
+
+
+def _parts(n: int, topic: str = "t") -> list[TopicPartition]:
+    return [(topic, p) for p in range(n)]
+
+
+def _actors(k: int) -> list[str]:
+    return [f"actor-{i:02d}" for i in range(k)]
+
+
+def _load(result: dict[TopicPartition, str], actors: list[str]) -> Counter[str]:
+    load = Counter({name: 0 for name in actors})
+    load.update(result.values())
+    return load
+
+
+def _assert_balanced(result: dict[TopicPartition, str], parts: list[TopicPartition], actors: list[str]) -> None:
+    assert set(result) == set(parts)  # every partition has exactly one owner
+    assert set(result.values()) <= set(actors)
+    n, k = len(parts), len(actors)
+    for name, held in _load(result, actors).items():
+        assert held in (n // k, n // k + 1), f"{name} holds {held} of {n} over {k} actors"
+
+
+def _random_current(parts: list[TopicPartition], actors: list[str], seed: int) -> dict[TopicPartition, str]:
+    """Owners drawn from the live actors, some gone actors, or none at all."""
+    rng = random.Random(seed)
+    pool = [*actors, "gone-1", "gone-2", None]
+    current = {tp: rng.choice(pool) for tp in parts}
+    return {tp: owner for tp, owner in current.items() if owner is not None}
+
+
+GRID = [(n, k) for n in range(26) for k in range(1, 11)]
+
+
+@pytest.mark.parametrize(("n", "k"), GRID)
+def test_balanced_from_random_owners(n: int, k: int) -> None:
+    parts, actors = _parts(n), _actors(k)
+    current = _random_current(parts, actors, seed=n * 100 + k)
+    result = assign(parts, actors, current)
+    _assert_balanced(result, parts, actors)
+    # Sticky: an actor holding no more than the smaller share (n // k) keeps all it holds.
+    for name, held in Counter(current.values()).items():
+        if name in actors and held <= n // k:
+            assert all(result[tp] == name for tp, owner in current.items() if owner == name)
+
+
+@pytest.mark.parametrize(("n", "k"), [(n, k) for n, k in GRID if k < 10])
+@pytest.mark.parametrize("newcomer", ["aaa-new", "zzz-new"])  # sorts first or last among the names
+def test_adding_one_actor_moves_the_minimum(n: int, k: int, newcomer: str) -> None:
+    parts, actors = _parts(n), _actors(k)
+    before = assign(parts, actors, {})
+    after = assign(parts, [*actors, newcomer], before)
+    _assert_balanced(after, parts, [*actors, newcomer])
+    # The newcomer must end up with at least floor(n / (k+1)) partitions, each one a move, so that is the minimum.
+    # It is reached: with n = k*q + r (old holdings q or q+1) and n = (k+1)*b + e (new quotas b or b+1), q >= b,
+    # and whenever an old actor holding q gets a larger quota b+1 (e > r), k*(q-b) = b + e - r > b gives q >= b+1.
+    # So every old actor can keep its whole new quota and only the newcomer's floor(n / (k+1)) partitions move,
+    # e.g. n=10, k=3 (4,3,3) -> 4 actors: 10 // 4 = 2 moves, (3,3,2,2).
+    moved = moves(before, after)
+    assert len(moved) == n // (k + 1)
+    assert all(after[tp] == newcomer for tp in moved)
+
+
+@pytest.mark.parametrize(("n", "k"), [(n, k) for n, k in GRID if k >= 2])
+def test_removing_one_actor_moves_only_its_partitions(n: int, k: int) -> None:
+    parts, actors = _parts(n), _actors(k)
+    before = assign(parts, actors, {})
+    for leaver in actors:
+        survivors = [a for a in actors if a != leaver]
+        after = assign(parts, survivors, before)
+        _assert_balanced(after, parts, survivors)
+        # Survivors held q or q+1 (n = k*q + r); with k-1 actors the quota is b' >= q, and when b' == q there are
+        # e' = q + r >= r larger quotas, enough for every survivor holding q+1: no survivor has to give one up.
+        assert moves(before, after) == sorted(tp for tp, owner in before.items() if owner == leaver)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_deterministic_whatever_the_input_order(seed: int) -> None:
+    parts, actors = _parts(7, "a") + _parts(5, "b"), _actors(4)
+    current = _random_current(parts, actors, seed)
+    expected = assign(parts, actors, current)
+    rng = random.Random(seed)
+    for _ in range(5):
+        shuffled_parts, shuffled_actors, items = parts[:], actors[:], list(current.items())
+        rng.shuffle(shuffled_parts)
+        rng.shuffle(shuffled_actors)
+        rng.shuffle(items)
+        assert assign(shuffled_parts, shuffled_actors, dict(items)) == expected
+    assert assign(iter(parts), iter(actors), current) == expected  # any iterable, consumed once
+
+
+def test_duplicates_in_the_inputs_are_ignored() -> None:
+    parts, actors = _parts(4), _actors(2)
+    assert assign(parts + parts, actors + actors, {}) == assign(parts, actors, {})
+
+
+@pytest.mark.parametrize("current", [{}, {("t", 0): "actor-00"}])
+def test_no_actors_gives_nothing(current: dict[TopicPartition, str]) -> None:
+    assert assign(_parts(3), [], current) == {}
+
+
+def test_no_partitions_gives_nothing() -> None:
+    assert assign([], _actors(3), {}) == {}
+
+
+def test_partitions_of_several_topics() -> None:
+    parts = _parts(6, "orders") + _parts(3, "payments")
+    result = assign(parts, ["x", "y"], {})
+    _assert_balanced(result, parts, ["x", "y"])  # 9 over 2: 5 and 4
+    assert sorted(Counter(result.values()).values()) == [4, 5]
+
+
+def test_partitions_that_disappear_are_dropped() -> None:
+    current = {("t", p): "actor-00" for p in range(4)}
+    result = assign(_parts(2), _actors(1), current)
+    assert result == {("t", 0): "actor-00", ("t", 1): "actor-00"}
+
+
+def test_moves_lists_changed_and_new_owners_in_order() -> None:
+    old = {("t", 2): "a", ("t", 0): "a", ("t", 1): "b", ("gone", 0): "a"}
+    new = {("t", 2): "c", ("u", 0): "a", ("t", 0): "a", ("t", 1): "a"}
+    # ("t", 0) kept; ("gone", 0) disappeared (not a move); ("u", 0) is newly owned.
+    assert moves(old, new) == [("t", 1), ("t", 2), ("u", 0)]
+    assert moves(new, new) == []
+    assert moves({}, new) == sorted(new)

@@ -1,0 +1,93 @@
+"""PartitionBatch bookkeeping and the flush_due rule (explicit clock values, no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
+
+LIMITS = FlushLimits(max_messages=3, max_bytes=1000, max_age_s=0.5)
+
+
+def _batch(start: int = 10) -> PartitionBatch:
+    return PartitionBatch(topic="orders", partition=2, epoch=7, start=start)
+
+
+def test_new_batch_is_empty_and_ends_where_it_starts() -> None:
+    batch = _batch(10)
+    assert (batch.start, batch.end, batch.count, batch.size_bytes) == (10, 10, 0, 0)
+    assert batch.rows == [] and batch.dead_letters == []
+
+
+def test_rows_and_dead_letters_advance_end_count_and_size() -> None:
+    batch = _batch(10)
+    batch.add_row(10, ("r10",), 100, now=1.0)
+    batch.add_dead_letter(11, ("d11",), 7, now=2.0)
+    batch.add_row(12, ("r12",), 50, now=3.0)
+    assert (batch.start, batch.end, batch.count, batch.size_bytes) == (10, 13, 3, 157)
+    assert batch.rows == [("r10",), ("r12",)]
+    assert batch.dead_letters == [("d11",)]
+
+
+def test_gaps_are_allowed_and_end_is_one_past_the_last_offset() -> None:
+    # Compacted topics and transaction markers leave holes in the offsets.
+    batch = _batch(10)
+    batch.add_row(15, ("r15",), 1, now=0.0)
+    batch.add_dead_letter(40, ("d40",), 1, now=0.0)
+    assert (batch.start, batch.end, batch.count) == (10, 41, 2)
+
+
+@pytest.mark.parametrize("behind", [9, 11, 12])
+def test_offset_behind_end_raises(behind: int) -> None:
+    batch = _batch(10)
+    batch.add_row(10, ("r10",), 1, now=0.0)
+    batch.add_row(12, ("r12",), 1, now=0.0)  # end is now 13
+    with pytest.raises(ValueError, match=r"orders\[2\] offset .* behind the batch end 13"):
+        batch.add_row(behind, ("again",), 1, now=0.0)
+    with pytest.raises(ValueError, match="behind"):
+        batch.add_dead_letter(behind, ("again",), 1, now=0.0)
+    assert (batch.end, batch.count, batch.size_bytes) == (13, 2, 2)  # a refused add changes nothing
+
+
+def test_offset_behind_start_of_an_empty_batch_raises() -> None:
+    with pytest.raises(ValueError, match="behind"):
+        _batch(10).add_row(9, ("r9",), 1, now=0.0)
+
+
+def test_age_clock_starts_at_the_first_message() -> None:
+    batch = _batch()
+    batch.add_row(10, ("a",), 1, now=100.0)
+    batch.add_row(11, ("b",), 1, now=100.4)
+    assert batch.opened_at == 100.0
+    assert not flush_due(batch, LIMITS, now=100.49)
+    assert flush_due(batch, LIMITS, now=100.5)
+
+
+def test_age_clock_starts_with_a_dead_letter_too() -> None:
+    batch = _batch()
+    batch.add_dead_letter(10, ("d",), 1, now=50.0)
+    assert batch.opened_at == 50.0
+
+
+@pytest.mark.parametrize("now", [0.0, 1e9])
+def test_empty_batch_is_never_due(now: float) -> None:
+    assert not flush_due(_batch(), FlushLimits(max_messages=1, max_bytes=1, max_age_s=0.0), now)
+
+
+@pytest.mark.parametrize(
+    ("count", "size_each", "age", "due"),
+    [
+        (2, 10, 0.0, False),  # under every limit
+        (3, 10, 0.0, True),  # count reaches max_messages (3)
+        (1, 999, 0.0, False),  # one byte under max_bytes
+        (1, 1000, 0.0, True),  # bytes reach max_bytes (1000)
+        (2, 600, 0.0, True),  # 2 * 600 = 1200 >= 1000
+        (1, 10, 0.49, False),  # younger than max_age_s
+        (1, 10, 0.5, True),  # as old as max_age_s
+    ],
+)
+def test_flush_due(count: int, size_each: int, age: float, due: bool) -> None:
+    batch = _batch(0)
+    for offset in range(count):
+        batch.add_row(offset, (offset,), size_each, now=1000.0)
+    assert flush_due(batch, LIMITS, now=1000.0 + age) is due

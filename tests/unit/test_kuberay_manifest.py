@@ -1,0 +1,201 @@
+"""The KubeRay manifests, read the way the Ray autoscaler reads them. Offline: no Kubernetes, no Ray cluster.
+
+The autoscaler sidecar fetches the RayCluster every loop and converts it with
+``_derive_autoscaling_config_from_ray_cr`` (a private, pure function: these tests pin ray==2.60.0's
+behaviour, see /work/shared/notes/ray-facts.md §2). Asserting on its output checks what the autoscaler will
+actually do, not just what the YAML says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
+
+from loom_ray.settings import Settings
+
+KUBERAY = Path(__file__).resolve().parents[2] / "kuberay"
+GiB = 1024**3
+SECRET_VARS = ("LOOM_DB_DSN", "LOOM_KAFKA_SASL_PASSWORD")
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Unit tests should not depend on Ray being initialized.")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+    assert not ray.is_initialized()
+
+
+def _load(name: str) -> dict[str, Any]:
+    with open(KUBERAY / name, encoding="utf-8") as f:
+        doc: dict[str, Any] = yaml.safe_load(f)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    return _load("raycluster.yaml")
+
+
+@pytest.fixture(scope="module")
+def configmap() -> dict[str, str]:
+    data: dict[str, str] = _load("configmap.yaml")["data"]
+    return data
+
+
+@pytest.fixture(scope="module")
+def autoscaling(cluster: dict[str, Any]) -> dict[str, Any]:
+    return _derive_autoscaling_config_from_ray_cr(cluster)
+
+
+def _consumers(cluster: dict[str, Any]) -> dict[str, Any]:
+    groups: list[dict[str, Any]] = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "consumers"]
+    assert len(groups) == 1
+    return groups[0]
+
+
+def _containers(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return [head, _consumers(cluster)["template"]["spec"]["containers"][0]]
+
+
+def test_consumers_keep_the_seed_hpa_bounds(autoscaling: dict[str, Any]) -> None:
+    consumers = autoscaling["available_node_types"]["consumers"]
+    assert (consumers["min_workers"], consumers["max_workers"]) == (3, 10)
+
+
+def test_consumers_offer_one_cpu_and_the_memory_limit(autoscaling: dict[str, Any]) -> None:
+    # CPU from rayStartParams num-cpus "1" (else the limit, 2); memory from limits.memory 2Gi.
+    assert autoscaling["available_node_types"]["consumers"]["resources"] == {"CPU": 1, "memory": 2 * GiB}
+
+
+def test_head_takes_no_consumer(autoscaling: dict[str, Any]) -> None:
+    head = autoscaling["available_node_types"]["headgroup"]
+    assert head["resources"]["CPU"] == 0
+    assert (head["min_workers"], head["max_workers"]) == (0, 0)
+
+
+def test_scaling_speed_and_idle_timeout(autoscaling: dict[str, Any]) -> None:
+    # idleTimeoutSeconds 120 / 60 = 2.0 minutes; upscalingMode Default -> 1000 (all pending pods at once).
+    assert autoscaling["idle_timeout_minutes"] == 2.0
+    assert autoscaling["upscaling_speed"] == 1000
+    assert autoscaling["provider"]["namespace"] == "loom"
+    assert autoscaling["cluster_name"] == "loom-ray"
+
+
+def test_autoscaler_v2_view(autoscaling: dict[str, Any]) -> None:
+    config = AutoscalingConfig(autoscaling)
+    assert config.get_idle_timeout_s() == 120.0
+    assert config.get_max_num_worker_nodes() == 10
+    consumers = config.get_node_type_configs()["consumers"]
+    assert (consumers.min_worker_nodes, consumers.max_worker_nodes) == (3, 10)
+
+
+def test_one_default_actor_fills_one_consumer_pod(autoscaling: dict[str, Any]) -> None:
+    # Pending actors map 1:1 to pods only if exactly one actor fits a pod: CPU 1 // 1.0 = 1, and the
+    # actor's 1 GiB fits the pod's 2 GiB (memory alone would allow 2: CPU is the binding resource).
+    pod = autoscaling["available_node_types"]["consumers"]["resources"]
+    num_cpus = Settings.model_fields["actor_num_cpus"].default
+    memory = Settings.model_fields["actor_memory_bytes"].default
+    assert pod["CPU"] // num_cpus == 1
+    assert memory <= pod["memory"]
+
+
+def test_actor_bounds_match_the_worker_group(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
+    group = _consumers(cluster)
+    assert int(configmap["LOOM_MIN_ACTORS"]) == group["minReplicas"]
+    assert int(configmap["LOOM_MAX_ACTORS"]) == group["maxReplicas"]
+
+
+def test_consumers_resources_match_the_seed_helm_values(cluster: dict[str, Any]) -> None:
+    resources = _consumers(cluster)["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert resources["requests"] == {"cpu": "1", "memory": "1Gi"}
+
+
+def test_secrets_are_referenced_never_inlined(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
+    for container in _containers(cluster):
+        env = {e["name"]: e for e in container["env"]}
+        for name in SECRET_VARS:
+            assert "value" not in env[name], f"{container['name']}: {name} inlined"
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == ("loom-ray-secrets", name)
+        assert env["LOOM_DB_DSN"]["valueFrom"]["secretKeyRef"].get("optional", False) is False
+        assert container["envFrom"] == [{"configMapRef": {"name": "loom-ray-config"}}]
+    assert not set(SECRET_VARS) & set(configmap)
+
+
+def test_grace_period_outlasts_the_drain(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
+    grace = _consumers(cluster)["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == 30
+    assert Settings.model_fields["shutdown_timeout_s"].default < grace
+    assert float(configmap["LOOM_SHUTDOWN_TIMEOUT_S"]) < grace
+    # `ray job stop`: SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S; the driver may wait the drain + 5 s.
+    head_env = {e["name"]: e for e in _containers(cluster)[0]["env"]}
+    assert int(head_env["RAY_JOB_STOP_WAIT_TIME_S"]["value"]) > float(configmap["LOOM_SHUTDOWN_TIMEOUT_S"]) + 5
+
+
+def test_ray_version_matches_the_pinned_ray(cluster: dict[str, Any]) -> None:
+    assert cluster["spec"]["rayVersion"] == ray.__version__ == "2.60.0"
+
+
+def test_named_ports(cluster: dict[str, Any]) -> None:
+    head, worker = _containers(cluster)
+    assert {p["name"]: p["containerPort"] for p in head["ports"]} == {
+        "gcs-server": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "metrics": 8080,
+    }
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"metrics": 8080}
+
+
+def test_companion_objects_share_the_namespace(cluster: dict[str, Any]) -> None:
+    namespace = cluster["metadata"]["namespace"]
+    assert _load("configmap.yaml")["metadata"]["namespace"] == namespace
+    assert _load("secret.example.yaml")["metadata"]["namespace"] == namespace
+
+
+def test_configmap_and_example_secret_build_valid_settings(
+    configmap: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.upper().startswith("LOOM_")]:
+        monkeypatch.delenv(name)
+    secret = _load("secret.example.yaml")["stringData"]
+    for name, value in {**configmap, **secret}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert settings.kafka_batch_size == 200
+    assert settings.kafka_batch_timeout == 0.5
+    assert (settings.db_min_pool_size, settings.db_max_pool_size) == (2, 8)
+    assert (settings.min_actors, settings.max_actors) == (3, 10)
+    assert settings.kafka_group_id == "loom-ray"
+
+
+# Names the consumers export (loom_ray metrics), as Prometheus sees them: Ray adds the `ray_` prefix and
+# OpenTelemetry a `_total` suffix on counters; histograms are queried through their `_bucket` series.
+_COUNTERS = ("loom_messages", "loom_rows", "loom_dead_letters", "loom_batches", "loom_fenced_flushes")
+EXPORTED = {f"ray_{name}_total" for name in _COUNTERS} | {"ray_loom_partition_lag", "ray_loom_flush_seconds_bucket"}
+
+
+def test_grafana_dashboard_queries_exported_metrics_only() -> None:
+    with open(KUBERAY / "grafana-dashboard.json", encoding="utf-8") as f:
+        dashboard = json.load(f)
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"ray_loom_\w+", expr)}
+    assert used == EXPORTED  # no typo'd name (an empty panel), and every metric is shown
+    for expr in exprs:
+        if "ray_loom_flush_seconds" in expr:
+            assert "topic" not in expr  # flush_seconds has no tags: a topic filter would match nothing
