@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,6 +61,7 @@ ConsumerFactory = Callable[[str], ConsumerHandle]
 @dataclass(slots=True)
 class _Member:
     handle: ConsumerHandle
+    serial: int
     last_ok: float
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +80,9 @@ class Coordinator:
         self._partitions: list[TopicPartition] = []
         self._target = settings.min_actors
         self._serial = 0
+        # Consumer names carry this incarnation's tag: after a coordinator restart, the names of consumers
+        # that have not finished dying are still taken.
+        self._tag = uuid.uuid4().hex[:4]
         self._pool: asyncpg.Pool | None = None
         self._metadata: KafkaMetadata | None = None
         self._lock = asyncio.Lock()
@@ -156,7 +161,7 @@ class Coordinator:
         target = self._target_count()
         if len(self._members) < target:
             await self._start_consumers(target - len(self._members))
-        surplus = sorted(self._members, key=lambda n: int(n.rsplit("-", 1)[1]))[target:]
+        surplus = sorted(self._members, key=lambda n: self._members[n].serial)[target:]
         if surplus:
             keep = [n for n in self._members if n not in surplus]
             await self._move_to(assign(self._partitions, keep, self._owners))
@@ -174,14 +179,14 @@ class Coordinator:
         handles = []
         for _ in range(count):
             self._serial += 1
-            handles.append(self._factory(f"loom-consumer-{self._serial}"))
-        results = await asyncio.gather(*(h.start(timeout_s=120.0) for h in handles), return_exceptions=True)
-        for handle, result in zip(handles, results, strict=True):
+            handles.append((self._serial, self._factory(f"loom-consumer-{self._serial}-{self._tag}")))
+        results = await asyncio.gather(*(h.start(timeout_s=120.0) for _, h in handles), return_exceptions=True)
+        for (serial, handle), result in zip(handles, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("consumer %s failed to start: %s", handle.name, result)
                 handle.kill()
                 continue
-            self._members[handle.name] = _Member(handle, time.monotonic())
+            self._members[handle.name] = _Member(handle, serial, time.monotonic())
             log.info("started consumer %s (%d running)", handle.name, len(self._members))
 
     async def _rebalance(self) -> None:

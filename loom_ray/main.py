@@ -190,7 +190,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.exit_when_drained and status.get("drained"):
             log.info("all partitions drained")
             break
-        time.sleep(0.5)
+        time.sleep(1.0)
     try:
         ray.get(coordinator.shutdown.remote(), timeout=settings.shutdown_timeout_s + 5)
     except (GetTimeoutError, RayActorError) as exc:

@@ -25,6 +25,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from loom_ray import db
 from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
+from loom_ray.crashpoints import crash_point
 from loom_ray.decode import capped, decode_value, sha256
 from loom_ray.kafka.consumer import PartitionConsumer
 from loom_ray.offsets import Claim
@@ -160,6 +161,8 @@ class IngestWorker:
                 messages = []
                 await asyncio.sleep(poll_s)
             now = time.monotonic()
+            if messages:
+                crash_point("after_poll")
             for message in messages:
                 self._add(message, now)
             self._check_flush_task()

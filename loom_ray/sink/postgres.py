@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from loom_ray.batch import DeadLetter, PartitionBatch, Row
+from loom_ray.crashpoints import crash_point
 from loom_ray.decode import DB_ROW, capped, sha256
 from loom_ray.errors import FencedError
 
@@ -109,8 +110,10 @@ class PostgresSink:
             if len(matched) != len(batches):
                 won = {(r["topic"], r["partition"]) for r in matched}
                 raise FencedError([(b.topic, b.partition) for b in batches if (b.topic, b.partition) not in won])
+            crash_point("after_offset_cas")
             rows = [row for b in batches for row in b.rows]
             refused = await self._copy_isolating(conn, rows)
+            crash_point("after_data_copy")
             dead_letters = [dl for b in batches for dl in b.dead_letters]
             dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
             if dead_letters:
@@ -119,6 +122,7 @@ class PostgresSink:
                 await conn.copy_records_to_table(
                     "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
                 )
+        crash_point("after_commit")
         return len(rows) - len(refused), len(dead_letters)
 
     async def _copy_isolating(

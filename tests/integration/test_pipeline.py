@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
-
-import pytest
 
 from loom_ray import loadgen
 from tests.support.pipeline import account, pipeline_env, scalar, start_main, stop_group, wait_until
@@ -182,60 +182,6 @@ def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp
     assert "retry" in log.read_text(), "the outage never reached the flush path"
 
 
-@pytest.fixture
-def ray_head(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A `ray start --head --block` cluster, stopped by its pid."""
-    import subprocess
-    import sys
-    import tempfile
-
-    from ray.job_submission import JobSubmissionClient
-
-    ray_bin = Path(sys.executable).with_name("ray")
-    temp_dir = tempfile.mkdtemp(prefix="lr-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    dashboard_port = 28265
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--block",
-            "--port=26379",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=4",
-            "--object-store-memory=200000000",
-            "--include-dashboard=true",
-            f"--temp-dir={temp_dir}",
-        ],
-        stdout=(tmp_path / "head.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # Job drivers run `python` from PATH: the cluster's, as in a Ray image with loom-ray installed.
-        env={**os.environ, "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}"},
-    )
-    address = f"http://127.0.0.1:{dashboard_port}"
-
-    def up() -> bool:
-        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-        try:
-            JobSubmissionClient(address).list_jobs()
-        except Exception:
-            return False
-        return True
-
-    try:
-        wait_until(up, 120, "the Ray head's job server")
-        yield address
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(30)
-
-
 def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, ray_head: str) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -253,3 +199,63 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     assert f"messages={messages}" in logs
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
+
+
+def test_resize_mid_run_hands_partitions_over(
+    endpoints: Endpoints, topic_name: str, ray_head: str, tmp_path: Path
+) -> None:
+    fill(endpoints, topic_name, 20_000)
+    env = pipeline_env(endpoints, topic_name, kafka_batch_size=100, min_actors=1)
+    env["RAY_ADDRESS"] = "127.0.0.1:26379"
+    log = tmp_path / "main.log"
+    process = start_main(env, "--actors", "3", log=log)
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) >= 20_000, 180, "the preload committed")
+        # Live traffic (30 s) while partitions move, so hand-offs happen with batches in flight.
+        producer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loom_ray.loadgen",
+                "--topic",
+                topic_name,
+                "--partitions",
+                "12",
+                "--messages",
+                "150000",
+                "--size",
+                "200",
+                "--rate",
+                "5000",
+                "--bootstrap-servers",
+                endpoints.kafka,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for actors in (5, 2):
+            ctl = subprocess.run(
+                [sys.executable, "-m", "loom_ray.ctl", "resize", str(actors)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert ctl.returncode == 0, ctl.stderr[-2000:]
+            assert f"target: {actors} consumer actors" in ctl.stdout
+            assert producer.poll() is None, "the producer finished before the resize: no traffic during the move"
+        assert producer.wait(120) == 0
+        wait_until(lambda: committed(endpoints, topic_name) >= 170_000, 180, "everything committed")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if producer is not None:
+            producer.kill()
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.expected == 170_000
+    text = log.read_text()
+    assert text.count(" released ") >= 6, "partitions were not handed over live"
+    assert "fenced" not in text, "a clean hand-off must not need fencing"
