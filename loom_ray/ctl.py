@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         found = ray.util.list_named_actors(all_namespaces=True)
         print(
-            f"no coordinator {COORDINATOR_NAME!r} in namespace {namespace!r}: is loom_ray.main running? named actors: {found}",
+            f"no coordinator {COORDINATOR_NAME!r} in namespace {namespace!r}: is loom_ray.main running? "
+            f"named actors: {found}",
             file=sys.stderr,
         )
         return 1
