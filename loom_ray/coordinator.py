@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -95,7 +96,7 @@ class Coordinator:
     async def start(self) -> None:
         """Connect to PostgreSQL and Kafka. Raises if either is out of reach."""
         self._pool = await asyncpg.create_pool(
-            self._settings.dsn, min_size=1, max_size=2, server_settings={"application_name": "loom-coordinator"}
+            self._settings.dsn, min_size=1, max_size=2, server_settings={"application_name": f"loom-coordinator pid={os.getpid()}"}
         )
         self._metadata = KafkaMetadata(self._settings)
 

@@ -40,6 +40,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             "--num-cpus=4",
             "--object-store-memory=200000000",
             "--include-dashboard=true",
+            "--metrics-export-port=28080",
             f"--temp-dir={temp_dir}",
         ],
         stdout=(tmp_path / "head.log").open("wb"),

@@ -18,7 +18,15 @@ from collections import Counter
 from pathlib import Path
 
 from loom_ray import loadgen
-from tests.support.pipeline import account, pipeline_env, scalar, start_main, stop_group, wait_until
+from tests.support.pipeline import (
+    account,
+    high_watermarks,
+    pipeline_env,
+    scalar,
+    start_main,
+    stop_group,
+    wait_until,
+)
 from tests.support.services import Endpoints
 from tests.support.tcp_proxy import proxy
 
@@ -50,12 +58,25 @@ def committed(endpoints: Endpoints, topic: str) -> int:
     return int(scalar(endpoints, "SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = $1", topic))
 
 
-def consumer_pids(endpoints: Endpoints) -> list[int]:
+def pids_of(endpoints: Endpoints, application: str) -> list[int]:
+    """Pids of the processes holding connections named ``<application> ... pid=N`` (actors name theirs)."""
     names = scalar(
         endpoints,
-        "SELECT array_agg(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE 'loom-ray %'",
+        "SELECT array_agg(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE $1",
+        f"{application} %",
     )
     return sorted({int(m.group(1)) for name in names or [] if (m := re.search(r"pid=(\d+)", name))})
+
+
+def group_offsets(endpoints: Endpoints, topic: str, partitions: int) -> dict[int, int]:
+    """The offsets loom-ray mirrored to the Kafka group (for lag tools)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    request = ConsumerGroupTopicPartitions(f"loom-{topic}", [TopicPartition(topic, p) for p in range(partitions)])
+    result = admin.list_consumer_group_offsets([request])[f"loom-{topic}"].result()
+    return {tp.partition: tp.offset for tp in result.topic_partitions}
 
 
 def test_every_offset_once_with_malformed_input_and_db_rejects(
@@ -105,6 +126,9 @@ def test_every_offset_once_with_malformed_input_and_db_rejects(
     assert result.dead_letters == sum(expected_classes.values()) + refused
     summary = [line for line in log.read_text().splitlines() if line.startswith("summary:")]
     assert summary and f"messages={messages}" in summary[-1], summary
+    # The Kafka group mirrors PostgreSQL's offsets after the drain, so lag tools see the truth.
+    marks = high_watermarks(endpoints.kafka, topic_name)
+    assert group_offsets(endpoints, topic_name, 12) == {p: high for p, (_, high) in marks.items()}
 
 
 def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
@@ -114,7 +138,7 @@ def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: st
     process = start_main(pipeline_env(endpoints, topic_name, kafka_batch_size=100), "--exit-when-drained", log=log)
     try:
         wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
-        victims = consumer_pids(endpoints)
+        victims = pids_of(endpoints, "loom-ray")
         assert victims, "no consumer actor connections found in pg_stat_activity"
         os.kill(victims[0], signal.SIGKILL)
         assert process.wait(600) == 0, log.read_text()[-3000:]
@@ -160,6 +184,56 @@ def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, 
     assert result.max_epoch >= 3  # each run claimed every partition again
 
 
+def test_kill_9_of_the_coordinator_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic_name, kafka_batch_size=100), "--exit-when-drained", log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
+        [coordinator] = pids_of(endpoints, "loom-coordinator")
+        os.kill(coordinator, signal.SIGKILL)
+        # Ray restarts it; its consumers died with it; the new one claims every partition again.
+        assert process.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.max_epoch >= 2, "the restarted coordinator did not claim the partitions again"
+
+
+def test_new_partitions_are_picked_up(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    fill(endpoints, topic_name, 20_000, partitions=4)
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic_name), log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) >= 20_000, 180, "the first 4 partitions committed")
+        admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+        admin.create_partitions([NewPartitions(topic_name, 6)])[topic_name].result()
+        fill(endpoints, topic_name, 30_000, partitions=6)
+        wait_until(lambda: committed(endpoints, topic_name) >= 50_000, 180, "all 6 partitions committed")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert len(high_watermarks(endpoints.kafka, topic_name)) == 6
+
+
+def test_refuses_to_start_beyond_the_connection_budget(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    fill(endpoints, topic_name, 10, partitions=1)
+    log = tmp_path / "main.log"
+    env = pipeline_env(endpoints, topic_name, db_max_pool_size=100, max_actors=1000)
+    process = start_main(env, "--exit-when-drained", log=log)
+    assert process.wait(120) == 2
+    text = log.read_text()
+    assert "LOOM_MAX_ACTORS (1000) x LOOM_DB_MAX_POOL_SIZE (100)" in text and "max_connections" in text
+    assert scalar(endpoints, "SELECT count(*) FROM loom_offsets WHERE topic = $1", topic_name) == 0
+
+
 def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
     messages = 150_000
     fill(endpoints, topic_name, messages)
@@ -199,6 +273,14 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     assert f"messages={messages}" in logs
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
+
+
+def scrape_metrics() -> str:
+    """The Ray head's Prometheus endpoint (``--metrics-export-port`` in the ``ray_head`` fixture)."""
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:28080/metrics", timeout=10) as response:  # noqa: S310
+        return response.read().decode()
 
 
 def test_resize_mid_run_hands_partitions_over(
@@ -247,6 +329,10 @@ def test_resize_mid_run_hands_partitions_over(
             assert producer.poll() is None, "the producer finished before the resize: no traffic during the move"
         assert producer.wait(120) == 0
         wait_until(lambda: committed(endpoints, topic_name) >= 170_000, 180, "everything committed")
+        wait_until(lambda: "ray_loom_rows_total{" in scrape_metrics(), 60, "the consumers' metrics")
+        metrics = scrape_metrics()
+        assert f'partition="0",topic="{topic_name}"' in metrics or f'topic="{topic_name}"' in metrics
+        assert "ray_loom_partition_lag{" in metrics and "ray_loom_flush_seconds_bucket{" in metrics
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log.read_text()[-3000:]
     finally:
