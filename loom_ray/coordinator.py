@@ -33,7 +33,7 @@ from loom_ray import db, offsets
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, moves
-from loom_ray.policy.scaling import ScalingBounds, clamp_actors
+from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ class Coordinator:
         self._owners: dict[TopicPartition, str] = {}
         self._partitions: list[TopicPartition] = []
         self._target = settings.min_actors
+        self._pinned = False  # set by resize(): autoscaling stops
+        self._last_scale = time.monotonic()
+        self._last_committed: tuple[float, int] | None = None
         self._serial = 0
         # Consumer names carry this incarnation's tag: after a coordinator restart, the names of consumers
         # that have not finished dying are still taken.
@@ -96,7 +99,10 @@ class Coordinator:
     async def start(self) -> None:
         """Connect to PostgreSQL and Kafka. Raises if either is out of reach."""
         self._pool = await asyncpg.create_pool(
-            self._settings.dsn, min_size=1, max_size=2, server_settings={"application_name": f"loom-coordinator pid={os.getpid()}"}
+            self._settings.dsn,
+            min_size=1,
+            max_size=2,
+            server_settings={"application_name": f"loom-coordinator pid={os.getpid()}"},
         )
         self._metadata = KafkaMetadata(self._settings)
 
@@ -112,14 +118,17 @@ class Coordinator:
             await asyncio.sleep(self._settings.health_check_interval_s)
 
     async def resize(self, actors: int) -> int:
-        """Set the consumer count (clamped to the bounds and the partition count); returns the target."""
+        """Pin the consumer count (clamped to the bounds and the partition count; autoscaling stops)."""
         self._target = actors
+        self._pinned = True
         await self.reconcile()
         return self._target_count()
 
+    def _bounds(self) -> ScalingBounds:
+        return ScalingBounds(self._settings.min_actors, self._settings.max_actors)
+
     def _target_count(self) -> int:
-        bounds = ScalingBounds(self._settings.min_actors, self._settings.max_actors)
-        return clamp_actors(self._target, bounds, max(1, len(self._partitions)))
+        return clamp_actors(self._target, self._bounds(), max(1, len(self._partitions)))
 
     async def reconcile(self) -> None:
         """One round: discover, health-check, scale, reassign (serialised with resize and shutdown)."""
@@ -129,9 +138,11 @@ class Coordinator:
             assert self._metadata is not None
             self._partitions = await asyncio.to_thread(self._metadata.partitions)
             await self._check_health()
+            progress = await self.progress()
+            self._autoscale(progress)
             await self._scale()
             await self._rebalance()
-            await self._sample_lag()
+            await self._sample_lag(progress)
 
     async def _check_health(self) -> None:
         timeout = self._settings.health_check_interval_s
@@ -224,12 +235,28 @@ class Coordinator:
         async with self._pool.acquire() as conn:
             return await offsets.claim(conn, tp[0], tp[1], start, owner)
 
-    async def _sample_lag(self) -> None:
+    def _autoscale(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
+        """Follow the backlog (the seed's HPA followed CPU): up at once, down at most once per catch-up time."""
+        catchup = self._settings.scale_catchup_s
+        now = time.monotonic()
+        committed = sum(row["next_offset"] for row in progress.values())
+        previous, self._last_committed = self._last_committed, (now, committed)
+        current = len(self._members)
+        if self._pinned or catchup == 0 or previous is None or current == 0:
+            return
+        rate = (committed - previous[1]) / max(now - previous[0], 1e-3) / current
+        lag = sum(row["lag"] for row in progress.values())
+        want = desired_actors(current, lag, rate, catchup, self._bounds(), len(self._partitions))
+        if want > current or (want < current and now - self._last_scale >= catchup):
+            log.info("autoscale: %d -> %d consumers (lag %d, %.0f msg/s per consumer)", current, want, lag, rate)
+            self._target = want
+            self._last_scale = now
+
+    async def _sample_lag(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         now = time.monotonic()
         if now - self._last_lag_sample < self._settings.lag_sample_interval_s:
             return
         self._last_lag_sample = now
-        progress = await self.progress()
         if self._on_lag is not None:
             for (topic, partition), row in progress.items():
                 self._on_lag(topic, partition, row["lag"])

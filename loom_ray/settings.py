@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     actor_memory_bytes: int = Field(
         _GiB, ge=0, le=1024 * _GiB, description="Ray memory per consumer actor in bytes (drives autoscaling)."
     )
+    scale_catchup_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Autoscaling: add consumers until the backlog would clear within this many seconds at the "
+        "observed rate (0 = off; `loom_ray.ctl resize` pins the count).",
+    )
     ray_namespace: str = Field("loom", min_length=1, description="Ray namespace of the named coordinator.")
     health_check_interval_s: float = Field(2.0, gt=0, le=300, description="Seconds between actor health checks.")
     lag_sample_interval_s: float = Field(

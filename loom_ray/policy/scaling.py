@@ -30,10 +30,11 @@ def desired_actors(
     """Actors needed to clear ``lag`` within ``catchup_s`` at the observed per-actor rate.
 
     Scales up at once; scales down one actor at a time and only once the backlog would clear in a
-    quarter of ``catchup_s`` with one actor fewer, so a draining backlog does not flap.
+    quarter of ``catchup_s`` with one actor fewer, so a draining backlog does not flap. With no rate
+    observed yet, it keeps the count, unless there is no backlog at all: then one actor fewer.
     """
     if msgs_per_s_per_actor <= 0:
-        return clamp_actors(current, bounds, partitions)
+        return clamp_actors(current - 1 if lag == 0 else current, bounds, partitions)
     needed = math.ceil(lag / (msgs_per_s_per_actor * catchup_s))
     if needed > current:
         return clamp_actors(needed, bounds, partitions)

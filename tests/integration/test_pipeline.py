@@ -345,3 +345,22 @@ def test_resize_mid_run_hands_partitions_over(
     text = log.read_text()
     assert text.count(" released ") >= 6, "partitions were not handed over live"
     assert "fenced" not in text, "a clean hand-off must not need fencing"
+
+
+def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=2, kafka_batch_size=50)
+    log = tmp_path / "main.log"
+    process = start_main(env, log=log)
+    try:
+        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer")
+        wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed")
+        wait_until(lambda: re.search(r"autoscale: 2 -> 1 consumers", log.read_text()), 120, "the scale-down to 1")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert "stopped consumer" in log.read_text()

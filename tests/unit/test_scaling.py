@@ -95,3 +95,9 @@ def test_desired_actors_always_within_bounds(
         return
     # Scaling down never drops more than one actor, unless the bounds themselves force it.
     assert result >= current - 1 or result == max(1, min(max_actors, partitions))
+
+
+def test_no_backlog_and_no_rate_steps_down_one_actor() -> None:
+    # Idle consumers commit nothing (rate 0); with lag 0 one can go: 5 -> 4, never below min_actors.
+    assert desired_actors(5, 0, 0.0, CATCHUP, BOUNDS, partitions=12) == 4
+    assert desired_actors(BOUNDS.min_actors, 0, 0.0, CATCHUP, BOUNDS, partitions=12) == BOUNDS.min_actors
