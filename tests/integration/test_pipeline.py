@@ -240,7 +240,10 @@ def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp
     host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
     with proxy(host, int(port)) as pg:
         dsn = endpoints.dsn.replace(f"{host}:{port}", f"127.0.0.1:{pg.port}")
-        env = pipeline_env(endpoints, topic_name, kafka_batch_size=100, db_dsn=dsn)
+        # Small buffers, so the outage fills them and fetching must pause (bounded memory) and resume.
+        env = pipeline_env(
+            endpoints, topic_name, kafka_batch_size=100, db_dsn=dsn, batch_max_bytes=65536, buffer_max_bytes=262144
+        )
         log = tmp_path / "main.log"
         process = start_main(env, "--exit-when-drained", log=log)
         try:
@@ -253,7 +256,9 @@ def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp
             stop_group(process)
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
-    assert "retry" in log.read_text(), "the outage never reached the flush path"
+    text = log.read_text()
+    assert "retry" in text, "the outage never reached the flush path"
+    assert "pausing fetch" in text and "resuming fetch" in text, "buffers were not bounded during the outage"
 
 
 def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, ray_head: str) -> None:
