@@ -72,25 +72,27 @@ class CoordinatorActor:
         self._lag = LagMetrics()
         self._core = Coordinator(settings, lambda name: RayConsumer(settings, name), self._lag.set)
         # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.
-        self._run = asyncio.get_running_loop().create_task(self._start_and_run())
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_task(self._core.start())
+        self._run = loop.create_task(self._run_when_started())
 
-    async def _start_and_run(self) -> None:
-        await self._core.start()
+    async def _run_when_started(self) -> None:
+        await self._started
         await self._core.run()
 
     async def status(self) -> dict[str, Any]:
-        """Progress snapshot; raises if the coordinator's loop failed to start."""
-        if self._run.done():
-            self._run.result()
-        status = await self._core.status()
-        return status
+        """Progress snapshot; waits for start-up and raises its error if it failed."""
+        await self._started
+        return await self._core.status()
 
     async def resize(self, actors: int) -> int:
         """Change the number of consumers with a live hand-off of the moved partitions."""
+        await self._started
         return await self._core.resize(actors)
 
     async def shutdown(self) -> None:
         """Drain every consumer and stop."""
+        await self._started
         await self._core.shutdown()
         self._run.cancel()
 

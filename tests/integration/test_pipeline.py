@@ -268,10 +268,23 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     fill(endpoints, topic_name, messages, partitions=6)
     env = {k: v for k, v in pipeline_env(endpoints, topic_name).items() if k.startswith(("LOOM_", "RAY_AUTH"))}
     client = JobSubmissionClient(ray_head)
-    job = client.submit_job(
-        entrypoint="python -m loom_ray.main --exit-when-drained",
-        runtime_env={"working_dir": str(Path(__file__).resolve().parents[2]), "env_vars": env},
-    )
+    submitted: list[str] = []
+
+    def submit() -> bool:  # the job server answers before its agent is ready ("No available agent")
+        try:
+            submitted.append(
+                client.submit_job(
+                    entrypoint="python -m loom_ray.main --exit-when-drained",
+                    runtime_env={"working_dir": str(Path(__file__).resolve().parents[2]), "env_vars": env},
+                )
+            )
+        except RuntimeError as exc:
+            assert "No available agent" in str(exc), exc
+            return False
+        return True
+
+    wait_until(submit, 60, "the job to be accepted", interval_s=2)
+    [job] = submitted
     wait_until(lambda: client.get_job_status(job).is_terminal(), 300, "the job to finish", interval_s=1)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
