@@ -19,6 +19,7 @@ from pathlib import Path
 
 from loom_ray import loadgen
 from tests.support.pipeline import (
+    Accounting,
     account,
     high_watermarks,
     pipeline_env,
@@ -131,23 +132,36 @@ def test_every_offset_once_with_malformed_input_and_db_rejects(
     assert group_offsets(endpoints, topic_name, 12) == {p: high for p, (_, high) in marks.items()}
 
 
-def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+def kill_9_mid_run(endpoints: Endpoints, topic: str, tmp_path: Path, application: str) -> tuple[Accounting, str]:
+    """Run the job over 200 000 messages and, once a fifth is committed, kill -9 the first process whose
+    PostgreSQL connections are named ``<application> ... pid=N``; return the accounting and the job's log."""
     messages = 200_000
-    fill(endpoints, topic_name, messages)
+    fill(endpoints, topic, messages)
     log = tmp_path / "main.log"
-    process = start_main(pipeline_env(endpoints, topic_name, kafka_batch_size=100), "--exit-when-drained", log=log)
+    process = start_main(pipeline_env(endpoints, topic, kafka_batch_size=100), "--exit-when-drained", log=log)
     try:
-        wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
-        victims = pids_of(endpoints, "loom-ray")
-        assert victims, "no consumer actor connections found in pg_stat_activity"
+        wait_until(lambda: committed(endpoints, topic) > messages // 5, 180, "a fifth committed")
+        victims = pids_of(endpoints, application)
+        assert victims, f"no {application} connections found in pg_stat_activity"
         os.kill(victims[0], signal.SIGKILL)
         assert process.wait(600) == 0, log.read_text()[-3000:]
     finally:
         stop_group(process)
-    result = account(endpoints, topic_name)
+    return account(endpoints, topic), log.read_text()
+
+
+def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    result, log = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-ray")
     assert result.exact, str(result)
     assert result.max_epoch >= 2, "the killed actor's partitions were never reclaimed"
-    assert "is gone" in log.read_text()
+    assert "is gone" in log
+
+
+def test_kill_9_of_the_coordinator_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    # Ray restarts it; its consumers die with it; the new one claims every partition again.
+    result, _ = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-coordinator")
+    assert result.exact, str(result)
+    assert result.max_epoch >= 2, "the restarted coordinator did not claim the partitions again"
 
 
 def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
@@ -182,24 +196,6 @@ def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, 
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
     assert result.max_epoch >= 3  # each run claimed every partition again
-
-
-def test_kill_9_of_the_coordinator_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    messages = 200_000
-    fill(endpoints, topic_name, messages)
-    log = tmp_path / "main.log"
-    process = start_main(pipeline_env(endpoints, topic_name, kafka_batch_size=100), "--exit-when-drained", log=log)
-    try:
-        wait_until(lambda: committed(endpoints, topic_name) > messages // 5, 180, "a fifth committed")
-        [coordinator] = pids_of(endpoints, "loom-coordinator")
-        os.kill(coordinator, signal.SIGKILL)
-        # Ray restarts it; its consumers died with it; the new one claims every partition again.
-        assert process.wait(600) == 0, log.read_text()[-3000:]
-    finally:
-        stop_group(process)
-    result = account(endpoints, topic_name)
-    assert result.exact, str(result)
-    assert result.max_epoch >= 2, "the restarted coordinator did not claim the partitions again"
 
 
 def test_new_partitions_are_picked_up(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
