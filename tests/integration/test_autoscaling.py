@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.integration.conftest import active_nodes
-from tests.integration.test_pipeline import committed, fill
-from tests.support.pipeline import account, pipeline_env, start_main, stop_group, wait_until
+from tests.support.pipeline import account, committed, fill, pipeline_env, start_main, stop_group, wait_until
 from tests.support.services import Endpoints
 
 

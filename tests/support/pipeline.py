@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
+from loom_ray import loadgen
 from tests.support.services import ROOT, Endpoints
 
 
@@ -158,9 +160,55 @@ def scalar(endpoints: Endpoints, sql: str, *args: Any) -> Any:
     return asyncio.run(_scalar(endpoints.dsn, sql, *args))
 
 
-def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> None:
+def wait_until(
+    predicate: Any,
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.5,
+    running: tuple[subprocess.Popen[bytes], Path] | None = None,
+) -> None:
+    """Poll ``predicate``; fail after ``timeout_s``, or at once if the ``running`` (process, log) has exited."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
+        if running is not None and running[0].poll() is not None:
+            raise AssertionError(
+                f"the job exited ({running[0].returncode}) while waiting for {what}:\n{running[1].read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def fill(
+    endpoints: Endpoints, topic: str, messages: int, partitions: int = 12, ratio: float = 0.0, **extra: str
+) -> None:
+    argv = ["--topic", topic, "--partitions", str(partitions), "--messages", str(messages), "--size", "200"]
+    argv += ["--bootstrap-servers", endpoints.kafka, "--malformed-ratio", str(ratio)]
+    for name, value in extra.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    assert loadgen.main(argv) == 0
+
+
+def committed(endpoints: Endpoints, topic: str) -> int:
+    return int(scalar(endpoints, "SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = $1", topic))
+
+
+def pids_of(endpoints: Endpoints, application: str) -> list[int]:
+    """Pids of the processes holding connections named ``<application> ... pid=N`` (actors name theirs)."""
+    names = scalar(
+        endpoints,
+        "SELECT array_agg(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE $1",
+        f"{application} %",
+    )
+    return sorted({int(m.group(1)) for name in names or [] if (m := re.search(r"pid=(\d+)", name))})
+
+
+def group_offsets(endpoints: Endpoints, topic: str, partitions: int) -> dict[int, int]:
+    """The offsets loom-ray mirrored to the Kafka group (for lag tools)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    request = ConsumerGroupTopicPartitions(f"loom-{topic}", [TopicPartition(topic, p) for p in range(partitions)])
+    result = admin.list_consumer_group_offsets([request])[f"loom-{topic}"].result()
+    return {tp.partition: tp.offset for tp in result.topic_partitions}

@@ -1,0 +1,130 @@
+"""Crashes and outages mid-run: consumer and coordinator kill -9, job restarts, PostgreSQL cut off."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from tests.support.pipeline import (
+    Accounting,
+    account,
+    committed,
+    fill,
+    pids_of,
+    pipeline_env,
+    start_main,
+    stop_group,
+    wait_until,
+)
+from tests.support.services import Endpoints
+from tests.support.tcp_proxy import proxy
+
+
+def kill_9_mid_run(endpoints: Endpoints, topic: str, tmp_path: Path, application: str) -> tuple[Accounting, str]:
+    """Run the job over 200 000 messages and, once a fifth is committed, kill -9 the first process whose
+    PostgreSQL connections are named ``<application> ... pid=N``; return the accounting and the job's log."""
+    messages = 200_000
+    fill(endpoints, topic, messages)
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic, kafka_batch_size=100), "--exit-when-drained", log=log)
+    try:
+        wait_until(
+            lambda: committed(endpoints, topic) > messages // 5, 180, "a fifth committed", running=(process, log)
+        )
+        victims = pids_of(endpoints, application)
+        assert victims, f"no {application} connections found in pg_stat_activity"
+        os.kill(victims[0], signal.SIGKILL)
+        assert process.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    return account(endpoints, topic), log.read_text()
+
+
+def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    result, log = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-ray")
+    assert result.exact, str(result)
+    assert result.max_epoch >= 2, "the killed actor's partitions were never reclaimed"
+    assert "is gone" in log
+
+
+def test_kill_9_of_the_coordinator_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    # Ray restarts it; its consumers die with it; the new one claims every partition again.
+    result, _ = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-coordinator")
+    assert result.exact, str(result)
+    assert result.max_epoch >= 2, "the restarted coordinator did not claim the partitions again"
+
+
+def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    env = pipeline_env(endpoints, topic_name, kafka_batch_size=100)
+    log = tmp_path / "main.log"
+    # 1. SIGTERM: drains, prints a summary and exits 0 well within the shutdown deadline.
+    first = start_main(env, log=log)
+    try:
+        wait_until(
+            lambda: committed(endpoints, topic_name) > messages // 10, 180, "a tenth committed", running=(first, log)
+        )
+        first.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert first.wait(60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - started < 60
+    finally:
+        stop_group(first)
+    assert "summary:" in log.read_text()
+    # 2. SIGKILL of the driver and its local Ray, mid-run.
+    second = start_main(env, log=log)
+    try:
+        mark = committed(endpoints, topic_name)
+        wait_until(
+            lambda: committed(endpoints, topic_name) > mark + messages // 10,
+            180,
+            "progress after restart",
+            running=(second, log),
+        )
+    finally:
+        stop_group(second, signal.SIGKILL)
+    # 3. A third run finishes the topic.
+    third = start_main(env, "--exit-when-drained", log=log)
+    try:
+        assert third.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(third)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.max_epoch >= 3  # each run claimed every partition again
+
+
+def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 150_000
+    fill(endpoints, topic_name, messages)
+    host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
+    with proxy(host, int(port)) as pg:
+        dsn = endpoints.dsn.replace(f"{host}:{port}", f"127.0.0.1:{pg.port}")
+        # Small buffers, so the outage fills them and fetching must pause (bounded memory) and resume.
+        env = pipeline_env(
+            endpoints, topic_name, kafka_batch_size=100, db_dsn=dsn, batch_max_bytes=65536, buffer_max_bytes=262144
+        )
+        log = tmp_path / "main.log"
+        process = start_main(env, "--exit-when-drained", log=log)
+        try:
+            wait_until(
+                lambda: committed(endpoints, topic_name) > messages // 5,
+                180,
+                "a fifth committed",
+                running=(process, log),
+            )
+            pg.cut()
+            time.sleep(5)
+            pg.restore()
+            assert process.wait(600) == 0, log.read_text()[-3000:]
+        finally:
+            stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    text = log.read_text()
+    assert "retry" in text, "the outage never reached the flush path"
+    assert "pausing fetch" in text and "resuming fetch" in text, "buffers were not bounded during the outage"

@@ -1,0 +1,193 @@
+"""Running it: new partitions, the connection budget, ray job submit, resize, autoscaling, metrics."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.pipeline import (
+    account,
+    committed,
+    fill,
+    high_watermarks,
+    pipeline_env,
+    scalar,
+    start_main,
+    stop_group,
+    wait_until,
+)
+from tests.support.services import Endpoints
+
+
+def test_new_partitions_are_picked_up(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    fill(endpoints, topic_name, 20_000, partitions=4)
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic_name), log=log)
+    try:
+        wait_until(
+            lambda: committed(endpoints, topic_name) >= 20_000,
+            180,
+            "the first 4 partitions committed",
+            running=(process, log),
+        )
+        admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+        admin.create_partitions([NewPartitions(topic_name, 6)])[topic_name].result()
+        fill(endpoints, topic_name, 30_000, partitions=6)
+        wait_until(
+            lambda: committed(endpoints, topic_name) >= 50_000,
+            180,
+            "all 6 partitions committed",
+            running=(process, log),
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert len(high_watermarks(endpoints.kafka, topic_name)) == 6
+
+
+def test_refuses_to_start_beyond_the_connection_budget(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    fill(endpoints, topic_name, 10, partitions=1)
+    log = tmp_path / "main.log"
+    env = pipeline_env(endpoints, topic_name, db_max_pool_size=100, max_actors=1000)
+    process = start_main(env, "--exit-when-drained", log=log)
+    assert process.wait(120) == 2
+    text = log.read_text()
+    assert "LOOM_MAX_ACTORS (1000) x LOOM_DB_MAX_POOL_SIZE (100)" in text and "max_connections" in text
+    assert scalar(endpoints, "SELECT count(*) FROM loom_offsets WHERE topic = $1", topic_name) == 0
+
+
+def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, ray_head: str) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    messages = 30_000
+    fill(endpoints, topic_name, messages, partitions=6)
+    env = {k: v for k, v in pipeline_env(endpoints, topic_name).items() if k.startswith(("LOOM_", "RAY_AUTH"))}
+    client = JobSubmissionClient(ray_head)
+    submitted: list[str] = []
+
+    def submit() -> bool:  # the job server answers before its agent is ready ("No available agent")
+        try:
+            submitted.append(
+                client.submit_job(
+                    entrypoint="python -m loom_ray.main --exit-when-drained",
+                    runtime_env={"working_dir": str(Path(__file__).resolve().parents[2]), "env_vars": env},
+                )
+            )
+        except RuntimeError as exc:
+            assert "No available agent" in str(exc), exc
+            return False
+        return True
+
+    wait_until(submit, 60, "the job to be accepted", interval_s=2)
+    [job] = submitted
+    wait_until(lambda: client.get_job_status(job).is_terminal(), 300, "the job to finish", interval_s=1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    assert f"messages={messages}" in logs
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+
+
+def scrape_metrics() -> str:
+    """The Ray head's Prometheus endpoint (``--metrics-export-port`` in the ``ray_head`` fixture)."""
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:28080/metrics", timeout=10) as response:  # noqa: S310
+        return response.read().decode()
+
+
+def test_resize_mid_run_hands_partitions_over(
+    endpoints: Endpoints, topic_name: str, ray_head: str, tmp_path: Path
+) -> None:
+    fill(endpoints, topic_name, 20_000)
+    env = pipeline_env(endpoints, topic_name, kafka_batch_size=100, min_actors=1)
+    env["RAY_ADDRESS"] = "127.0.0.1:26379"
+    log = tmp_path / "main.log"
+    process = start_main(env, "--actors", "3", log=log)
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(
+            lambda: committed(endpoints, topic_name) >= 20_000, 180, "the preload committed", running=(process, log)
+        )
+        # Live traffic (30 s) while partitions move, so hand-offs happen with batches in flight.
+        producer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loom_ray.loadgen",
+                "--topic",
+                topic_name,
+                "--partitions",
+                "12",
+                "--messages",
+                "150000",
+                "--size",
+                "200",
+                "--rate",
+                "5000",
+                "--bootstrap-servers",
+                endpoints.kafka,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for actors in (5, 2):
+            ctl = subprocess.run(
+                [sys.executable, "-m", "loom_ray.ctl", "resize", str(actors)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert ctl.returncode == 0, ctl.stderr[-2000:]
+            assert f"target: {actors} consumer actors" in ctl.stdout
+            assert producer.poll() is None, "the producer finished before the resize: no traffic during the move"
+        assert producer.wait(120) == 0
+        wait_until(
+            lambda: committed(endpoints, topic_name) >= 170_000, 180, "everything committed", running=(process, log)
+        )
+        wait_until(lambda: "ray_loom_rows_total{" in scrape_metrics(), 60, "the consumers' metrics")
+        metrics = scrape_metrics()
+        assert f'partition="0",topic="{topic_name}"' in metrics or f'topic="{topic_name}"' in metrics
+        assert "ray_loom_partition_lag{" in metrics and "ray_loom_flush_seconds_bucket{" in metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if producer is not None:
+            producer.kill()
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert result.expected == 170_000
+    text = log.read_text()
+    assert text.count(" released ") >= 6, "partitions were not handed over live"
+    assert "fenced" not in text, "a clean hand-off must not need fencing"
+
+
+def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=2, kafka_batch_size=50)
+    log = tmp_path / "main.log"
+    process = start_main(env, log=log)
+    try:
+        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer")
+        wait_until(
+            lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=(process, log)
+        )
+        wait_until(lambda: re.search(r"autoscale: 2 -> 1 consumers", log.read_text()), 120, "the scale-down to 1")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert "stopped consumer" in log.read_text()
