@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop once every partition's committed offset reaches its high watermark, and print a summary",
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
-    parser.add_argument("--actors", type=int, help="consumer actors to start with (default: LOOM_MIN_ACTORS)")
+    parser.add_argument(
+        "--actors", type=int, help="pin the number of consumer actors (turns autoscaling off; see LOOM_SCALE_CATCHUP_S)"
+    )
     parser.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     parser.add_argument("--log-level", default="INFO", help="logging level of the driver (default INFO)")
     return parser.parse_args(argv)
