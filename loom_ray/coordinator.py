@@ -32,7 +32,7 @@ import asyncpg
 from loom_ray import db, offsets
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.offsets import Claim
-from loom_ray.policy.assignment import TopicPartition, assign, moves
+from loom_ray.policy.assignment import TopicPartition, assign, dropped, moves
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.settings import Settings
 
@@ -154,6 +154,10 @@ class Coordinator:
             member = self._members[name]
             if isinstance(result, dict):
                 member.last_ok, member.stats = now, result
+                for tp in dropped(self._owners, name, result.get("partitions", {})):
+                    log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", name, *tp)
+                    del self._owners[tp]
+                    self.reclaims += 1
             elif isinstance(result, asyncio.TimeoutError) and now - member.last_ok < session:
                 log.warning("consumer %s missed a health check", name)
             else:

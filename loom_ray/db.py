@@ -27,6 +27,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,  # 40P01
     asyncpg.QueryCanceledError,  # 57014, statement_timeout
     asyncpg.LockNotAvailableError,  # 55P03, lock_timeout
+    asyncpg.IdleInTransactionSessionTimeoutError,  # 25P03, a stalled flush was cut off
 )
 
 
@@ -36,6 +37,7 @@ def session_settings(settings: Settings, application_name: str) -> dict[str, str
         "synchronous_commit": settings.db_synchronous_commit,
         "jit": settings.db_jit,
         "statement_timeout": str(settings.db_statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(settings.db_idle_in_transaction_timeout_ms),
         "application_name": application_name,
     }
 

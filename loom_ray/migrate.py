@@ -1,7 +1,8 @@
 """Versioned, idempotent migrations from ``sql/NNN_name.sql``, recorded in ``loom_migrations``.
 
 Runs once at start from the driver (``python -m loom_ray.main``) and in tests. An advisory lock makes two
-drivers starting at once apply each file once; a failed file rolls back whole and stops the start.
+drivers starting at once apply each file once; a failed file rolls back whole and stops the start. When
+nothing is pending it only reads, so a run-time role without DDL rights can start the pipeline.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR) -> list[s
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS loom_migrations (
-                   name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        if await conn.fetchval("SELECT to_regclass('loom_migrations')") is None:
+            # Only then: CREATE ... IF NOT EXISTS still needs CREATE on the schema, which a
+            # least-privilege run-time role (sql/roles/least_privilege.sql) does not have.
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS loom_migrations (
+                       name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
         done = {row["name"] for row in await conn.fetch("SELECT name FROM loom_migrations")}
         for path in migration_files(directory):
             if path.name in done:

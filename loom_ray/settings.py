@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         60_000, ge=0, le=3_600_000, description="Session statement_timeout for ingest queries (0 = none)."
     )
+    db_idle_in_transaction_timeout_ms: int = Field(
+        10_000,
+        ge=0,
+        le=3_600_000,
+        description="Session idle_in_transaction_session_timeout: a stalled flush frees its offset rows (0 = none).",
+    )
 
     # Batching and bad input.
     batch_max_bytes: int = Field(
@@ -144,8 +150,14 @@ class Settings(BaseSettings):
     @field_validator("db_dsn")
     @classmethod
     def _check_dsn(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+        dsn = value.get_secret_value()
+        if not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (value hidden)")
+        hosts = dsn.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+        for host in hosts.split(","):
+            port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError("has a port that is not a number in 1..65535 (value hidden)")
         return value
 
     @model_validator(mode="after")

@@ -45,3 +45,14 @@ def assign(
 def moves(old: Mapping[TopicPartition, str], new: Mapping[TopicPartition, str]) -> list[TopicPartition]:
     """Partitions whose owner changes (including newly owned ones), in a stable order."""
     return sorted(tp for tp, owner in new.items() if old.get(tp) != owner)
+
+
+def dropped(owners: Mapping[TopicPartition, str], name: str, held: Iterable[str]) -> list[TopicPartition]:
+    """Partitions the coordinator gave ``name`` that its health report no longer lists.
+
+    An actor drops a partition when a flush finds the offset row moved under it (fenced, or a commit the
+    database lost after a crash with ``synchronous_commit=off``). Such partitions must be claimed again
+    with a new epoch, or they stall for good. ``held`` are the report's ``"topic[partition]"`` keys.
+    """
+    reported = set(held)
+    return sorted(tp for tp, owner in owners.items() if owner == name and f"{tp[0]}[{tp[1]}]" not in reported)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from loom_ray.policy.assignment import TopicPartition, assign, moves
+from loom_ray.policy.assignment import TopicPartition, assign, dropped, moves
 
 
 def _parts(n: int, topic: str = "t") -> list[TopicPartition]:
@@ -134,3 +134,13 @@ def test_moves_lists_changed_and_new_owners_in_order() -> None:
     assert moves(old, new) == [("t", 1), ("t", 2), ("u", 0)]
     assert moves(new, new) == []
     assert moves({}, new) == sorted(new)
+
+
+def test_dropped_lists_partitions_missing_from_the_owners_report() -> None:
+    owners = {("t", 0): "a", ("t", 1): "a", ("t", 2): "b", ("u", 10): "a"}
+    assert dropped(owners, "a", ["t[0]", "u[10]"]) == [("t", 1)]
+    assert dropped(owners, "a", ["t[0]", "t[1]", "u[10]"]) == []
+    assert dropped(owners, "a", []) == [("t", 0), ("t", 1), ("u", 10)]
+    # A partition reported but not owned (a release in flight) is not the coordinator's concern here.
+    assert dropped(owners, "b", ["t[2]", "t[3]"]) == []
+    assert dropped(owners, "nobody", []) == []

@@ -12,4 +12,4 @@ def test_readme_lists_every_setting_as_generated() -> None:
     start = text.index("<!-- settings-table")
     end = text.index("<!-- /settings-table -->")
     table = text[text.index("\n", start) + 1 : end].strip()
-    assert table == markdown_table(), "regenerate with loom_ray.settings.markdown_table()"
+    assert table == markdown_table(), "regenerate: .venv/bin/python scripts/readme-settings.py"

@@ -93,6 +93,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "db_synchronous_commit": ("on", "on"),
     "db_jit": ("on", "on"),
     "db_statement_timeout_ms": ("0", 0),
+    "db_idle_in_transaction_timeout_ms": ("0", 0),
     "batch_max_bytes": ("4096", 4096),
     "buffer_max_bytes": (str(16 * MiB), 16 * MiB),
     "max_message_bytes": ("1000", 1000),
@@ -387,7 +388,34 @@ def test_dsn_must_be_postgresql_and_is_hidden(dsn: str, monkeypatch: pytest.Monk
     assert SECRET not in "".join(traceback.format_exception(error))
 
 
-@pytest.mark.parametrize("dsn", ["postgresql://u:pw@h:5432/db", "postgres://u:pw@h/db?sslmode=verify-full"])
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://u:{SECRET}@h:notaport/db",
+        f"postgresql://u:{SECRET}@h:0/db",
+        f"postgresql://u:{SECRET}@h:70000/db",
+        f"postgresql://u:{SECRET}@a:5432,b:x/db",
+    ],
+)
+def test_dsn_port_must_be_a_number_and_is_hidden(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = str(_error(monkeypatch, LOOM_DB_DSN=dsn))
+    assert "LOOM_DB_DSN=(hidden)" in message
+    assert "port" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw@h:5432/db",
+        "postgres://u:pw@h/db?sslmode=verify-full",
+        "postgresql://u:p:w@h/db",
+        "postgresql://a:5432,b:5433/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@[::1]/db",
+        "postgresql:///db?host=/run/postgresql",
+    ],
+)
 def test_postgresql_dsns_are_accepted(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _settings(monkeypatch, LOOM_DB_DSN=dsn).dsn == dsn
 
