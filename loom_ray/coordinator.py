@@ -102,7 +102,10 @@ class Coordinator:
             self._settings.dsn,
             min_size=1,
             max_size=2,
-            server_settings={"application_name": f"loom-coordinator pid={os.getpid()}"},
+            server_settings={
+                "application_name": f"loom-coordinator pid={os.getpid()}",
+                "search_path": db.quoted_schema(self._settings),
+            },
         )
         self._metadata = KafkaMetadata(self._settings)
 

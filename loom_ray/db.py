@@ -39,7 +39,20 @@ def session_settings(settings: Settings, application_name: str) -> dict[str, str
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "idle_in_transaction_session_timeout": str(settings.db_idle_in_transaction_timeout_ms),
         "application_name": application_name,
+        "search_path": quoted_schema(settings),
     }
+
+
+def quoted_schema(settings: Settings) -> str:
+    """LOOM_DB_SCHEMA as a quoted identifier (validated at start: no quote can be in it)."""
+    return f'"{settings.db_schema}"'
+
+
+async def connect(settings: Settings, application_name: str) -> asyncpg.Connection:
+    """One connection with the tables' schema on its search_path (the driver's start and summary)."""
+    return await asyncpg.connect(
+        settings.dsn, server_settings={"application_name": application_name, "search_path": quoted_schema(settings)}
+    )
 
 
 async def create_pool(settings: Settings, application_name: str) -> asyncpg.Pool:

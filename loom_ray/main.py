@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException
 
 from loom_ray import db
 from loom_ray.errors import ConfigError
-from loom_ray.kafka.admin import KafkaMetadata
+from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
 from loom_ray.settings import SECRET_FIELDS, Settings, env_name
 
@@ -78,9 +78,9 @@ class Counts:
 
 async def prepare(settings: Settings) -> Counts:
     """Migrate, check capacity, check the topics; return the counts before this run."""
-    conn = await asyncpg.connect(settings.dsn)
+    conn = await db.connect(settings, f"loom-driver pid={os.getpid()}")
     try:
-        await migrate(conn)
+        await migrate(conn, schema=settings.db_schema)
         await db.check_capacity(conn, settings)
         return await counts(conn, settings)
     finally:
@@ -100,7 +100,7 @@ async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
 
 
 async def final_counts(settings: Settings) -> Counts:
-    conn = await asyncpg.connect(settings.dsn)
+    conn = await db.connect(settings, f"loom-driver pid={os.getpid()}")
     try:
         return await counts(conn, settings)
     finally:
@@ -108,12 +108,12 @@ async def final_counts(settings: Settings) -> Counts:
 
 
 def check_topics(settings: Settings) -> int:
-    """The number of partitions; raises ConfigError naming a missing topic."""
+    """The number of partitions; raises ConfigError naming a missing topic, bad credentials or no answer."""
     metadata = KafkaMetadata(settings)
     try:
         return len(metadata.partitions())
     except KafkaException as exc:
-        raise ConfigError(f"{exc}; create the topic or fix LOOM_KAFKA_TOPICS") from None
+        raise ConfigError(explain(exc, metadata.errors, settings.kafka_bootstrap_servers)) from None
     finally:
         metadata.close()
 

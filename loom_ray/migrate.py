@@ -23,11 +23,18 @@ def migration_files(directory: Path = SQL_DIR) -> list[Path]:
     return sorted(path for path in directory.glob("[0-9][0-9][0-9]_*.sql"))
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR) -> list[str]:
-    """Apply the files not yet recorded; return the names applied now."""
+async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR, schema: str | None = None) -> list[str]:
+    """Apply the files not yet recorded; return the names applied now.
+
+    With ``schema`` (validated LOOM_DB_SCHEMA, on the connection's search_path) the schema is created first
+    when it does not exist.
+    """
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        if schema is not None and await conn.fetchval("SELECT to_regnamespace($1)", f'"{schema}"') is None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            log.info("created schema %s", schema)
         if await conn.fetchval("SELECT to_regclass('loom_migrations')") is None:
             # Only then: CREATE ... IF NOT EXISTS still needs CREATE on the schema, which a
             # least-privilege run-time role (sql/roles/least_privilege.sql) does not have.

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from loom_ray.errors import ConfigError
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _GiB = 1024**3
 _MiB = 1024**2
 
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     db_dsn: SecretStr = Field(
         SecretStr("postgresql://loom@127.0.0.1:5432/loom"),
         description="PostgreSQL DSN (secret: never printed). TLS via ?sslmode=verify-full&sslrootcert=...",
+    )
+    db_schema: str = Field(
+        "public",
+        description="Schema of loom-ray's tables, created by the migrations if missing (a plain identifier, quoted).",
     )
     db_min_pool_size: int = Field(2, ge=1, le=100, description="asyncpg pool minimum, per consumer actor.")
     db_max_pool_size: int = Field(8, ge=1, le=100, description="asyncpg pool maximum, per consumer actor.")
@@ -145,6 +150,16 @@ class Settings(BaseSettings):
         for topic in value:
             if not _TOPIC_RE.match(topic) or topic in {".", ".."}:
                 raise ValueError(f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-', 1-249)")
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _IDENTIFIER_RE.match(value) or value.lower().startswith("pg_"):
+            raise ValueError(
+                "must be a plain SQL identifier: a letter or _, then letters, digits or _, at most 63, "
+                "not starting with pg_ (e.g. loom)"
+            )
         return value
 
     @field_validator("db_dsn")

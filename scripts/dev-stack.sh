@@ -4,6 +4,7 @@
 #   scripts/dev-stack.sh down     stop what `up` started (by pid file, never by name)
 #   scripts/dev-stack.sh status   print what runs
 #   scripts/dev-stack.sh env      print `export LOOM_...` lines for the running stack
+#   scripts/dev-stack.sh jars     resolve the Kafka jars (once) and print their folder
 # Ports and folders: LOOM_STACK_DIR (.stack), LOOM_STACK_KAFKA_PORT (29092), LOOM_STACK_PG_PORT (25432); outside Ray's worker port range 10002-19999.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,6 +122,8 @@ cmd=${1:-status}
 case $cmd in
   up)
     fetch_kafka; kafka_up; pg_up; wait_ready; log "ready" ;;
+  jars)  # resolve the Kafka jars only; print their folder (tests start brokers of their own from it)
+    fetch_kafka; echo "$libs" ;;
   down)
     if alive "$stack/kafka/pid"; then
       pid=$(cat "$stack/kafka/pid"); kill "$pid"
@@ -139,5 +142,5 @@ case $cmd in
     echo "export LOOM_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$kafka_port"
     echo "export LOOM_DB_DSN=postgresql://loom@127.0.0.1:$pg_port/loom"
     echo "export LOOM_STACK_DIR=$stack" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|jars" >&2; exit 2 ;;
 esac

@@ -191,3 +191,21 @@ def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, 
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
     assert "stopped consumer" in log.read_text()
+
+
+def test_tables_live_in_the_configured_schema(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    schema = f"loom_{topic_name.replace('-', '_')}"
+    fill(endpoints, topic_name, 3_000, partitions=3)
+    log = tmp_path / "main.log"
+    env = pipeline_env(endpoints, topic_name, db_schema=schema)
+    try:
+        assert start_main(env, "--exit-when-drained", log=log).wait(300) == 0, log.read_text()[-3000:]
+        assert scalar(endpoints, f"SELECT count(*) FROM {schema}.loom_messages WHERE topic = $1", topic_name) == 3_000
+        assert (
+            scalar(endpoints, f"SELECT sum(next_offset) FROM {schema}.loom_offsets WHERE topic = $1", topic_name)
+            == 3_000
+        )
+        assert scalar(endpoints, "SELECT count(*) FROM public.loom_messages WHERE topic = $1", topic_name) == 0
+        assert scalar(endpoints, "SELECT count(*) FROM public.loom_offsets WHERE topic = $1", topic_name) == 0
+    finally:
+        scalar(endpoints, f"DROP SCHEMA IF EXISTS {schema} CASCADE")

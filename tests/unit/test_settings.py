@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from loom_ray.db import session_settings
 from loom_ray.errors import ConfigError
 from loom_ray.settings import Settings, env_name
 
@@ -88,6 +89,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "kafka_ssl_key_location": ("/etc/key.pem", "/etc/key.pem"),
     "kafka_ssl_key_password": ("pw-key", "pw-key"),
     "db_dsn": ("postgresql://u:pw@db:5432/x", "postgresql://u:pw@db:5432/x"),
+    "db_schema": ("loom", "loom"),
     "db_min_pool_size": ("1", 1),
     "db_max_pool_size": ("20", 20),
     "db_synchronous_commit": ("on", "on"),
@@ -418,6 +420,24 @@ def test_dsn_port_must_be_a_number_and_is_hidden(dsn: str, monkeypatch: pytest.M
 )
 def test_postgresql_dsns_are_accepted(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _settings(monkeypatch, LOOM_DB_DSN=dsn).dsn == dsn
+
+
+# --- schema -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ['loom"; DROP TABLE loom_offsets; --', "loom.public", "1loom", "", "a" * 64, "pg_catalog", "lo om", "loöm"],
+)
+def test_hostile_or_invalid_schema_is_refused_at_start(schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = str(_error(monkeypatch, LOOM_DB_SCHEMA=schema))
+    assert "LOOM_DB_SCHEMA" in message and "plain SQL identifier" in message
+
+
+@pytest.mark.parametrize("schema", ["loom", "Loom_2", "_x", "a" * 63])
+def test_schema_goes_quoted_into_every_session(schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(monkeypatch, LOOM_DB_SCHEMA=schema)
+    assert session_settings(settings, "x")["search_path"] == f'"{schema}"'
 
 
 # --- secrets ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+-- Least-privilege login for the loom-ray pipeline. An admin script, NOT a migration (sql/NNN_*.sql):
+-- run it as the owner of loom-ray's tables, after the migrations, then give the role a password and
+-- allow it only over TLS with SCRAM:
+--
+--   psql "$OWNER_DSN" -v ON_ERROR_STOP=1 -f sql/roles/least_privilege.sql
+--   psql "$OWNER_DSN" -c "\password loom_ingest"
+--   pg_hba.conf:  hostssl <database> loom_ingest <client-cidr> scram-sha-256
+--
+-- Re-runnable. The role may write rows, dead letters, audit lines and lag samples, advance and claim
+-- offsets, and read what the driver and the monitoring views read; it cannot create, alter, drop,
+-- truncate or delete anything.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loom_ingest') THEN
+        CREATE ROLE loom_ingest LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    END IF;
+END
+$$;
+
+-- A consumer paused inside its flush transaction (GC pause, frozen VM, SIGSTOP) holds its offset rows'
+-- locks, and the coordinator's claim waits on them. The pipeline sets this per session
+-- (LOOM_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS); the role default also covers other clients (RELIABILITY.md T4b).
+ALTER ROLE loom_ingest SET idle_in_transaction_session_timeout = '10s';
+
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO loom_ingest', current_database());
+END
+$$;
+GRANT USAGE ON SCHEMA public TO loom_ingest;
+
+-- Written by every flush (one transaction): rows, dead letters, audit ranges; by the coordinator: lag.
+GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, consumer_lag_history TO loom_ingest;
+-- Claims (INSERT ... ON CONFLICT DO UPDATE) and the offset compare-and-set.
+GRANT SELECT, INSERT, UPDATE ON loom_offsets TO loom_ingest;
+-- Read only: which migrations are applied, and the monitoring views.
+GRANT SELECT ON loom_migrations, v_consumer_performance_monitor, v_consumer_alerts,
+    v_consumer_activity_monitoring TO loom_ingest;
