@@ -1,0 +1,147 @@
+"""``python -m loom_ray.bench [--quick|--smoke] [--workload W1|W2|all]``: run the benchmark, write the results.
+
+Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN`` (``scripts/bench.sh`` sets them from the local
+stack). Writes ``<output-dir>/latest.json``, a dated copy, and ``BENCHMARKS.md``; raw per-process logs go
+to ``<output-dir>/raw/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loom_ray.bench import database, machine, orchestrate, report
+from loom_ray.bench.config import Mode, loom_env, plan
+from loom_ray.bench.launch import ROOT, SYSTEMS, variants
+
+log = logging.getLogger("loom_ray.bench")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loom_ray.bench", description=__doc__.split("\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="200k/100k messages, 1 repetition, live for B4_tuned")
+    size.add_argument("--smoke", action="store_true", help="a few thousand messages, no live mode (tests)")
+    parser.add_argument("--workload", choices=["W1", "W2", "all"], default="all")
+    parser.add_argument("--systems", default="all", help=f"comma-separated, from {','.join(SYSTEMS)} or groups")
+    parser.add_argument("--messages", type=int, help="override the messages per workload")
+    parser.add_argument("--reps", type=int, help="override the repetitions")
+    parser.add_argument("--no-live", action="store_true", help="skip live (latency) mode")
+    parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on", help="'off' is labelled")
+    parser.add_argument("--database", default="loom_bench", help="bench database (created if missing)")
+    parser.add_argument("--drop-database", action="store_true", help="drop the bench database at the end")
+    parser.add_argument("--topic-prefix", default="loom-bench")
+    parser.add_argument("--keep-topics", action="store_true", help="keep the preloaded topics for the next run")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--bench-python", default=str(ROOT / ".cache" / "bench-venv" / "bin" / "python"))
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per measured run")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the per-repetition order")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only render --markdown from a results file")
+    return parser.parse_args(argv)
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    return "quick" if args.quick else "smoke" if args.smoke else "full"
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace, final: bool) -> Path:
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    label = results["mode"] + ("" if results["synchronous_commit"] == "on" else "-sync-off")
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    output: Path = args.output_dir
+    latest = output / "latest.json"
+    latest.write_text(text)
+    if not final:
+        return latest
+    dated = output / f"{dt.date.today().isoformat()}-{label}.json"
+    dated.write_text(text)
+    args.markdown.write_text(report.render(results, _shown(dated)))
+    return dated
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    mode = _mode(args)
+    names = list(SYSTEMS) if args.systems == "all" else args.systems.split(",")
+    selected = variants(names)
+    workloads = ["W1", "W2"] if args.workload == "all" else [args.workload]
+    chosen = plan(mode, workloads, args.messages, args.reps)
+    if args.no_live:
+        chosen = dataclasses.replace(chosen, live_systems=())
+    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
+    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    svc = orchestrate.services(
+        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
+    )
+    started = time.time()
+    results: dict[str, Any] = {
+        "mode": mode,
+        "synchronous_commit": args.synchronous_commit,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": 0.0,
+        "plan": {"reps": chosen.reps, "naive_seconds": chosen.naive_seconds, "live": list(chosen.live_systems)},
+        "commands": {
+            "run": "python -m loom_ray.bench " + shlex.join(sys.argv[1:]),
+            **orchestrate.commands(selected, args.bench_python, chosen.naive_seconds),
+        },
+        "config": {"B4": loom_env(tuned=False), "B4_tuned": loom_env(tuned=True), "B5": loom_env(tuned=True)},
+        "machine": machine.machine(),
+        "postgres": asyncio.run(database.server_info(svc.dsn)),
+        "versions": machine.versions(args.bench_python, ROOT / ".cache" / "kafka" / "libs"),
+        "workloads": {},
+    }
+    rng = random.Random(args.seed)
+    try:
+        for workload in chosen.workloads:
+            results["workloads"][workload.name] = orchestrate.run_workload(
+                svc, chosen, workload, selected, args.topic_prefix, rng
+            )
+            results["duration_s"] = round(time.time() - started, 1)
+            _write(results, args, final=False)
+    finally:
+        if not args.keep_topics:
+            orchestrate.delete_topics(svc.bootstrap, chosen, args.topic_prefix)
+        if args.drop_database:
+            asyncio.run(database.drop_database(dsn, args.database))
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["duration_s"] = round(time.time() - started, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
+    if args.render:
+        results = json.loads(args.render.read_text())
+        args.markdown.write_text(report.render(results, _shown(args.render)))
+        return 0
+    if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
+        sys.stderr.write("loom_ray.bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")
+        return 2
+    results = run(args)
+    path = _write(results, args, final=True)
+    log.info("results in %s and %s", _shown(path), _shown(args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

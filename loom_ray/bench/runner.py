@@ -1,0 +1,193 @@
+"""One measured drain: fresh table, start the system, sample CPU and memory, read the numbers back.
+
+The rate and the CPU window come from PostgreSQL's commit timestamps (B0, which writes nothing, reports
+its own first and last batch times). CPU is counted inside that window only, so start-up (Ray's ~10 s)
+does not dilute the per-message cost; the whole run's CPU is kept as ``cpu_s_run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loom_ray.bench import database, kafka, processes
+from loom_ray.bench.launch import Launch, Target, launch
+from loom_ray.bench.measure import Sampler, Series
+from loom_ray.bench.stats import DrainRate, drain_rate, per_million, window_delta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The stack the harness measures against."""
+
+    bootstrap: str
+    dsn: str  # the bench database
+    database: str
+    postmaster: psutil.Process | None
+    kafka: psutil.Process | None
+    bench_python: str
+    raw_dir: Path
+    timeout_s: float
+    synchronous_commit: str = "on"
+
+
+def target(services: Services, topics: tuple[str, ...], messages: int, naive_s: float, follow: bool) -> Target:
+    """Where a run reads and writes, with a consumer group nobody used before."""
+    group = f"bench-{uuid.uuid4().hex[:10]}"
+    return Target(
+        services.bootstrap,
+        services.dsn,
+        topics,
+        messages,
+        group,
+        naive_s,
+        services.bench_python,
+        follow,
+        services.synchronous_commit,
+    )
+
+
+def sampler(services: Services, running: processes.Running) -> Sampler:
+    """A sampler over the run's processes, PostgreSQL and the broker."""
+    return Sampler(running.handles, services.postmaster, services.database, services.kafka)
+
+
+def drain(services: Services, variant: str, topic: str, messages: int, naive_s: float, tag: str) -> dict[str, Any]:
+    """Run ``variant`` over the whole preloaded ``topic`` once; a flat dict of measurements."""
+    where = target(services, (topic,), messages, naive_s, follow=False)
+    plan = launch(variant, where)
+    asyncio.run(database.reset(services.dsn, plan.schema))
+    started = time.monotonic()
+    running = processes.start(plan.commands, plan.env, services.raw_dir / f"{tag}-{variant}")
+    done = _group_done(services, where) if plan.finish == "group" else None
+    with sampler(services, running) as sampling:
+        finished = processes.wait(running, services.timeout_s, done)
+    processes.kill(running)
+    wall = time.monotonic() - started
+    result: dict[str, Any] = {"variant": variant, "wall_s": round(wall, 2), "exit_codes": running.exit_codes()}
+    if not finished:
+        result["error"] = f"timed out after {services.timeout_s:.0f}s"
+    outputs = running.results()
+    result.update(_rates(services, plan, topic, messages, variant, outputs, sampling.series))
+    log.info("%s %s: %s", tag, variant, _brief(result))
+    return result
+
+
+def _group_done(services: Services, where: Target) -> Callable[[], bool]:
+    """B3's end: its consumer group committed every partition to the high watermark read now."""
+    marks = {t: kafka.watermarks(services.bootstrap, t) or {} for t in where.topics}
+
+    def done() -> bool:
+        return kafka.group_caught_up(services.bootstrap, where.group, marks)
+
+    return done
+
+
+def _rates(
+    services: Services,
+    plan: Launch,
+    topic: str,
+    messages: int,
+    variant: str,
+    outputs: list[dict[str, Any]],
+    series: Series,
+) -> dict[str, Any]:
+    found = _memory(series)
+    start = None
+    if plan.schema == "none":
+        rate = _client_rate(outputs)
+        found.update({"lost": None, "duplicated": None})
+    else:
+        rate = drain_rate(asyncio.run(database.commits(services.dsn, plan.schema, topic)))
+        expected = None if variant == "B2" else messages
+        exact = asyncio.run(database.exactness(services.dsn, plan.schema, topic, expected))
+        found.update({"rows": exact.rows, "lost": exact.lost, "duplicated": exact.duplicated})
+        if plan.schema == "loom":
+            start = asyncio.run(database.first_claim(services.dsn))
+    if rate is None or rate.msgs_per_s is None:
+        found["msgs_per_s"] = None
+        return found
+    found.update(
+        {
+            "msgs_per_s": rate.msgs_per_s,
+            "steady_msgs_per_s": rate.steady_msgs_per_s,
+            "messages": rate.rows,
+            "drain_s": round(rate.seconds, 3),
+        }
+    )
+    if start is not None and rate.last_commit > start:
+        # loom-ray reads and decodes ahead of its first commit, so the commit window flatters it: its rate,
+        # time and CPU count from its first partition claim instead (all rows, no first transaction left out).
+        found["commit_window_msgs_per_s"] = rate.msgs_per_s
+        found["msgs_per_s"] = rate.rows / (rate.last_commit - start)
+        found.update(_cpu(series, start, rate.last_commit, rate.rows))
+    else:
+        found.update(_cpu(series, rate.first_commit, rate.last_commit, round(rate.msgs_per_s * rate.seconds)))
+    return found
+
+
+def _client_rate(outputs: list[dict[str, Any]]) -> DrainRate | None:
+    """B0's rate from its own first/last batch times (same formula as the commit-based rate)."""
+    if not outputs or not outputs[0].get("first"):
+        return None
+    out = outputs[0]
+    first, last, count, first_batch = out["first"], out["last"], out["messages"], out["first_batch"]
+    rate = (count - first_batch) / (last - first) if last > first and count > first_batch else None
+    return DrainRate(count, first, last, rate, None)
+
+
+def _memory(series: Series) -> dict[str, Any]:
+    return {
+        "peak_rss_mb": round(series.peak_rss_bytes / 2**20, 1),
+        "peak_rss_by_process": series.peak_rss_by_process,
+        "processes": series.processes_seen,
+        "cpu_s_run": _total(series.pipeline),
+    }
+
+
+def _cpu(series: Series, start: float, end: float, messages: int) -> dict[str, Any]:
+    """CPU per group between ``start`` and ``end`` per million ``messages``; ``other_cores`` is noise."""
+    groups = {
+        name: window_delta(getattr(series, name), start, end) for name in ("pipeline", "postgres", "kafka", "box")
+    }
+    measured = sum(v or 0.0 for k, v in groups.items() if k != "box")
+    box = groups["box"]
+    return {
+        "cpu_s_per_million": per_million(groups["pipeline"], messages),
+        "cpu_s_per_million_pg": per_million(groups["postgres"], messages),
+        "cpu_s_per_million_kafka": per_million(groups["kafka"], messages),
+        "cpu_s_per_million_total": per_million(measured, messages),
+        "other_cores": None if box is None else round(max(0.0, box - measured) / (end - start), 2),
+    }
+
+
+def _total(points: list[tuple[float, float]]) -> float | None:
+    return round(points[-1][1] - points[0][1], 2) if points else None
+
+
+def _brief(result: dict[str, Any]) -> str:
+    keys = (
+        "msgs_per_s",
+        "commit_window_msgs_per_s",
+        "cpu_s_per_million",
+        "peak_rss_mb",
+        "lost",
+        "duplicated",
+        "other_cores",
+        "error",
+    )
+    return " ".join(f"{k}={_fmt(result.get(k))}" for k in keys if k in result)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|all] [python -m loom_ray.bench options]
+# Creates .venv (scripts/bootstrap.sh) and the bench venv for quixstreams (.cache/bench-venv, from
+# requirements-bench.lock: quixstreams pins confluent-kafka and pydantic below loom-ray's, so it cannot
+# share .venv), starts the local Kafka + PostgreSQL stack unless LOOM_KAFKA_BOOTSTRAP_SERVERS and
+# LOOM_DB_DSN point at running ones, runs the harness, and stops only what it started.
+# Results: bench-results/latest.json, bench-results/YYYY-MM-DD-<mode>.json, BENCHMARKS.md.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+./scripts/bootstrap.sh
+bench_venv=.cache/bench-venv
+stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  [ -x $bench_venv/bin/python ] || .venv/bin/uv venv -q --python .venv/bin/python $bench_venv
+  .venv/bin/uv pip sync -q --python $bench_venv/bin/python requirements-bench.lock
+  rm -f $bench_venv/.installed-* && touch "$stamp"
+  echo "bench: $bench_venv ready" >&2
+fi
+started=""
+if [ -z "${LOOM_KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${LOOM_DB_DSN:-}" ]; then
+  if ./scripts/dev-stack.sh status | grep -q stopped; then started=1; fi
+  ./scripts/dev-stack.sh up
+  eval "$(./scripts/dev-stack.sh env)"
+fi
+cleanup() { [ -n "$started" ] && ./scripts/dev-stack.sh down || true; }
+trap cleanup EXIT
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+.venv/bin/python -m loom_ray.bench --bench-python "$bench_venv/bin/python" "$@"

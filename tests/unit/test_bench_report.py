@@ -1,0 +1,158 @@
+"""The benchmark's arithmetic and report, from fixed numbers (no services, no Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loom_ray.bench import report, summary
+from loom_ray.bench.launch import variants
+from loom_ray.bench.stats import (
+    drain_rate,
+    interpolate,
+    median_or_none,
+    per_million,
+    ratio,
+    shared_limit,
+    spread,
+    window_delta,
+)
+
+
+def test_drain_rate_leaves_out_the_first_transaction() -> None:
+    # 300 rows, first commit at t=10 holds 100 of them: (300 - 100) / (12 - 10) = 100 rows/s
+    found = drain_rate([(12.0, 100), (10.0, 100), (11.0, 100)])
+    assert found is not None
+    assert (found.rows, found.first_commit, found.last_commit) == (300, 10.0, 12.0)
+    assert found.msgs_per_s == pytest.approx(100.0)
+    assert found.seconds == pytest.approx(2.0)
+
+
+def test_steady_rate_uses_the_10_to_90_percent_window() -> None:
+    # 10 transactions of 10 rows, one per second, then a slow tail: 10 % is reached at t=0 (10 rows), 90 % at
+    # t=8 (90 rows): (90 - 10) / 8 = 10 rows/s, while the first-to-last rate includes the tail.
+    commits = [(float(t), 10) for t in range(9)] + [(100.0, 10)]
+    found = drain_rate(commits)
+    assert found is not None
+    assert found.steady_msgs_per_s == pytest.approx(10.0)
+    assert found.msgs_per_s == pytest.approx(90 / 100)
+
+
+@pytest.mark.parametrize("commits", [[], [(5.0, 1000)]])
+def test_no_interval_means_no_rate(commits: list[tuple[float, int]]) -> None:
+    found = drain_rate(commits)
+    assert found is None or found.msgs_per_s is None
+
+
+def test_spread_and_median_skip_missing_values() -> None:
+    found = spread([3.0, None, 1.0, 2.0])
+    assert found is not None and found.as_dict() == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert spread([None]) is None
+    assert median_or_none([1.0, 2.0, 10.0, 11.0]) == pytest.approx(6.0)
+
+
+def test_shared_limit_combines_both_stages() -> None:
+    # performance.md: B0 = 400 k, B1 = 300 k -> 1 / (1/400k + 1/300k) = 171 428.6
+    assert shared_limit(400_000, 300_000) == pytest.approx(171_428.571, rel=1e-6)
+    assert shared_limit(None, 300_000) is None
+    assert shared_limit(0.0, 300_000) is None
+
+
+def test_ratio_and_per_million() -> None:
+    assert ratio(90_000, 3_000) == pytest.approx(30.0)
+    assert ratio(None, 3_000) is None and ratio(1.0, 0.0) is None and ratio(1.0, None) is None
+    assert per_million(12.5, 2_500_000) == pytest.approx(5.0)
+    assert per_million(None, 10) is None and per_million(1.0, 0) is None
+
+
+def test_window_delta_interpolates_cumulative_series() -> None:
+    series = [(0.0, 0.0), (1.0, 10.0), (2.0, 30.0)]
+    assert interpolate(series, 1.5) == pytest.approx(20.0)
+    assert interpolate(series, -1.0) == 0.0 and interpolate(series, 9.0) == 30.0
+    assert window_delta(series, 0.5, 1.5) == pytest.approx(15.0)
+    assert window_delta([], 0.0, 1.0) is None
+
+
+def test_variants_expand_groups() -> None:
+    assert variants(["B1", "B5"]) == ["B1_1conn", "B1_2conn", "B5_1p", "B5_2p"]
+    assert variants(["B3_ci05_2p", "B0"]) == ["B0", "B3_ci05_2p"]
+
+
+def _rep(rate: float | None, **extra: Any) -> dict[str, Any]:
+    base = {"msgs_per_s": rate, "cpu_s_per_million": 10.0, "peak_rss_mb": 100.0, "lost": 0, "duplicated": 0}
+    return {**base, **extra}
+
+
+RUNS: dict[str, list[dict[str, Any]]] = {
+    "B0": [_rep(400_000.0, lost=None, duplicated=None)],
+    "B1_1conn": [_rep(200_000.0)],
+    "B1_2conn": [_rep(300_000.0)],
+    "B2": [_rep(3_000.0, lost=None)],
+    "B3_default_1p": [_rep(20_000.0)],
+    "B3_ci05_2p": [_rep(30_000.0)],
+    "B4": [_rep(50_000.0, peak_rss_mb=1200.0)],
+    "B4_tuned": [_rep(150_000.0), _rep(140_000.0), _rep(160_000.0, peak_rss_mb=1400.0)],
+    "B5_2p": [_rep(160_000.0)],
+}
+LIVE = {"B4_tuned": {"levels": {"25": {"p99_ms": 300.0}, "50": {"p50_ms": 120.0, "p99_ms": 800.0}}}}
+
+
+def test_systems_table_picks_best_variants_and_computes_ratios() -> None:
+    table = summary.systems_table(RUNS, LIVE)
+    systems, limits = table["systems"], table["limits"]
+    assert systems["B1"]["variant"] == "B1_2conn" and systems["B3"]["variant"] == "B3_ci05_2p"
+    assert limits["min"] == 300_000.0
+    assert limits["L_shared"] == pytest.approx(171_428.571, rel=1e-6)
+    loom = systems["B4_tuned"]
+    assert (loom["msgs_per_s"], loom["min"], loom["max"], loom["reps"]) == (150_000.0, 140_000.0, 160_000.0, 3)
+    assert loom["efficiency"] == pytest.approx(0.5)
+    assert loom["efficiency_shared"] == pytest.approx(150_000 / 171_428.571, rel=1e-6)
+    assert loom["x_b2"] == pytest.approx(50.0) and loom["x_b3"] == pytest.approx(5.0)
+    assert (loom["p50_ms"], loom["p99_ms"], loom["peak_rss_mb"]) == (120.0, 800.0, 1400.0)
+    assert systems["B0"]["lost"] is None and systems["B2"]["p99_ms"] is None
+
+
+def test_targets_met_and_not_met() -> None:
+    found = {t["target"]: t for t in summary.targets("W1", summary.systems_table(RUNS, LIVE))}
+    assert found["throughput >= 80 % of min(B0, B1)"]["met"] is False  # 0.5
+    assert found["throughput >= 80 % of L_shared"]["met"] is True  # 0.875
+    assert found["throughput >= 30x B2"]["met"] is True
+    assert found["throughput >= 3x B3"]["met"] is True
+    assert found["p99 <= 1 s at 50 % load (ms)"]["met"] is True
+    assert found["pipeline peak RSS <= 1.5 GiB (MiB, B4 and B4_tuned)"]["value"] == 1400.0
+    assert found["B4_tuned within 10 % of B5"]["value"] == pytest.approx(150 / 160)
+    w2 = {t["target"] for t in summary.targets("W2", summary.systems_table(RUNS, {}))}
+    assert "throughput >= 10x B2" in w2
+
+
+def test_unknown_values_are_not_judged() -> None:
+    found = summary.targets("W2", summary.systems_table({"B4_tuned": [_rep(None)]}, {}))
+    assert all(t["met"] is None for t in found if t["target"] != "pipeline peak RSS <= 1.5 GiB (MiB, B4 and B4_tuned)")
+
+
+def test_report_renders_tables_targets_and_commands() -> None:
+    table = summary.systems_table(RUNS, LIVE)
+    results = {
+        "mode": "quick",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 600.0,
+        "commands": {"run": "python -m loom_ray.bench --quick"},
+        "config": {"B4_tuned": {"LOOM_KAFKA_BATCH_SIZE": "5000"}},
+        "machine": {"cores": 2},
+        "postgres": {"server_version": "15.18"},
+        "versions": {"ray": "2.60.0"},
+        "workloads": {
+            "W1": {"messages": 200_000, "size": 200, **table, "targets": summary.targets("W1", table)},
+        },
+    }
+    text = report.render(results, "bench-results/x.json")
+    assert "mode **quick**" in text and "`bench-results/x.json`" in text
+    assert (
+        "| B4_tuned | loom-ray, tuned config [B4_tuned] | 150\u202f000 (140\u202f000–160\u202f000) | 50 % | 88 % |"
+        in text
+    )
+    assert "L_shared = 1/(1/B0 + 1/B1) = 171\u202f429 msgs/s" in text
+    assert "| W1 | throughput >= 80 % of min(B0, B1) | 0.50 | **not met** |" in text
+    assert "| B4_tuned | 50 % |" in text and "`LOOM_KAFKA_BATCH_SIZE=5000`" in text
+    assert "python -m loom_ray.bench --quick" in text and "## What the numbers mean" in text
