@@ -17,13 +17,4 @@ if [ ! -f "$stamp" ]; then
   rm -f $bench_venv/.installed-* && touch "$stamp"
   echo "bench: $bench_venv ready" >&2
 fi
-started=""
-if [ -z "${LOOM_KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${LOOM_DB_DSN:-}" ]; then
-  if ./scripts/dev-stack.sh status | grep -q stopped; then started=1; fi
-  ./scripts/dev-stack.sh up
-  eval "$(./scripts/dev-stack.sh env)"
-fi
-cleanup() { [ -n "$started" ] && ./scripts/dev-stack.sh down || true; }
-trap cleanup EXIT
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
-.venv/bin/python -m loom_ray.bench --bench-python "$bench_venv/bin/python" "$@"
+./scripts/with-stack.sh .venv/bin/python -m loom_ray.bench --bench-python "$bench_venv/bin/python" "$@"

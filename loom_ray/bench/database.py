@@ -13,24 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from loom_ray.migrate import migrate
+from loom_ray.migrate import SQL_DIR, migrate
 
 Schema = Literal["events", "loom", "none"]
 Sink = Literal["events", "loom"]  # a schema that holds rows
 
-EVENTS_DDL = """
-CREATE TABLE events (
-    topic        text        NOT NULL,
-    "partition"  integer     NOT NULL,
-    "offset"     bigint      NOT NULL,
-    key          bytea,
-    payload      jsonb       NOT NULL,
-    headers      jsonb,
-    kafka_ts     timestamptz,
-    ingested_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (topic, "partition", "offset")
-) WITH (autovacuum_enabled = false)
-"""
+# The peers write to ``events``: the same DDL as loom_messages (made from it), in a table of their own.
+EVENTS_DDL = "CREATE TABLE events (LIKE loom_messages INCLUDING ALL) WITH (autovacuum_enabled = false)"
 # When loom-ray (B4, B5) claims a partition for the first time it inserts its loom_offsets row and starts
 # reading right after: the first claim marks the start of consumption, which commit times cannot show.
 _CLAIM_WITNESS = """
@@ -82,6 +71,7 @@ async def reset(dsn: str, schema: Schema) -> None:
     try:
         await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
         if schema == "events":
+            await conn.execute((SQL_DIR / "001_core.sql").read_text())
             await conn.execute(EVENTS_DDL)
         elif schema == "loom":
             await migrate(conn)
