@@ -64,6 +64,7 @@ run T7   "test_outages.py::test_t7_network_faults_between_actors_and_postgres" L
 run T8   "test_poison.py::test_t8_poison_messages"                LOOM_FAULT_T8_MESSAGES=101000
 run T10  "test_memory.py::test_t10_rss_stays_flat_under_sustained_load" \
   LOOM_FAULT_T10_SECONDS="${CHAOS_T10_SECONDS:-240}" LOOM_FAULT_T10_RATE="${CHAOS_T10_RATE:-6000}" LOOM_FAULT_T10_WARMUP_S=30
+run T10b "test_memory.py::test_t10b_cold_backlog_drains_in_bounded_memory" LOOM_FAULT_T10B_MESSAGES=2000000
 run T11  "test_security.py"
 
 if [ "$only" != "list" ]; then
