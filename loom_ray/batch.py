@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-Row = tuple[Any, ...]  # a loom_messages record, in sink.postgres.MESSAGE_COLUMNS order
+# A loom_messages record, in sink.postgres.MESSAGE_COLUMNS order; kafka_ts is an int, microseconds since
+# 2000-01-01 UTC (sink.codecs), or None.
+Row = tuple[Any, ...]
 DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
 
 
@@ -60,18 +62,24 @@ class PartitionBatch:
     def _advance(self, offset: int, size: int, now: float) -> None:
         if offset < self.end:
             raise ValueError(f"{self.topic}[{self.partition}] offset {offset} is behind the batch end {self.end}")
-        if self.count == 0:
+        if not self.rows and not self.dead_letters:
             self.opened_at = now
         self.end = offset + 1
         self.size_bytes += size
 
 
-def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float) -> bool:
-    """Whether the batch must be flushed now: full by count or bytes, or its oldest message too old."""
+def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float, paused: bool = False) -> bool:
+    """Whether the batch must be flushed now: full by count or bytes, or its oldest message too old.
+
+    While fetching is ``paused`` (the buffers are full) every non-empty batch is due: no message arrives
+    to fill it, and fetching resumes only once the buffers drain, so waiting for the batch timer
+    (up to LOOM_KAFKA_BATCH_TIMEOUT, 60 s at most) would stall the partition for nothing.
+    """
     if batch.count == 0:
         return False
     return (
-        batch.count >= limits.max_messages
+        paused
+        or batch.count >= limits.max_messages
         or batch.size_bytes >= limits.max_bytes
         or now - batch.opened_at >= limits.max_age_s
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -55,10 +56,15 @@ async def connect(settings: Settings, application_name: str) -> asyncpg.Connecti
     )
 
 
-async def create_pool(settings: Settings, application_name: str) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings,
+    application_name: str,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
     """A pool of LOOM_DB_MIN_POOL_SIZE..LOOM_DB_MAX_POOL_SIZE connections with the session settings.
 
-    ``application_name`` shows in ``pg_stat_activity`` which actor (and process) holds a connection.
+    ``application_name`` shows in ``pg_stat_activity`` which actor (and process) holds a connection;
+    ``init`` runs on every new connection (the sink's codecs).
     """
     pool = await asyncpg.create_pool(
         settings.dsn,
@@ -66,6 +72,7 @@ async def create_pool(settings: Settings, application_name: str) -> asyncpg.Pool
         max_size=settings.db_max_pool_size,
         server_settings=session_settings(settings, application_name),
         command_timeout=max(settings.db_statement_timeout_ms / 1000, 60.0),
+        init=init,
     )
     assert pool is not None
     return pool

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -26,11 +26,12 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from loom_ray import db
 from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
 from loom_ray.crashpoints import crash_point
-from loom_ray.decode import capped, decode_value, sha256
+from loom_ray.decode import Rejection, capped, decode_value, sha256
 from loom_ray.kafka.consumer import PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.settings import Settings
+from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
 from loom_ray.sink.postgres import FlushResult, PostgresSink
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,27 @@ def _header_text(value: HeaderValue) -> str | dict[str, str] | None:
     return text
 
 
+_GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Make the cyclic GC cheap for the hot loop (process-wide; the worker owns its process).
+
+    Each ``consume()`` returns thousands of GC-tracked ``Message`` objects at once, and each becomes a row
+    tuple that lives until its batch is flushed. With the default young threshold (700) they are
+    scanned by many young collections, survive into the old generation, and trigger full collections
+    that re-scan every module, class and function: py-spy put the GC at 8-14 % of the pipeline's CPU.
+    ``gc.freeze()`` moves what exists now (imports, settings, the pool) out of the collector's reach,
+    and a young threshold of 20 000 lets most Messages die before a collection sees them. Measured on
+    B5_1p W1: about -12 % CPU per million messages for the threshold alone. Cyclic garbage is still
+    collected, just after 20 000 instead of 700 new container objects.
+    """
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    if 0 < young < _GC_YOUNG_THRESHOLD:  # 0 means the GC was disabled on purpose: leave it so
+        gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
+
+
 class IngestWorker:
     """Consumes claimed partitions and commits them exactly once; see the module docstring."""
 
@@ -112,9 +134,12 @@ class IngestWorker:
 
     async def start(self) -> None:
         """Open the asyncpg pool and the Kafka consumer; raises if PostgreSQL cannot be reached."""
-        self._pool = await db.create_pool(self._settings, f"loom-ray {self.name} pid={os.getpid()}")
+        self._pool = await db.create_pool(
+            self._settings, f"loom-ray {self.name} pid={os.getpid()}", init=install_codecs
+        )
         self._sink = PostgresSink(self._pool, self.name, self._settings.dead_letter_max_bytes, self._settings.audit)
         self._kafka = PartitionConsumer(self._settings, self.name)
+        _tune_gc()
 
     @property
     def partitions(self) -> list[TopicPartition]:
@@ -163,11 +188,10 @@ class IngestWorker:
             now = time.monotonic()
             if messages:
                 crash_point("after_poll")
-            for message in messages:
-                self._add(message, now)
+                self._add_all(messages, now)
             self._check_flush_task()
             if self._flush_task is None:
-                due = self._take_due(now, force=False)
+                due = self._take_due(now, force=False)  # while paused, flush_due takes every batch
                 if due:
                     self._flush_task = asyncio.create_task(self._flush(due))
             await self._mirror_offsets(now)
@@ -178,47 +202,66 @@ class IngestWorker:
             self._flush_task = None
             task.result()  # re-raise a non-transient failure: the actor dies and its partitions move
 
-    def _add(self, message: Message, now: float) -> None:
-        topic = cast(str, message.topic())
-        partition = cast(int, message.partition())
-        offset = cast(int, message.offset())
-        part = self._parts.get((topic, partition))
-        if part is None or offset < part.open.end:
-            return  # released partition, or a message already buffered or committed
+    def _add_all(self, messages: list[Message], now: float) -> None:
+        """Decode ``messages`` into their partitions' open batches (the hot loop: one pass, locals only).
+
+        Consecutive messages usually share a partition, so the partition is looked up again only when it
+        changes.
+        """
+        parts = self._parts
+        max_message_bytes = self._settings.max_message_bytes
+        last_tp: TopicPartition | None = None
+        part: _Partition | None = None
+        for message in messages:
+            # Annotations, not cast(): a cast is a function call, per message. A consumed message has all three.
+            topic: str = message.topic()  # type: ignore[assignment]
+            partition: int = message.partition()  # type: ignore[assignment]
+            if last_tp is None or partition != last_tp[1] or topic != last_tp[0]:
+                last_tp = (topic, partition)
+                part = parts.get(last_tp)
+            offset: int = message.offset()  # type: ignore[assignment]
+            if part is None or offset < part.open.end:
+                continue  # released partition, or a message already buffered or committed
+            value = message.value()
+            raw_headers = message.headers()
+            headers = encode_headers(raw_headers) if raw_headers else None
+            decoded = decode_value(value, max_message_bytes)
+            part.stats.messages += 1
+            if isinstance(decoded, str):
+                ts_type, ts_ms = message.timestamp()
+                kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
+                row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts)
+                part.open.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # decoded: not None
+            else:
+                self._add_dead_letter(part, message, offset, headers, decoded, now)
+
+    def _add_dead_letter(
+        self, part: _Partition, message: Message, offset: int, headers: str | None, rejection: Rejection, now: float
+    ) -> None:
         value = message.value()
-        key = message.key()
-        headers = encode_headers(message.headers())
         size = len(value) if value is not None else 0
-        decoded = decode_value(value, self._settings.max_message_bytes)
-        part.stats.messages += 1
-        if isinstance(decoded, str):
-            ts_type, ts_ms = message.timestamp()
-            kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else datetime.fromtimestamp(ts_ms / 1000, UTC)
-            row = (topic, partition, offset, key, decoded, headers, kafka_ts)
-            part.open.add_row(offset, row, size, now)
-        else:
-            dead_letter = (
-                topic,
-                partition,
-                offset,
-                key,
-                capped(value, self._settings.dead_letter_max_bytes),
-                None if value is None else size,
-                sha256(value),
-                headers,
-                decoded.error_class,
-                decoded.error_message,
-                decoded.stage,
-                None,
-            )
-            part.open.add_dead_letter(offset, dead_letter, size, now)
+        dead_letter = (
+            part.open.topic,
+            part.open.partition,
+            offset,
+            message.key(),
+            capped(value, self._settings.dead_letter_max_bytes),
+            None if value is None else size,
+            sha256(value),
+            headers,
+            rejection.error_class,
+            rejection.error_message,
+            rejection.stage,
+            None,
+        )
+        part.open.add_dead_letter(offset, dead_letter, size, now)
 
     def _take_due(self, now: float, force: bool) -> list[PartitionBatch]:
         """Detach the batches that must be flushed and open fresh ones after them."""
         due = []
         for part in self._parts.values():
             batch = part.open
-            if batch.count and (force or flush_due(batch, self._limits, now)):
+            if batch.count and (force or flush_due(batch, self._limits, now, self._paused)):
                 due.append(batch)
                 part.open = PartitionBatch(batch.topic, batch.partition, batch.epoch, batch.end)
         self._inflight_bytes = sum(b.size_bytes for b in due)

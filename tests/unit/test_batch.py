@@ -91,3 +91,14 @@ def test_flush_due(count: int, size_each: int, age: float, due: bool) -> None:
     for offset in range(count):
         batch.add_row(offset, (offset,), size_each, now=1000.0)
     assert flush_due(batch, LIMITS, now=1000.0 + age) is due
+
+
+def test_while_paused_every_non_empty_batch_is_due() -> None:
+    # Fetching is paused (buffers full): a young, small batch would otherwise wait for its timer
+    # (up to LOOM_KAFKA_BATCH_TIMEOUT) with nothing arriving to fill it.
+    limits = FlushLimits(max_messages=1000, max_bytes=10**9, max_age_s=60.0)
+    batch = _batch()
+    batch.add_row(10, ("a",), 1, now=100.0)
+    assert not flush_due(batch, limits, now=100.0)
+    assert flush_due(batch, limits, now=100.0, paused=True)
+    assert not flush_due(_batch(), limits, now=100.0, paused=True)  # empty: still never due
