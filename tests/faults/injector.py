@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +64,16 @@ class Injector:
 
     # -- processes --------------------------------------------------------------------------------
 
-    def pick_consumer(self) -> tuple[str, int] | None:
-        """A consumer actor (name, pid) chosen by the seed, or None if none is connected right now."""
+    def pick_consumer(self, among: Iterable[str] | None = None) -> tuple[str, int] | None:
+        """A consumer actor (name, pid) chosen by the seed, or None if none is connected right now.
+
+        ``among`` narrows the choice to those names (when one of them is connected).
+        """
         found = self._job.consumers()
-        if not found:
+        names = sorted(set(found) & set(among)) if among is not None else sorted(found)
+        if not names:
             return None
-        name = self.rng.choice(sorted(found))
+        name = self.rng.choice(names)
         return name, found[name]
 
     def kill_consumer(self) -> Fault | None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from loom_ray.policy.assignment import assign
 from tests.faults.conftest import Figures
 from tests.faults.harness import Job, start_live
 from tests.faults.injector import Injector
@@ -59,11 +60,24 @@ def test_t3_partition_moves_with_batches_in_flight(
     assert moves > 0, "no partition moved"
 
 
+def _losers(job: Job, actors: int) -> set[str]:
+    """The consumers the coordinator's sticky assignment takes a partition from when resizing to ``actors``.
+
+    Growing by one does not take from every consumer (those holding the larger quota keep it), so the
+    zombie must be one of these for the hand-over to reach it. A new actor holds nothing, so its name
+    (unknown yet) does not change what the others keep.
+    """
+    owners = {("t", p): owner for p, (_, _, owner) in job.offsets().items() if owner is not None}
+    names = sorted(set(owners.values()))
+    target = assign(list(owners), names + [f"~new-{n}" for n in range(actors - len(names))], owners)
+    return {owners[tp] for tp in owners if target[tp] != owners[tp]}
+
+
 def _zombie_round(job: Job, injector: Injector, actors: int, in_transaction: bool, within_s: float) -> None:
     """SIGSTOP an owner mid-batch, resize so its partitions move, and require the new owners to commit
     within ``within_s`` while it is still stopped; then SIGCONT it: its stale commit must be fenced."""
-    victim = injector.pick_consumer()
-    assert victim is not None, "no consumer connected"
+    victim = injector.pick_consumer(among=_losers(job, actors))
+    assert victim is not None, f"no connected consumer loses a partition when resizing to {actors}"
     name, pid = victim
     mine = job.owned_partitions(name)
     start = job.offsets()
