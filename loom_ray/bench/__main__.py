@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per measured run")
     parser.add_argument("--seed", type=int, default=1, help="seed of the per-repetition order")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only render --markdown from a results file")
+    parser.add_argument(
+        "--notes",
+        type=Path,
+        default=ROOT / "bench-results" / "NOTES.md",
+        help="hand-written reading of the numbers, put into --markdown when the file exists",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,8 +73,13 @@ def _write(results: dict[str, Any], args: argparse.Namespace, final: bool) -> Pa
         return latest
     dated = output / f"{dt.date.today().isoformat()}-{label}.json"
     dated.write_text(text)
-    args.markdown.write_text(report.render(results, _shown(dated)))
+    args.markdown.write_text(report.render(results, _shown(dated), _notes(args)))
     return dated
+
+
+def _notes(args: argparse.Namespace) -> str:
+    path: Path = args.notes
+    return path.read_text() if path.exists() else ""
 
 
 def _shown(path: Path) -> str:
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
         results = json.loads(args.render.read_text())
-        args.markdown.write_text(report.render(results, _shown(args.render)))
+        args.markdown.write_text(report.render(results, _shown(args.render), _notes(args)))
         return 0
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_ray.bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")

@@ -125,8 +125,8 @@ def _mapping(title: str, values: dict[str, Any]) -> list[str]:
     return [f"### {title}", "", *(f"- {k}: `{v}`" for k, v in values.items()), ""]
 
 
-def render(results: dict[str, Any], source: str) -> str:
-    """The whole ``BENCHMARKS.md``."""
+def render(results: dict[str, Any], source: str, notes: str = "") -> str:
+    """The whole ``BENCHMARKS.md``; ``notes`` (hand-written Markdown) follow the targets."""
     out = [
         "# Benchmarks",
         "",
@@ -139,6 +139,8 @@ def render(results: dict[str, Any], source: str) -> str:
         *targets_table(results),
         "",
     ]
+    if notes.strip():
+        out += [notes.strip(), ""]
     for name, workload in results["workloads"].items():
         out += [
             f"## {name}: {workload['messages']:,} messages of ~{workload['size']} B JSON, 16 partitions",

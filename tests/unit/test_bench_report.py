@@ -156,3 +156,6 @@ def test_report_renders_tables_targets_and_commands() -> None:
     assert "| W1 | throughput >= 80 % of min(B0, B1) | 0.50 | **not met** |" in text
     assert "| B4_tuned | 50 % |" in text and "`LOOM_KAFKA_BATCH_SIZE=5000`" in text
     assert "python -m loom_ray.bench --quick" in text and "## What the numbers mean" in text
+    assert "## Reading" not in text
+    with_notes = report.render(results, "bench-results/x.json", "## Reading this run\n\nW1 is CPU-bound.\n")
+    assert with_notes.index("**not met**") < with_notes.index("## Reading this run") < with_notes.index("## W1")
