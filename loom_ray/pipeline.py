@@ -60,6 +60,7 @@ class _Partition:
     claim: Claim
     committed: int  # next_offset as committed in PostgreSQL
     open: PartitionBatch  # the batch messages are added to now
+    assigned: int  # IngestWorker._assignments when this claim was taken: older consume() results are stale
     stats: PartitionStats = field(default_factory=PartitionStats)
 
 
@@ -119,6 +120,8 @@ class IngestWorker:
         self._observer = observer
         self._limits = FlushLimits(settings.kafka_batch_size, settings.batch_max_bytes, settings.kafka_batch_timeout)
         self._parts: dict[TopicPartition, _Partition] = {}
+        self._assignments = 0  # counts assign() calls; a consume() started before one may hold stale messages
+        self._unassigning: dict[TopicPartition, asyncio.Task[None]] = {}
         self._kafka: PartitionConsumer | None = None
         self._sink: PostgresSink | None = None
         self._pool: Any = None
@@ -152,8 +155,12 @@ class IngestWorker:
         tp = (claim.topic, claim.partition)
         if tp in self._parts:
             await self._drop(tp, reason="reassigned with a newer claim")
+        pending = self._unassigning.pop(tp, None)
+        if pending is not None:
+            await pending  # the unassign after a fence must not land after this assign
         batch = PartitionBatch(claim.topic, claim.partition, claim.epoch, claim.next_offset)
-        self._parts[tp] = _Partition(claim, claim.next_offset, batch)
+        self._assignments += 1
+        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments)
         await self._kafka.assign(claim.topic, claim.partition, claim.next_offset)
         log.info("%s assigned %s[%d] epoch=%d from offset %d", self.name, *tp, claim.epoch, claim.next_offset)
 
@@ -180,6 +187,7 @@ class IngestWorker:
         poll_s = min(0.1, self._settings.kafka_batch_timeout / 2)
         while not self._stopping.is_set():
             await self._apply_backpressure()
+            assignments = self._assignments
             if self._parts and not self._paused:
                 messages = await self._kafka.consume(poll_s)
             else:
@@ -188,7 +196,7 @@ class IngestWorker:
             now = time.monotonic()
             if messages:
                 crash_point("after_poll")
-                self._add_all(messages, now)
+                self._add_all(messages, now, assignments)
             self._check_flush_task()
             if self._flush_task is None:
                 due = self._take_due(now, force=False)  # while paused, flush_due takes every batch
@@ -202,9 +210,12 @@ class IngestWorker:
             self._flush_task = None
             task.result()  # re-raise a non-transient failure: the actor dies and its partitions move
 
-    def _add_all(self, messages: list[Message], now: float) -> None:
+    def _add_all(self, messages: list[Message], now: float, assignments: int) -> None:
         """Decode ``messages`` into their partitions' open batches (the hot loop: one pass, locals only).
 
+        ``assignments`` is :attr:`_assignments` when the consume() that returned them started: a partition
+        claimed since then (re-seeked, possibly backwards) ignores them, or a stale message beyond its claimed
+        offset would open the batch and the re-read offsets before it would be skipped as already buffered.
         Consecutive messages usually share a partition, so the partition is looked up again only when it
         changes.
         """
@@ -219,6 +230,8 @@ class IngestWorker:
             if last_tp is None or partition != last_tp[1] or topic != last_tp[0]:
                 last_tp = (topic, partition)
                 part = parts.get(last_tp)
+                if part is not None and part.assigned > assignments:
+                    part = None
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
@@ -336,7 +349,7 @@ class IngestWorker:
             part = self._parts.get(tp)
             if part is not None and part.open.epoch == batch.epoch:
                 self._parts.pop(tp)
-                asyncio.get_running_loop().create_task(self._unassign_quietly(tp))
+                self._unassigning[tp] = asyncio.get_running_loop().create_task(self._unassign_quietly(tp))
             log.warning("%s fenced on %s[%d] epoch=%d: dropped its buffer", self.name, *tp, batch.epoch)
         if self._observer is not None and (result.committed or result.fenced):
             self._observer.on_flush(result, seconds)

@@ -86,7 +86,7 @@ def _worker(partitions: list[int], next_offset: int = 0) -> IngestWorker:
     worker = IngestWorker(Settings(kafka_topics=["t"]), "unit")
     for p in partitions:
         claim = Claim("t", p, 3, next_offset)
-        worker._parts[("t", p)] = _Partition(claim, next_offset, PartitionBatch("t", p, 3, next_offset))
+        worker._parts[("t", p)] = _Partition(claim, next_offset, PartitionBatch("t", p, 3, next_offset), 0)
     return worker
 
 
@@ -105,7 +105,7 @@ def test_add_all_builds_rows_and_dead_letters_in_offset_order() -> None:
         _message(0, 2, b'"x"', ts_ms=5),
         _message(2, 0, b"{}"),  # a partition this worker does not hold
     ]
-    worker._add_all(messages, NOW)
+    worker._add_all(messages, NOW, 0)
     b0 = worker._parts[("t", 0)].open
     b1 = worker._parts[("t", 1)].open
     assert b0.rows == [
@@ -123,23 +123,36 @@ def test_add_all_builds_rows_and_dead_letters_in_offset_order() -> None:
 
 def test_add_all_skips_offsets_already_buffered_or_committed() -> None:
     worker = _worker([0], next_offset=10)
-    worker._add_all([_message(0, 9, b"1"), _message(0, 10, b"2"), _message(0, 10, b"3"), _message(0, 12, b"4")], NOW)
+    worker._add_all([_message(0, 9, b"1"), _message(0, 10, b"2"), _message(0, 10, b"3"), _message(0, 12, b"4")], NOW, 0)
     batch = worker._parts[("t", 0)].open
     assert [row[2] for row in batch.rows] == [10, 12]
     assert [row[4] for row in batch.rows] == ["2", "4"]
     assert batch.end == 13
 
 
+def test_add_all_ignores_a_consume_that_started_before_the_partition_was_claimed_again() -> None:
+    # Partition 0 was fenced and claimed again from offset 10 (its lost commit had ended at 15) while a
+    # consume() was in flight: that call's messages come from the old position and must not open the batch,
+    # or 10..14, read again next, would be skipped as already buffered (lost).
+    worker = _worker([0, 1], next_offset=10)
+    worker._parts[("t", 0)].assigned = 1
+    worker._add_all([_message(0, 15, b"1"), _message(0, 16, b"2"), _message(1, 10, b"3")], NOW, 0)
+    assert worker._parts[("t", 0)].open.count == 0
+    assert [row[2] for row in worker._parts[("t", 1)].open.rows] == [10]  # the other partition is unaffected
+    worker._add_all([_message(0, 10, b"4")], NOW, 1)  # the next consume(), after the claim
+    assert [row[2] for row in worker._parts[("t", 0)].open.rows] == [10]
+
+
 def test_add_all_without_a_timestamp_stores_null() -> None:
     worker = _worker([0])
     message = Message(topic="t", partition=0, offset=0, value=b"{}", timestamp=(TIMESTAMP_NOT_AVAILABLE, -1))
-    worker._add_all([message], NOW)
+    worker._add_all([message], NOW, 0)
     assert worker._parts[("t", 0)].open.rows[0][6] is None
 
 
 def test_take_due_while_paused_takes_young_batches() -> None:
     worker = _worker([0, 1])
-    worker._add_all([_message(0, 0, b"1")], NOW)
+    worker._add_all([_message(0, 0, b"1")], NOW, 0)
     assert worker._take_due(NOW, force=False) == []  # young and small: waits for its timer
     worker._paused = True
     due = worker._take_due(NOW, force=False)
