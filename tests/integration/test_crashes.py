@@ -75,7 +75,9 @@ def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, 
     finally:
         stop_group(first)
     assert "summary:" in log.read_text()
-    # 2. SIGKILL of the driver and its local Ray, mid-run.
+    # 2. SIGKILL of the driver and its local Ray, mid-run. More messages first: the first run may have
+    # drained the whole topic before its SIGTERM landed (it ingests well over 100 000 msgs/s).
+    fill(endpoints, topic_name, messages)
     second = start_main(env, log=log)
     try:
         mark = committed(endpoints, topic_name)
@@ -95,6 +97,7 @@ def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, 
         stop_group(third)
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
+    assert result.expected == 2 * messages
     assert result.max_epoch >= 3  # each run claimed every partition again
 
 
