@@ -170,7 +170,8 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (value hidden)")
         hosts = dsn.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
         for host in hosts.split(","):
-            port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+            tail = host.rsplit("]", 1)[-1]  # after an IPv6 literal's closing bracket
+            port = tail.rpartition(":")[2] if ":" in tail else ""
             if port and not (port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError("has a port that is not a number in 1..65535 (value hidden)")
         return value

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from tests.support.pipeline import scalar_at
 from tests.support.services import DEV_STACK, ROOT
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class FaultStack:
 
     def execute(self, sql: str, *args: Any) -> Any:
         """Run one statement as the owner; returns the first column of the first row (or None)."""
-        return asyncio.run(_fetchval(self.dsn, sql, *args))
+        return scalar_at(self.dsn, sql, *args)
 
     def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) as the owner."""
@@ -163,14 +164,6 @@ def _wait_gone(pid: int, timeout_s: float = 30) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} still alive after {timeout_s:.0f}s")
-
-
-async def _fetchval(dsn: str, sql: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def _script(dsn: str, sql: str) -> None:

@@ -156,8 +156,13 @@ async def _scalar(dsn: str, sql: str, *args: Any) -> Any:
         await conn.close()
 
 
+def scalar_at(dsn: str, sql: str, *args: Any) -> Any:
+    """The first column of the first row of one statement (or None), on a connection of its own."""
+    return asyncio.run(_scalar(dsn, sql, *args))
+
+
 def scalar(endpoints: Endpoints, sql: str, *args: Any) -> Any:
-    return asyncio.run(_scalar(endpoints.dsn, sql, *args))
+    return scalar_at(endpoints.dsn, sql, *args)
 
 
 def wait_until(
