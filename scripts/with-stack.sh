@@ -7,7 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 started=""
 if [ -z "${LOOM_KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -z "${LOOM_DB_DSN:-}" ]; then
-  if ./scripts/dev-stack.sh status | grep -q stopped; then started=1; fi
+  # Not `status | grep -q`: grep exits at the first match, status may then die of SIGPIPE, and with
+  # pipefail the test fails, so a stack started here would be left running.
+  if [[ $(./scripts/dev-stack.sh status) == *stopped* ]]; then started=1; fi
   ./scripts/dev-stack.sh up
   eval "$(./scripts/dev-stack.sh env)"
 fi
