@@ -58,7 +58,8 @@ _EPILOG = (
     "malformed kinds (used in this order, one per window of about 1/R messages):\n"
     + "\n".join(f"  {kind:<15} {_KIND_HELP[kind]}" for kind in MALFORMED_KINDS)
     + "\n\nexit status: 0 all acknowledged; 1 broker unreachable, topic has another partition count or a"
-    "\ndelivery failed; 2 bad arguments; 130 interrupted."
+    "\ndelivery failed; 2 bad arguments; 130 / 143 stopped by SIGINT / SIGTERM (what was produced is"
+    "\nflushed for up to 10 s first)."
 )
 
 

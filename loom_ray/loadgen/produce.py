@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from types import FrameType, TracebackType
 from typing import IO
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -79,6 +81,32 @@ class _Deliveries:
             _LOG.warning("producer error: %s", err)
 
 
+class _StopSignal:
+    """SIGINT/SIGTERM while producing: recorded here, and the produce loop stops at its next check.
+
+    A flag rather than KeyboardInterrupt: an exception raised while librdkafka's wakeable poll() runs
+    can surface as "SystemError: returned NULL without setting an exception" and lose the ack log's tail.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(
+        self, _type: type[BaseException] | None, _value: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
 @dataclass
 class _Stats:
     produced: int = 0
@@ -126,16 +154,23 @@ def _value_for(seq: int, args: argparse.Namespace, kinds: tuple[str, ...]) -> tu
 
 
 def _produce(
-    producer: Producer, args: argparse.Namespace, kinds: tuple[str, ...], stats: _Stats, deliveries: _Deliveries
+    producer: Producer,
+    args: argparse.Namespace,
+    kinds: tuple[str, ...],
+    stats: _Stats,
+    deliveries: _Deliveries,
+    stop: _StopSignal,
 ) -> None:
-    """Produce every message; returns after the last produce() call, before the final flush."""
+    """Produce every message, or until ``stop`` is signalled; returns before the final flush."""
     bucket = _TokenBucket(args.rate) if args.rate else None
     topic, partitions = args.topic, args.partitions
     for seq in range(args.messages):
         if bucket is not None:
-            while (wait := bucket.wait_s()) > 0:
+            while (wait := bucket.wait_s()) > 0 and stop.signum is None:
                 producer.poll(wait)
             stats.maybe_report()
+        if stop.signum is not None:
+            return
         if deliveries.fatal is not None:
             raise LoadgenError(f"producer failed fatally: {deliveries.fatal}")
         kind, value = _value_for(seq, args, kinds)
@@ -155,10 +190,16 @@ def _produce(
             stats.maybe_report()
 
 
-def _flush(producer: Producer, stats: _Stats) -> None:
-    """Wait for every outstanding delivery report, logging progress while waiting."""
+def _flush(producer: Producer, stats: _Stats, stop: _StopSignal) -> None:
+    """Wait for every outstanding delivery report (at most 10 s once stopped), logging progress."""
+    deadline: float | None = None
     while (waiting := producer.flush(1.0)) > 0:
         stats.maybe_report(waiting)
+        if stop.signum is not None:
+            deadline = deadline or time.monotonic() + 10.0
+            if time.monotonic() > deadline:
+                _LOG.warning("gave up waiting for %d delivery reports", waiting)
+                return
 
 
 def _summary(args: argparse.Namespace, stats: _Stats, deliveries: _Deliveries) -> None:
@@ -186,17 +227,16 @@ def run(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         deliveries = _Deliveries(args.malformed_ratio, args.seed, kinds, ack_log)
         producer = Producer(_producer_config(args.bootstrap_servers, deliveries, ack_log is not None))
         stats = _Stats()
-        try:
-            _produce(producer, args, kinds, stats, deliveries)
-            _flush(producer, stats)
-        except KeyboardInterrupt:
-            _LOG.warning("interrupted after %d messages; flushing for up to 10 s", stats.produced)
-            producer.flush(10.0)
-            _summary(args, stats, deliveries)
-            return 130
+        stop = stack.enter_context(_StopSignal())
+        _produce(producer, args, kinds, stats, deliveries, stop)
+        if stop.signum is not None:
+            _LOG.warning("signal %d after %d messages; flushing for up to 10 s", stop.signum, stats.produced)
+        _flush(producer, stats, stop)
     if ack_log is None:
-        deliveries.acked = stats.produced - deliveries.failed
+        deliveries.acked = stats.produced - deliveries.failed - len(producer)
     _summary(args, stats, deliveries)
+    if stop.signum is not None:
+        return 128 + stop.signum
     if deliveries.failed:
         _LOG.error("%d deliveries failed; first: %s", deliveries.failed, deliveries.first_error)
         return 1

@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -144,3 +147,39 @@ def test_loadgen_produces_even_partitions_and_matching_ack_log(bootstrap: str, t
         "invalid_utf8", "truncated_json", "not_json", "nul_in_string", "deep_nesting",
         "huge_number", "oversize", "empty", "null_value", "lone_surrogate",
     }  # fmt: skip
+
+
+def test_loadgen_stopped_by_sigint_flushes_and_logs_every_ack(bootstrap: str, topic: str, tmp_path: Path) -> None:
+    """SIGINT while rate-limited (mostly inside poll()): exit 130, and the ack log covers every message in the topic."""
+    ack_log = tmp_path / "acks.log"
+    argv = [
+        sys.executable, "-m", "loom_ray.loadgen",
+        "--topic", topic,
+        "--partitions", str(PARTITIONS),
+        "--messages", "1000000",
+        "--size", "200",
+        "--rate", "30000",
+        "--bootstrap-servers", bootstrap,
+        "--ack-log", str(ack_log),
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while (not ack_log.exists() or ack_log.stat().st_size < 10_000) and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr.decode()[-3000:]
+    assert b"Traceback" not in stderr
+    acked = {tuple(map(int, line.split(" ")[:2])) for line in ack_log.read_text(encoding="ascii").splitlines()}
+    admin = Consumer({"bootstrap.servers": bootstrap, "group.id": f"loadgen-test-{uuid.uuid4().hex}"})
+    try:
+        watermarks = [admin.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(PARTITIONS)]
+    finally:
+        admin.close()
+    in_topic = {(p, offset) for p, (low, high) in enumerate(watermarks) for offset in range(low, high)}
+    assert len(in_topic) < 1_000_000, "the run was not stopped"
+    assert acked == in_topic

@@ -175,15 +175,17 @@ def test_resize_mid_run_hands_partitions_over(
 def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
     messages = 200_000
     fill(endpoints, topic_name, messages)
-    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=2, kafka_batch_size=50)
+    # A catch-up time well below the backlog's drain time at any speed: one consumer doing 100k msg/s still
+    # leaves more than half a second of backlog at its first measured rate, so the scale-up is certain.
+    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=0.5, kafka_batch_size=50)
     log = tmp_path / "main.log"
     process = start_main(env, log=log)
+    running = (process, log)
     try:
-        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer")
-        wait_until(
-            lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=(process, log)
-        )
-        wait_until(lambda: re.search(r"autoscale: 2 -> 1 consumers", log.read_text()), 120, "the scale-down to 1")
+        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer", running=running)
+        wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=running)
+        scaled_down = re.compile(r"autoscale: 2 -> 1 consumers")
+        wait_until(lambda: scaled_down.search(log.read_text()), 120, "the scale-down to 1", running=running)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log.read_text()[-3000:]
     finally:

@@ -172,15 +172,17 @@ def wait_until(
     interval_s: float = 0.5,
     running: tuple[subprocess.Popen[bytes], Path] | None = None,
 ) -> None:
-    """Poll ``predicate``; fail after ``timeout_s``, or at once if the ``running`` (process, log) has exited."""
+    """Poll ``predicate``; fail after ``timeout_s``, or at once if the ``running`` (process, log) has exited.
+
+    Either failure quotes the end of the ``running`` log.
+    """
     deadline = time.monotonic() + timeout_s
     while not predicate():
+        tail = f":\n{running[1].read_text()[-3000:]}" if running is not None else ""
         if running is not None and running[0].poll() is not None:
-            raise AssertionError(
-                f"the job exited ({running[0].returncode}) while waiting for {what}:\n{running[1].read_text()[-3000:]}"
-            )
+            raise AssertionError(f"the job exited ({running[0].returncode}) while waiting for {what}{tail}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{tail}")
         time.sleep(interval_s)
 
 
