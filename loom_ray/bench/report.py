@@ -7,7 +7,7 @@ from typing import Any
 from loom_ray.bench.summary import LOOM, REPORTED
 
 DESCRIPTIONS = {
-    "B0": "Kafka only: confluent-kafka `consume(10000, 0.1)`, no parse, no DB",
+    "B0": "Kafka only: confluent-kafka `consume(10000, 0.1)`, no parse, no DB, passes over the topic for >= 3 s",
     "B1": "PostgreSQL only: binary COPY from memory, 10 000 rows per transaction",
     "B2": "naive: `poll()` + `json.loads` + one autocommit INSERT per message",
     "B3": "quixstreams `PostgreSQLSink`, same schema",

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from loom_ray.loadgen import DEFAULT_OVERSIZE_BYTES, MALFORMED_KINDS, malformed_value, plan, valid_value
+from loom_ray.loadgen.produce import TokenBucket
 
 
 @pytest.mark.parametrize("size", [200, 2000])
@@ -136,3 +137,27 @@ def test_plan_spreads_bad_messages_over_partitions() -> None:
     partitions = Counter(seq % 4 for seq in range(8_000) if plan(seq, 0.05, 1) is not None)
     assert set(partitions) == {0, 1, 2, 3}
     assert min(partitions.values()) > 60
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_keeps_the_rate_and_never_asks_for_a_spin_wait() -> None:
+    clock = _Clock()
+    bucket = TokenBucket(50_000, clock=clock)
+    taken = waits = 0
+    while clock.now < 101.0:  # one simulated second, waiting exactly as asked
+        wait = bucket.wait_s()
+        if wait == 0:
+            taken += 1
+            continue
+        assert wait >= TokenBucket.MIN_WAIT_S, "a wait poll() would round to 0 ms"
+        waits += 1
+        clock.now += wait
+    assert 49_000 <= taken <= 51_000
+    assert waits <= 1.1 / TokenBucket.MIN_WAIT_S  # a few hundred polls a second, not one per message
