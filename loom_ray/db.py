@@ -44,9 +44,14 @@ def session_settings(settings: Settings, application_name: str) -> dict[str, str
     }
 
 
+def quote_identifier(name: str) -> str:
+    """A name validated at start (LOOM_DB_SCHEMA: no quote can be in it) as a quoted SQL identifier."""
+    return f'"{name}"'
+
+
 def quoted_schema(settings: Settings) -> str:
-    """LOOM_DB_SCHEMA as a quoted identifier (validated at start: no quote can be in it)."""
-    return f'"{settings.db_schema}"'
+    """LOOM_DB_SCHEMA as a quoted identifier, for ``search_path``."""
+    return quote_identifier(settings.db_schema)
 
 
 async def connect(settings: Settings, application_name: str) -> asyncpg.Connection:

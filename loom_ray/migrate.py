@@ -12,6 +12,8 @@ from pathlib import Path
 
 import asyncpg
 
+from loom_ray.db import quote_identifier
+
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x6C6F6F6D  # "loom"
@@ -32,8 +34,8 @@ async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR, schema: s
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        if schema is not None and await conn.fetchval("SELECT to_regnamespace($1)", f'"{schema}"') is None:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        if schema is not None and await conn.fetchval("SELECT to_regnamespace($1)", quote_identifier(schema)) is None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
             log.info("created schema %s", schema)
         if await conn.fetchval("SELECT to_regclass('loom_migrations')") is None:
             # Only then: CREATE ... IF NOT EXISTS still needs CREATE on the schema, which a
