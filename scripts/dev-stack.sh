@@ -77,6 +77,16 @@ YAML
   log "kafka started (pid $(cat "$dir/pid")) on 127.0.0.1:$kafka_port"
 }
 
+check_pg_can_reach_stack() {  # as root, PostgreSQL runs as the postgres user: it must get through every parent
+  [ "$(id -u)" = 0 ] || return 0
+  id postgres >/dev/null 2>&1 || useradd -r -m postgres
+  mkdir -p "$stack/pg"
+  runuser -u postgres -- test -x "$stack/pg" && return 0
+  log "the postgres user cannot reach $stack (a folder above it is closed to others, e.g. mode 0700):"
+  log "clone into a folder it can traverse, or point LOOM_STACK_DIR at one"
+  exit 1
+}
+
 pg_up() {
   local dir=$stack/pg
   if [ ! -f "$dir/data/PG_VERSION" ]; then
@@ -121,7 +131,7 @@ wait_ready() {
 cmd=${1:-status}
 case $cmd in
   up)
-    fetch_kafka; kafka_up; pg_up; wait_ready; log "ready" ;;
+    check_pg_can_reach_stack; fetch_kafka; kafka_up; pg_up; wait_ready; log "ready" ;;
   jars)  # resolve the Kafka jars only; print their folder (tests start brokers of their own from it)
     fetch_kafka; echo "$libs" ;;
   down)

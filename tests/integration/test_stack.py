@@ -1,4 +1,5 @@
-"""The real services answer: a Kafka round trip, a PostgreSQL round trip, a local Ray up and down."""
+"""The real services answer: a Kafka round trip, a PostgreSQL round trip, a local Ray up and down; the stack
+script refuses a folder PostgreSQL could not use."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import asyncpg
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from loom_ray.loadgen import ensure_topic
@@ -70,3 +73,17 @@ def test_local_ray_starts_and_stops_with_the_test_settings() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resources 2.0 disabled" in out.stdout
     assert "stopped False" in out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as another user (postgres)")
+def test_dev_stack_refuses_a_folder_postgres_cannot_reach(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    stack = closed / "stack"
+    env = {**os.environ, "LOOM_STACK_DIR": str(stack), "LOOM_STACK_KAFKA_PORT": "39092", "LOOM_STACK_PG_PORT": "35432"}
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "dev-stack.sh"), "up"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert "the postgres user cannot reach" in done.stderr and "LOOM_STACK_DIR" in done.stderr
+    assert not (stack / "kafka" / "pid").exists(), "nothing may be started before the check"
