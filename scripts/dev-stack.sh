@@ -91,7 +91,7 @@ pg_up() {
   local dir=$stack/pg
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] && { id postgres >/dev/null 2>&1 || useradd -r -m postgres; chown -R postgres "$dir"; }
+    [ "$(id -u)" = 0 ] && chown -R postgres "$dir"  # the user exists: check_pg_can_reach_stack ran first
     as_pg_owner "$pg_bin/initdb" -D "$dir/data" -U loom --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
     cat >> "$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'

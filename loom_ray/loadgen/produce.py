@@ -23,6 +23,7 @@ _LOG = logging.getLogger(__name__)
 TOMBSTONE_SHA = "-"
 _POLL_EVERY = 1000
 _PROGRESS_EVERY_S = 2.0
+_STOPPED_FLUSH_S = 10.0  # after SIGINT/SIGTERM: how long to wait for outstanding delivery reports
 
 
 class TokenBucket:
@@ -201,12 +202,12 @@ def _produce(
 
 
 def _flush(producer: Producer, stats: _Stats, stop: _StopSignal) -> None:
-    """Wait for every outstanding delivery report (at most 10 s once stopped), logging progress."""
+    """Wait for every outstanding delivery report (at most ``_STOPPED_FLUSH_S`` once stopped), logging progress."""
     deadline: float | None = None
     while (waiting := producer.flush(1.0)) > 0:
         stats.maybe_report(waiting)
         if stop.signum is not None:
-            deadline = deadline or time.monotonic() + 10.0
+            deadline = deadline or time.monotonic() + _STOPPED_FLUSH_S
             if time.monotonic() > deadline:
                 _LOG.warning("gave up waiting for %d delivery reports", waiting)
                 return
@@ -240,7 +241,9 @@ def run(args: argparse.Namespace, kinds: tuple[str, ...]) -> int:
         stop = stack.enter_context(_StopSignal())
         _produce(producer, args, kinds, stats, deliveries, stop)
         if stop.signum is not None:
-            _LOG.warning("signal %d after %d messages; flushing for up to 10 s", stop.signum, stats.produced)
+            _LOG.warning(
+                "signal %d after %d messages; flushing for up to %.0f s", stop.signum, stats.produced, _STOPPED_FLUSH_S
+            )
         _flush(producer, stats, stop)
     if ack_log is None:
         deliveries.acked = stats.produced - deliveries.failed - len(producer)

@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from loom_ray.loadgen import DEFAULT_OVERSIZE_BYTES, main
+from tests.support.pipeline import high_watermarks
 
 pytestmark = pytest.mark.integration
 
@@ -175,11 +176,7 @@ def test_loadgen_stopped_by_sigint_flushes_and_logs_every_ack(bootstrap: str, to
     assert process.returncode == 130, stderr.decode()[-3000:]
     assert b"Traceback" not in stderr
     acked = {tuple(map(int, line.split(" ")[:2])) for line in ack_log.read_text(encoding="ascii").splitlines()}
-    admin = Consumer({"bootstrap.servers": bootstrap, "group.id": f"loadgen-test-{uuid.uuid4().hex}"})
-    try:
-        watermarks = [admin.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(PARTITIONS)]
-    finally:
-        admin.close()
-    in_topic = {(p, offset) for p, (low, high) in enumerate(watermarks) for offset in range(low, high)}
+    marks = high_watermarks(bootstrap, topic)
+    in_topic = {(p, offset) for p, (low, high) in marks.items() for offset in range(low, high)}
     assert len(in_topic) < 1_000_000, "the run was not stopped"
     assert acked == in_topic

@@ -177,12 +177,15 @@ def wait_until(
     Either failure quotes the end of the ``running`` log.
     """
     deadline = time.monotonic() + timeout_s
+
+    def tail() -> str:
+        return f":\n{running[1].read_text()[-3000:]}" if running is not None else ""
+
     while not predicate():
-        tail = f":\n{running[1].read_text()[-3000:]}" if running is not None else ""
         if running is not None and running[0].poll() is not None:
-            raise AssertionError(f"the job exited ({running[0].returncode}) while waiting for {what}{tail}")
+            raise AssertionError(f"the job exited ({running[0].returncode}) while waiting for {what}{tail()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{tail}")
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{tail()}")
         time.sleep(interval_s)
 
 
