@@ -1,9 +1,11 @@
 """Per-partition batch buffers and the pure rule that says when one must be flushed.
 
 A :class:`PartitionBatch` collects rows and dead letters for one partition, in offset order, from
-``start`` (the offset the database expects next) to ``end`` (one past the last message added). The
-pipeline hands a batch to the sink when :func:`flush_due` says so; the sink advances the stored offset
-from ``start`` to ``end`` in the same transaction as the rows.
+``start`` (the offset the database expects next) to ``end`` (one past the last offset it accounts for).
+Offsets between its records that hold none (transaction markers, aborted records, compacted ones) are
+covered by :meth:`PartitionBatch.skip_to`; offsets the broker no longer has by a recorded :class:`Gap`.
+The pipeline hands a batch to the sink when :func:`flush_due` says so; the sink advances the stored offset
+from ``start`` to ``end`` in the same transaction as the rows, dead letters and gaps.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from typing import Any
 # 2000-01-01 UTC (sink.codecs), or None.
 Row = tuple[Any, ...]
 DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
+
+OFFSET_OUT_OF_RANGE = "offset_out_of_range"  # loom_gaps.reason: the log start moved past the offset
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets ``[from_offset, to_offset)`` that hold no record we can read any more, and why (loom_gaps)."""
+
+    from_offset: int
+    to_offset: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +49,10 @@ class PartitionBatch:
     epoch: int
     start: int
     end: int = -1
+    incarnation: int = 0  # of the topic (loom_offsets.incarnation), stored with every record
     rows: list[Row] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
     size_bytes: int = 0
     opened_at: float = 0.0
 
@@ -48,6 +64,28 @@ class PartitionBatch:
     def count(self) -> int:
         """Messages in the batch, rows and dead letters together."""
         return len(self.rows) + len(self.dead_letters)
+
+    @property
+    def advances(self) -> bool:
+        """Whether committing the batch moves the stored offset (records, gaps or offsets without a record)."""
+        return self.end > self.start
+
+    def after(self) -> PartitionBatch:
+        """An empty batch that starts where this one ends, with the same claim."""
+        return PartitionBatch(self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation)
+
+    def skip_to(self, offset: int, now: float) -> None:
+        """Account for offsets up to ``offset`` that hold no record for a read_committed consumer."""
+        if offset > self.end:
+            self._open(now)
+            self.end = offset
+
+    def add_gap(self, to_offset: int, reason: str, detail: str, now: float) -> None:
+        """Record that ``[end, to_offset)`` can no longer be read, and move past it."""
+        if to_offset > self.end:
+            self._open(now)
+            self.gaps.append(Gap(self.end, to_offset, reason, detail))
+            self.end = to_offset
 
     def add_row(self, offset: int, row: Row, size: int, now: float) -> None:
         """Append a decoded message; ``now`` opens the batch's age clock on the first one."""
@@ -62,10 +100,14 @@ class PartitionBatch:
     def _advance(self, offset: int, size: int, now: float) -> None:
         if offset < self.end:
             raise ValueError(f"{self.topic}[{self.partition}] offset {offset} is behind the batch end {self.end}")
-        if not self.rows and not self.dead_letters:
-            self.opened_at = now
+        self._open(now)
         self.end = offset + 1
         self.size_bytes += size
+
+    def _open(self, now: float) -> None:
+        """Start the age clock when the batch takes its first offset."""
+        if self.end == self.start:
+            self.opened_at = now
 
 
 def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float, paused: bool = False) -> bool:
@@ -75,7 +117,7 @@ def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float, paused: bo
     to fill it, and fetching resumes only once the buffers drain, so waiting for the batch timer
     (up to LOOM_KAFKA_BATCH_TIMEOUT, 60 s at most) would stall the partition for nothing.
     """
-    if batch.count == 0:
+    if not batch.advances:
         return False
     return (
         paused

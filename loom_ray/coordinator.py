@@ -3,17 +3,22 @@
 Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``reconcile()`` every
 ``LOOM_HEALTH_CHECK_INTERVAL_S``:
 
-1. discover the partitions of the configured topics (new ones are picked up here);
+1. discover the partitions and ids of the configured topics in one request (new partitions are picked up
+   here; a topic whose metadata fails keeps the partitions it had, and the other topics go on; a topic
+   whose id changed was recreated: its partitions are claimed again without a hand-over);
 2. health-check every consumer: a dead one (RayActorError) or one silent for longer than
    ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free;
-3. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
+3. read progress (committed offsets, high watermarks in one request); a partition whose owner reports a
+   commit that the offset row no longer shows (PostgreSQL lost it in a crash) is claimed again;
+4. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
    more than partitions);
-4. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
+5. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
    then *claim* for the new owner (a new epoch in ``loom_offsets`` fences the old one whatever it does)
    and hand the new owner the claim.
 
 Everything it knows is rebuilt from PostgreSQL and Ray on start, so a restarted coordinator simply
-claims every partition again.
+claims every partition again. ``status()`` answers from the last round's progress, without a request of
+its own.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from typing import Any, Protocol
 import asyncpg
 
 from loom_ray import db, offsets
-from loom_ray.kafka.admin import KafkaMetadata
+from loom_ray.kafka.admin import Discovery, KafkaMetadata
 from loom_ray.offsets import Claim
-from loom_ray.policy.assignment import TopicPartition, assign, dropped, moves
+from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
+from loom_ray.policy.backoff import backoff_delay
+from loom_ray.policy.claims import BrokerPartition
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.settings import Settings
 
@@ -79,6 +86,11 @@ class Coordinator:
         self._members: dict[str, _Member] = {}
         self._owners: dict[TopicPartition, str] = {}
         self._partitions: list[TopicPartition] = []
+        self._topic_ids: dict[str, str] = {}
+        # Per topic, the partitions it had when first seen with no claim stored: the only ones that start at
+        # the end with LOOM_KAFKA_AUTO_OFFSET_RESET=latest (partitions added later start at their first offset).
+        self._first_sight: dict[str, set[int]] = {}
+        self._topic_errors: dict[str, str] = {}
         self._target = settings.min_actors
         self._pinned = False  # set by resize(): autoscaling stops
         self._last_scale = time.monotonic()
@@ -93,20 +105,32 @@ class Coordinator:
         self._stopping = False
         self._last_lag_sample = 0.0
         self._progress: dict[TopicPartition, dict[str, int]] = {}
+        self._database = True  # whether the last round reached PostgreSQL
         self.moves = 0
         self.reclaims = 0
 
     async def start(self) -> None:
-        """Connect to PostgreSQL and Kafka. Raises if either is out of reach."""
-        self._pool = await asyncpg.create_pool(
-            self._settings.dsn,
-            min_size=1,
-            max_size=2,
-            server_settings={
-                "application_name": f"loom-coordinator pid={os.getpid()}",
-                "search_path": db.quoted_schema(self._settings),
-            },
-        )
+        """Connect to PostgreSQL (retried with backoff while it is out of reach: a coordinator restarted by
+        Ray during an outage waits for it) and create the Kafka metadata client."""
+        attempt = 0
+        while self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._settings.dsn,
+                    min_size=1,
+                    max_size=2,
+                    server_settings={
+                        "application_name": f"loom-coordinator pid={os.getpid()}",
+                        "search_path": db.quoted_schema(self._settings),
+                    },
+                )
+            except db.TRANSIENT_ERRORS as exc:
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "coordinator cannot reach PostgreSQL (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
         self._metadata = KafkaMetadata(self._settings)
 
     async def run(self) -> None:
@@ -115,6 +139,7 @@ class Coordinator:
             try:
                 await self.reconcile()
             except db.TRANSIENT_ERRORS as exc:
+                self._database = False
                 log.warning("coordinator round failed (%s: %s); retrying", type(exc).__name__, exc)
             except Exception:
                 log.exception("coordinator round failed; retrying")
@@ -139,13 +164,56 @@ class Coordinator:
             if self._stopping:
                 return
             assert self._metadata is not None
-            self._partitions = await asyncio.to_thread(self._metadata.partitions)
+            await self._discover(await asyncio.to_thread(self._metadata.discover))
             await self._check_health()
             progress = await self.progress()
+            self._progress, self._database = progress, True
+            self._reclaim_lost_commits(progress)
             self._autoscale(progress)
             await self._scale()
             await self._rebalance()
             await self._sample_lag(progress)
+
+    async def _discover(self, found: Discovery) -> None:
+        """Take in this round's topics: new partitions, recreated topics, topics whose metadata failed."""
+        for topic, error in found.errors.items():
+            if self._topic_errors.get(topic) != error:
+                log.warning("topic %s: metadata failed (%s); its partitions stay as they were", topic, error)
+        self._topic_errors = dict(found.errors)
+        unseen = [topic for topic in found.partitions if topic not in self._first_sight]
+        if unseen:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                claimed = await offsets.claimed_topics(conn, unseen)
+            for topic in unseen:
+                self._first_sight[topic] = set() if topic in claimed else set(found.partitions[topic])
+        for topic, topic_id in found.topic_ids.items():
+            known = self._topic_ids.get(topic)
+            if known is not None and known != topic_id:
+                log.warning(
+                    "topic %s was recreated (id %s -> %s): claiming its partitions again", topic, known, topic_id
+                )
+                for tp in [tp for tp in self._owners if tp[0] == topic]:
+                    del self._owners[
+                        tp
+                    ]  # no hand-over: what the old owner buffered is the new topic's; the claim fences it
+                    self.reclaims += 1
+        self._topic_ids.update(found.topic_ids)
+        kept = [tp for tp in self._partitions if tp[0] in found.errors]
+        self._partitions = sorted({*kept, *((t, p) for t, ps in found.partitions.items() for p in ps)})
+
+    def _reclaim_lost_commits(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
+        reports = {name: member.stats.get("partitions", {}) for name, member in self._members.items()}
+        stored = {tp: (row["next_offset"], row["epoch"]) for tp, row in progress.items()}
+        for tp in lost_commits(self._owners, reports, stored):
+            log.warning(
+                "%s[%d]: PostgreSQL lost a commit of %s (offset row at %d); claiming it again",
+                *tp,
+                self._owners[tp],
+                progress[tp]["next_offset"],
+            )
+            del self._owners[tp]
+            self.reclaims += 1
 
     async def _check_health(self) -> None:
         timeout = self._settings.health_check_interval_s
@@ -237,10 +305,16 @@ class Coordinator:
 
     async def _claim(self, tp: TopicPartition, owner: str) -> Claim:
         assert self._pool is not None and self._metadata is not None
-        low, high = await asyncio.to_thread(self._metadata.watermarks, *tp)
-        start = low if self._settings.kafka_auto_offset_reset == "earliest" else high
+        metadata = self._metadata
+        topic_id = self._topic_ids.get(tp[0])
+
+        async def broker() -> BrokerPartition:
+            low, high = await asyncio.to_thread(metadata.watermarks, *tp)
+            return BrokerPartition(low, high, topic_id)
+
+        from_end = self._settings.kafka_auto_offset_reset == "latest" and tp[1] in self._first_sight.get(tp[0], ())
         async with self._pool.acquire() as conn:
-            return await offsets.claim(conn, tp[0], tp[1], start, owner)
+            return await offsets.claim(conn, tp[0], tp[1], owner, broker, from_end)
 
     def _autoscale(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         """Follow the backlog (the seed's HPA followed CPU): up at once, down at most once per catch-up time."""
@@ -278,24 +352,27 @@ class Coordinator:
         )
 
     async def progress(self) -> dict[TopicPartition, dict[str, int]]:
-        """Per partition: committed ``next_offset`` (from PostgreSQL) and the high watermark (from Kafka)."""
+        """Per partition: committed ``next_offset`` and ``epoch`` (from PostgreSQL) and the high watermark
+        (from Kafka, one request); a partition whose watermark could not be read is left out."""
         assert self._pool is not None and self._metadata is not None
         async with self._pool.acquire() as conn:
             stored = await offsets.committed(conn, list(self._settings.kafka_topics))
+        highs = await asyncio.to_thread(self._metadata.high_watermarks, self._partitions)
         result = {}
-        for tp in self._partitions:
-            _, high = await asyncio.to_thread(self._metadata.watermarks, *tp)
-            next_offset = stored[tp][0] if tp in stored else 0
-            result[tp] = {"next_offset": next_offset, "high_watermark": high, "lag": max(high - next_offset, 0)}
+        for tp, high in highs.items():
+            next_offset, epoch, _ = stored.get(tp, (0, 0, None))
+            result[tp] = {
+                "next_offset": next_offset,
+                "epoch": epoch,
+                "high_watermark": high,
+                "lag": max(high - next_offset, 0),
+            }
         return result
 
     async def status(self) -> dict[str, Any]:
-        """A snapshot for the driver's progress line; ``database`` is False while PostgreSQL is out of reach."""
-        try:
-            self._progress = await self.progress() if self._partitions else {}
-            reachable = True
-        except db.TRANSIENT_ERRORS:
-            reachable = False
+        """A snapshot for the driver's progress line, from the last round; ``database`` is False while
+        PostgreSQL is out of reach."""
+        reachable = self._database
         progress = self._progress
         return {
             "database": reachable,
@@ -306,9 +383,10 @@ class Coordinator:
             "lag": sum(row["lag"] for row in progress.values()),
             "committed": sum(row["next_offset"] for row in progress.values()),
             "drained": reachable
-            and bool(progress)
+            and len(progress) == len(self._partitions) > 0
             and len(self._owners) == len(self._partitions)
             and all(row["lag"] == 0 for row in progress.values()),
+            "topic_errors": dict(self._topic_errors),
             "moves": self.moves,
             "reclaims": self.reclaims,
             "target": self._target_count(),

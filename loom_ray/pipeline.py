@@ -24,10 +24,10 @@ import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from loom_ray import db
-from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
+from loom_ray.batch import OFFSET_OUT_OF_RANGE, FlushLimits, PartitionBatch, flush_due
 from loom_ray.crashpoints import crash_point
 from loom_ray.decode import Rejection, capped, decode_value, sha256
-from loom_ray.kafka.consumer import PartitionConsumer
+from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.settings import Settings
@@ -158,11 +158,20 @@ class IngestWorker:
         pending = self._unassigning.pop(tp, None)
         if pending is not None:
             await pending  # the unassign after a fence must not land after this assign
-        batch = PartitionBatch(claim.topic, claim.partition, claim.epoch, claim.next_offset)
+        batch = PartitionBatch(
+            claim.topic, claim.partition, claim.epoch, claim.next_offset, incarnation=claim.incarnation
+        )
         self._assignments += 1
         self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments)
-        await self._kafka.assign(claim.topic, claim.partition, claim.next_offset)
-        log.info("%s assigned %s[%d] epoch=%d from offset %d", self.name, *tp, claim.epoch, claim.next_offset)
+        await self._kafka.assign(claim.topic, claim.partition, claim.next_offset, paused=self._paused)
+        log.info(
+            "%s assigned %s[%d] epoch=%d incarnation=%d from offset %d",
+            self.name,
+            *tp,
+            claim.epoch,
+            claim.incarnation,
+            claim.next_offset,
+        )
 
     async def release(self, topic: str, partition: int) -> int | None:
         """Flush what is buffered for the partition, then drop it; the committed offset, or None if fenced."""
@@ -174,10 +183,10 @@ class IngestWorker:
         async with self._flush_lock:  # waits for an in-flight flush that may hold this partition's batch
             if (topic, partition, part.claim.epoch) in self.fenced:
                 return None
-            result = await self._write_with_retry([part.open]) if part.open.count else FlushResult()
+            result = await self._write_with_retry([part.open]) if part.open.advances else FlushResult()
         if result.fenced:
             return None
-        committed = part.open.end if part.open.count else part.committed
+        committed = part.open.end
         log.info("%s released %s[%d] at offset %d", self.name, topic, partition, committed)
         return committed
 
@@ -189,14 +198,17 @@ class IngestWorker:
             await self._apply_backpressure()
             assignments = self._assignments
             if self._parts and not self._paused:
-                messages = await self._kafka.consume(poll_s)
+                fetched = await self._kafka.consume(poll_s, list(self._parts))
             else:
-                messages = []
+                fetched = Fetched()
                 await asyncio.sleep(poll_s)
             now = time.monotonic()
-            if messages:
+            if fetched.messages:
                 crash_point("after_poll")
-                self._add_all(messages, now, assignments)
+                self._add_all(fetched.messages, now, assignments)
+            self._advance_to_positions(fetched.positions, now, assignments)
+            for tp in fetched.out_of_range:
+                await self._out_of_range(tp, assignments)
             self._check_flush_task()
             if self._flush_task is None:
                 due = self._take_due(now, force=False)  # while paused, flush_due takes every batch
@@ -232,6 +244,7 @@ class IngestWorker:
                 part = parts.get(last_tp)
                 if part is not None and part.assigned > assignments:
                     part = None
+                incarnation = 0 if part is None else part.open.incarnation
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
@@ -243,7 +256,7 @@ class IngestWorker:
             if isinstance(decoded, str):
                 ts_type, ts_ms = message.timestamp()
                 kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
-                row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts)
+                row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts, incarnation)
                 part.open.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # decoded: not None
             else:
                 self._add_dead_letter(part, message, offset, headers, decoded, now)
@@ -266,17 +279,64 @@ class IngestWorker:
             rejection.error_message,
             rejection.stage,
             None,
+            part.open.incarnation,
         )
         part.open.add_dead_letter(offset, dead_letter, size, now)
+
+    def _advance_to_positions(self, positions: dict[TopicPartition, int], now: float, assignments: int) -> None:
+        """Cover offsets that hold no record (transaction markers, aborted or compacted records) up to the
+        consumer's position, so a partition whose last offsets hold none still reaches its high watermark."""
+        for tp, position in positions.items():
+            part = self._parts.get(tp)
+            if part is not None and part.assigned <= assignments:
+                part.open.skip_to(position, now)
+
+    async def _out_of_range(self, tp: TopicPartition, assignments: int) -> None:
+        """The broker has no record at the offset we read next: decide from its watermarks, never implicitly.
+
+        Below the log start (retention or DeleteRecords removed records before we read them): record the
+        skipped range as a gap, committed with the batch, and read on from the log start. Above the high
+        watermark (the topic was recreated, or its log truncated): drop the partition; the coordinator claims
+        it again and the claim starts a new incarnation. Otherwise the range moved back: read on.
+        """
+        assert self._kafka is not None
+        part = self._parts.get(tp)
+        if part is None or part.assigned > assignments:
+            return
+        low, high = await self._kafka.watermarks(*tp)
+        if self._parts.get(tp) is not part:
+            return
+        expected = part.open.end
+        if expected > high:
+            log.warning(
+                "%s: %s[%d] has no offset %d (high watermark %d): the topic was recreated or its log truncated; "
+                "handing it back to be claimed again",
+                self.name,
+                *tp,
+                expected,
+                high,
+            )
+            await self._drop(tp, reason="offset above the high watermark")
+            return
+        if expected < low:
+            detail = (
+                f"the log start moved to {low} (retention or DeleteRecords) before offsets "
+                f"{expected}..{low - 1} were read"
+            )
+            log.warning("%s: %s[%d] gap: %s", self.name, *tp, detail)
+            part.open.add_gap(low, OFFSET_OUT_OF_RANGE, detail, time.monotonic())
+        self._assignments += 1
+        part.assigned = self._assignments
+        await self._kafka.seek(*tp, part.open.end, paused=self._paused)
 
     def _take_due(self, now: float, force: bool) -> list[PartitionBatch]:
         """Detach the batches that must be flushed and open fresh ones after them."""
         due = []
         for part in self._parts.values():
             batch = part.open
-            if batch.count and (force or flush_due(batch, self._limits, now, self._paused)):
+            if batch.advances and (force or flush_due(batch, self._limits, now, self._paused)):
                 due.append(batch)
-                part.open = PartitionBatch(batch.topic, batch.partition, batch.epoch, batch.end)
+                part.open = batch.after()
         self._inflight_bytes = sum(b.size_bytes for b in due)
         return due
 

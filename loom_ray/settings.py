@@ -35,7 +35,14 @@ class Settings(BaseSettings):
         "loom-ray", min_length=1, description="Consumer group that mirrors progress for lag tools (never read back)."
     )
     kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", description="Where a partition starts the first time loom-ray sees it."
+        "earliest",
+        description="Where a topic's partitions start when loom-ray first sees the topic; partitions added "
+        "later and a recreated topic always start at their first offset.",
+    )
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description="Records of aborted Kafka transactions are skipped (read_committed) or stored "
+        "(read_uncommitted); a partition is drained at its last stable offset under read_committed.",
     )
     # Kafka: the seed's consumer tuning.
     kafka_batch_size: int = Field(200, ge=1, le=100_000, description="Messages per partition that trigger a flush.")

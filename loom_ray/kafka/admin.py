@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from loom_ray.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Discovery:
+    """One round's view of the configured topics: partitions and topic ids of the topics that answered, and
+    why the others did not (deleted, unauthorised, timed out)."""
+
+    partitions: dict[str, list[int]] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
 
 _CREDENTIALS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 
@@ -20,11 +38,19 @@ class KafkaMetadata:
             **settings.kafka_client_config(),
             "group.id": f"{settings.kafka_group_id}-metadata",
             "enable.auto.commit": False,
+            "isolation.level": settings.kafka_isolation_level,
             "error_cb": self._on_error,
         }
         self.errors: deque[KafkaError] = deque(maxlen=20)  # the latest connection-level errors librdkafka reported
         self._client = Consumer(config)
+        admin_config: dict[str, Any] = {**settings.kafka_client_config(), "error_cb": self._on_error}
+        self._admin = AdminClient(admin_config)
         self._topics = settings.kafka_topics
+        self._isolation = (
+            IsolationLevel.READ_COMMITTED
+            if settings.kafka_isolation_level == "read_committed"
+            else IsolationLevel.READ_UNCOMMITTED
+        )
 
     def _on_error(self, error: KafkaError) -> None:
         self.errors.append(error)
@@ -44,8 +70,41 @@ class KafkaMetadata:
             found.extend((topic, p) for p in info.partitions)
         return sorted(found)
 
+    def discover(self, timeout_s: float = 10.0) -> Discovery:
+        """Partitions and topic ids of every configured topic, in one request; a topic that fails is reported
+        in ``errors`` and does not hide the others."""
+        found = Discovery()
+        futures = self._admin.describe_topics(TopicCollection(list(self._topics)), request_timeout=timeout_s)
+        for topic, future in futures.items():
+            try:
+                description = future.result()
+            except KafkaException as exc:
+                found.errors[topic] = str(exc.args[0] if exc.args else exc)
+                continue
+            found.partitions[topic] = sorted(p.id for p in description.partitions)
+            found.topic_ids[topic] = str(description.topic_id)
+        return found
+
+    def high_watermarks(
+        self, partitions: Iterable[tuple[str, int]], timeout_s: float = 10.0
+    ) -> dict[tuple[str, int], int]:
+        """The high watermark (the last stable offset under read_committed) of each partition, in one request;
+        a partition whose request failed is left out."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(t, p): latest for t, p in partitions}
+        if not request:
+            return {}
+        futures = self._admin.list_offsets(request, isolation_level=self._isolation, request_timeout=timeout_s)
+        found: dict[tuple[str, int], int] = {}
+        for tp, future in futures.items():
+            try:
+                found[(tp.topic, tp.partition)] = int(future.result().offset)
+            except KafkaException as exc:
+                log.warning("no high watermark for %s[%d]: %s", tp.topic, tp.partition, exc)
+        return found
+
     def watermarks(self, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
-        """(low, high) watermark of one partition."""
+        """(low, high) watermark of one partition, asked of the partition's leader now (never cached)."""
         low, high = self._client.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         return int(low), int(high)
 

@@ -3,7 +3,8 @@
 Every librdkafka call runs on one dedicated thread, so ``consume()`` never blocks the actor's event loop
 (ray-facts.md: a blocking poll froze health checks for seconds) and calls never overlap. Offsets are never
 auto-committed or auto-stored: PostgreSQL holds the truth; :meth:`mirror` copies it to the group for lag
-tools only.
+tools only. librdkafka never resets an offset by itself (``auto.offset.reset=error``): a fetch below the log
+start or above its end is reported in :attr:`Fetched.out_of_range` for the caller to decide.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -32,7 +34,10 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
-            "auto.offset.reset": settings.kafka_auto_offset_reset,
+            # Never jump silently: an offset out of range comes back as an error (Fetched.out_of_range) and the
+            # worker records the skipped range; LOOM_KAFKA_AUTO_OFFSET_RESET applies at the first claim only.
+            "auto.offset.reset": "error",
+            "isolation.level": settings.kafka_isolation_level,
             "fetch.max.bytes": settings.kafka_fetch_max_bytes,
             # Bound prefetch (peak RSS): both limits are *per partition*, and librdkafka may hold one fetch
             # response beyond queued.max.messages.kbytes, so an actor's worst case is about
@@ -57,6 +62,22 @@ def _log_kafka_error(error: KafkaError) -> None:
     log.warning("kafka: %s", error)
 
 
+@dataclass(slots=True)
+class Fetched:
+    """One :meth:`PartitionConsumer.consume`: the messages, and what the caller must know beside them.
+
+    ``positions``: where each partition will be read next, past any offsets that hold no record for this
+    isolation level (transaction markers, aborted records, compacted offsets); read only when the fetch
+    queue ran dry (fewer messages than asked for), since only then can the position lead the last message.
+    ``out_of_range``: partitions whose fetch offset the broker no longer has (or not yet): nothing more is
+    fetched for them until they are assigned again.
+    """
+
+    messages: list[Message] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    out_of_range: list[tuple[str, int]] = field(default_factory=list)
+
+
 class PartitionConsumer:
     """One actor's Kafka consumer over the partitions the coordinator gave it."""
 
@@ -68,25 +89,53 @@ class PartitionConsumer:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def assign(self, topic: str, partition: int, offset: int) -> None:
-        """Start reading ``topic[partition]`` at ``offset`` (added to the current assignment)."""
-        await self._call(self._consumer.incremental_assign, [TopicPartition(topic, partition, offset)])
+    async def assign(self, topic: str, partition: int, offset: int, paused: bool) -> None:
+        """Start reading ``topic[partition]`` at ``offset`` (added to the current assignment).
+
+        librdkafka keeps a partition's pause flag across unassign and assign, so a partition released while
+        fetching was paused would never be fetched again: ``paused`` sets the flag explicitly.
+        """
+        await self._call(self._assign, TopicPartition(topic, partition, offset), paused, False)
+
+    async def seek(self, topic: str, partition: int, offset: int, paused: bool) -> None:
+        """Read an assigned partition from ``offset`` on (also after an out-of-range fetch stopped it)."""
+        await self._call(self._assign, TopicPartition(topic, partition, offset), paused, True)
+
+    def _assign(self, tp: TopicPartition, paused: bool, again: bool) -> None:
+        if again:
+            self._consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)])
+        self._consumer.incremental_assign([tp])
+        (self._consumer.pause if paused else self._consumer.resume)([tp])
 
     async def unassign(self, topic: str, partition: int) -> None:
         """Stop reading ``topic[partition]``; messages already fetched for it must be ignored by the caller."""
         await self._call(self._consumer.incremental_unassign, [TopicPartition(topic, partition)])
 
-    async def consume(self, timeout_s: float) -> list[Message]:
-        """Up to ``LOOM_KAFKA_MAX_POLL_RECORDS`` messages; error events are logged and left out."""
-        messages = await self._call(self._consumer.consume, self._max_records, timeout_s)
-        good = []
+    async def consume(self, timeout_s: float, held: list[tuple[str, int]]) -> Fetched:
+        """Up to ``LOOM_KAFKA_MAX_POLL_RECORDS`` messages of the ``held`` partitions (see :class:`Fetched`)."""
+        return await self._call(self._consume, timeout_s, held)
+
+    def _consume(self, timeout_s: float, held: list[tuple[str, int]]) -> Fetched:
+        messages = self._consumer.consume(self._max_records, timeout_s)
+        fetched = Fetched()
         for message in messages:
             error = message.error()
             if error is None:
-                good.append(message)
+                fetched.messages.append(message)
+            elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                fetched.out_of_range.append((message.topic(), message.partition()))  # type: ignore[arg-type]
             else:
                 log.warning("kafka consume error on %s[%s]: %s", message.topic(), message.partition(), error)
-        return good
+        if len(messages) < self._max_records and held:
+            for tp in self._consumer.position([TopicPartition(t, p) for t, p in held]):
+                if tp.offset >= 0:
+                    fetched.positions[(tp.topic, tp.partition)] = tp.offset
+        return fetched
+
+    async def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """(low, high) watermark of one partition, asked of the broker now."""
+        low, high = await self._call(self._consumer.get_watermark_offsets, TopicPartition(topic, partition), 10.0)
+        return int(low), int(high)
 
     async def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Stop fetching these partitions (buffers are full); :meth:`resume` restarts them."""

@@ -56,3 +56,25 @@ def dropped(owners: Mapping[TopicPartition, str], name: str, held: Iterable[str]
     """
     reported = set(held)
     return sorted(tp for tp, owner in owners.items() if owner == name and f"{tp[0]}[{tp[1]}]" not in reported)
+
+
+def lost_commits(
+    owners: Mapping[TopicPartition, str],
+    reports: Mapping[str, Mapping[str, Mapping[str, int]]],
+    stored: Mapping[TopicPartition, tuple[int, int]],
+) -> list[TopicPartition]:
+    """Partitions whose owner reports a commit that the offset row no longer shows.
+
+    PostgreSQL with ``synchronous_commit=off`` may lose its last commits in a crash; rows and offsets are
+    lost together, so nothing is half-written, but a partition that receives no further record never
+    flushes again and would keep its lag for good. ``reports`` are each owner's health report
+    (``"topic[partition]" -> {"epoch", "committed"}``), taken *before* ``stored`` (``next_offset, epoch``)
+    was read, so a stored offset below a reported one under the same epoch can only mean a lost commit.
+    """
+    lost = []
+    for tp, owner in sorted(owners.items()):
+        report = reports.get(owner, {}).get(f"{tp[0]}[{tp[1]}]")
+        row = stored.get(tp)
+        if report is not None and row is not None and row[1] == report["epoch"] and row[0] < report["committed"]:
+            lost.append(tp)
+    return lost

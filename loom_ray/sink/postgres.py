@@ -7,8 +7,12 @@ Called by the pipeline with the batches that are due. Step by step, inside one t
    report it fenced, and retry the other partitions' batches;
 2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) is found
    by bisecting under savepoints and becomes a dead letter, the rest still commit;
-3. COPY the dead letters into ``loom_dead_letters`` (and the batch ranges into ``loom_audit`` if asked);
+3. COPY the dead letters into ``loom_dead_letters``, the recorded gaps into ``loom_gaps`` (and the batch
+   ranges into ``loom_audit`` if asked);
 4. commit.
+
+A batch may hold no record at all and still advance the offset (over transaction markers, aborted
+records or a gap): it is committed the same way.
 
 Outages (:data:`loom_ray.db.TRANSIENT_ERRORS`) propagate; the caller resolves an in-doubt commit with
 :meth:`PostgresSink.resolve`, which reads the offset row: it is the witness of what committed.
@@ -29,7 +33,7 @@ from loom_ray.errors import FencedError
 
 log = logging.getLogger(__name__)
 
-MESSAGE_COLUMNS = ("topic", "partition", "offset", "key", "payload", "headers", "kafka_ts")
+MESSAGE_COLUMNS = ("topic", "partition", "offset", "key", "payload", "headers", "kafka_ts", "incarnation")
 DEAD_LETTER_COLUMNS = (
     "topic",
     "partition",
@@ -43,8 +47,20 @@ DEAD_LETTER_COLUMNS = (
     "error_message",
     "stage",
     "sqlstate",
+    "incarnation",
 )
-_AUDIT_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "rows", "dead_letters", "epoch", "owner")
+_GAP_COLUMNS = ("topic", "partition", "incarnation", "from_offset", "to_offset", "reason", "detail")
+_AUDIT_COLUMNS = (
+    "topic",
+    "partition",
+    "start_offset",
+    "end_offset",
+    "rows",
+    "dead_letters",
+    "epoch",
+    "owner",
+    "incarnation",
+)
 
 # Errors about one row's content: isolate the row, dead-letter it, commit the rest.
 # A unique violation is not among them: after a successful offset CAS it would mean a duplicate write,
@@ -83,7 +99,7 @@ class PostgresSink:
     async def write(self, batches: Sequence[PartitionBatch]) -> FlushResult:
         """Commit ``batches``; fenced ones are returned, not written. Outages raise."""
         result = FlushResult()
-        pending = [b for b in batches if b.count]
+        pending = [b for b in batches if b.advances]
         while pending:
             try:
                 result.rows, result.dead_letters = await self._write_once(pending)
@@ -118,6 +134,13 @@ class PostgresSink:
             dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
             if dead_letters:
                 await conn.copy_records_to_table("loom_dead_letters", records=dead_letters, columns=DEAD_LETTER_COLUMNS)
+            gaps = [
+                (b.topic, b.partition, b.incarnation, g.from_offset, g.to_offset, g.reason, g.detail)
+                for b in batches
+                for g in b.gaps
+            ]
+            if gaps:
+                await conn.copy_records_to_table("loom_gaps", records=gaps, columns=_GAP_COLUMNS)
             if self._audit:
                 await conn.copy_records_to_table(
                     "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
@@ -142,7 +165,7 @@ class PostgresSink:
         return await self._copy_isolating(conn, rows[:middle]) + await self._copy_isolating(conn, rows[middle:])
 
     def _refused_row(self, row: Row, exc: asyncpg.PostgresError) -> DeadLetter:
-        topic, partition, offset, key, payload, headers, _ = row
+        topic, partition, offset, key, payload, headers, _, incarnation = row
         raw = payload.encode("utf-8")
         return (
             topic,
@@ -157,6 +180,7 @@ class PostgresSink:
             str(exc)[:2000],
             DB_ROW,
             exc.sqlstate,
+            incarnation,
         )
 
     def _audit_row(self, batch: PartitionBatch) -> tuple[object, ...]:
@@ -169,6 +193,7 @@ class PostgresSink:
             len(batch.dead_letters),
             batch.epoch,
             self._owner,
+            batch.incarnation,
         )
 
     async def resolve(self, batches: Sequence[PartitionBatch]) -> tuple[list[PartitionBatch], list[PartitionBatch]]:

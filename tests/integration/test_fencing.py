@@ -9,15 +9,15 @@ import asyncpg
 
 from loom_ray.batch import PartitionBatch
 from loom_ray.migrate import migrate
-from loom_ray.offsets import claim
 from loom_ray.sink.postgres import PostgresSink
+from tests.support.claims import claim_at
 from tests.support.services import Endpoints
 
 
 def _batch(topic: str, partition: int, epoch: int, start: int, n: int) -> PartitionBatch:
     batch = PartitionBatch(topic, partition, epoch, start)
     for offset in range(start, start + n):
-        row = (topic, partition, offset, None, f'{{"n": {offset}}}', None, datetime.now(UTC))
+        row = (topic, partition, offset, None, f'{{"n": {offset}}}', None, datetime.now(UTC), 0)
         batch.add_row(offset, row, 10, 0.0)
     return batch
 
@@ -28,9 +28,9 @@ async def _stale_epoch_flush(dsn: str, topic: str) -> None:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-            zombie = await claim(conn, topic, 0, 0, "zombie")
-            other = await claim(conn, topic, 1, 0, "zombie")
-            successor = await claim(conn, topic, 0, 0, "successor")  # epoch bump on partition 0 only
+            zombie = await claim_at(conn, topic, 0, "zombie")
+            other = await claim_at(conn, topic, 1, "zombie")
+            successor = await claim_at(conn, topic, 0, "successor")  # epoch bump on partition 0 only
         result = await PostgresSink(pool, "zombie", 1024, audit=True).write(
             [_batch(topic, 0, zombie.epoch, 0, 5), _batch(topic, 1, other.epoch, 0, 3)]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -222,3 +223,50 @@ def group_offsets(endpoints: Endpoints, topic: str, partitions: int) -> dict[int
     request = ConsumerGroupTopicPartitions(f"loom-{topic}", [TopicPartition(topic, p) for p in range(partitions)])
     result = admin.list_consumer_group_offsets([request])[f"loom-{topic}"].result()
     return {tp.partition: tp.offset for tp in result.topic_partitions}
+
+
+def read_committed_offsets(bootstrap: str, topic: str) -> dict[int, set[int]]:
+    """The offsets a read_committed consumer is handed, per partition: every offset that holds a record
+    (aborted records, transaction markers and compacted offsets are not among them)."""
+    marks = high_watermarks(bootstrap, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "read-committed-check",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "error",
+        }
+    )
+    found: dict[int, set[int]] = {p: set() for p in marks}
+    try:
+        pending = {p for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in pending])
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    found[message.partition()].add(message.offset())  # type: ignore[index]
+            for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                if tp.offset >= marks[tp.partition][1]:
+                    pending.discard(tp.partition)
+        assert not pending, f"read_committed reader did not reach the end of {sorted(pending)}"
+    finally:
+        consumer.close()
+    return found
+
+
+def stored_offsets(endpoints: Endpoints, topic: str, incarnation: int = 0) -> dict[int, list[int]]:
+    """Per partition, the offsets stored as rows or dead letters of one incarnation, with repeats."""
+    rows = scalar(
+        endpoints,
+        """SELECT coalesce(jsonb_object_agg(p, offs), '{}'::jsonb)::text FROM (
+               SELECT "partition" AS p, jsonb_agg("offset" ORDER BY "offset") AS offs FROM (
+                   SELECT "partition", "offset" FROM loom_messages WHERE topic = $1 AND incarnation = $2
+                   UNION ALL
+                   SELECT "partition", "offset" FROM loom_dead_letters WHERE topic = $1 AND incarnation = $2) AS u
+               GROUP BY 1) AS t""",
+        topic,
+        incarnation,
+    )
+    return {int(p): offs for p, offs in json.loads(rows).items()}

@@ -144,3 +144,21 @@ def test_dropped_lists_partitions_missing_from_the_owners_report() -> None:
     # A partition reported but not owned (a release in flight) is not the coordinator's concern here.
     assert dropped(owners, "b", ["t[2]", "t[3]"]) == []
     assert dropped(owners, "nobody", []) == []
+
+
+def test_lost_commits_are_reported_offsets_the_row_no_longer_shows() -> None:
+    from loom_ray.policy.assignment import lost_commits
+
+    owners = {("t", 0): "a", ("t", 1): "a", ("t", 2): "b", ("t", 3): "b"}
+    reports = {
+        "a": {"t[0]": {"epoch": 4, "committed": 100}, "t[1]": {"epoch": 4, "committed": 50}},
+        "b": {"t[2]": {"epoch": 2, "committed": 70}, "t[3]": {"epoch": 2, "committed": 9}},
+    }
+    stored = {
+        ("t", 0): (80, 4),  # lost: the row fell back under the same epoch
+        ("t", 1): (60, 4),  # a commit after the report: ahead, not lost
+        ("t", 2): (30, 3),  # claimed again since (another epoch): not this owner's report to judge
+        ("t", 3): (9, 2),  # as reported
+    }
+    assert lost_commits(owners, reports, stored) == [("t", 0)]
+    assert lost_commits(owners, {}, stored) == []

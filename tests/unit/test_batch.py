@@ -102,3 +102,30 @@ def test_while_paused_every_non_empty_batch_is_due() -> None:
     assert not flush_due(batch, limits, now=100.0)
     assert flush_due(batch, limits, now=100.0, paused=True)
     assert not flush_due(_batch(), limits, now=100.0, paused=True)  # empty: still never due
+
+
+def test_offsets_without_a_record_advance_the_batch_and_make_it_due() -> None:
+    from loom_ray.batch import FlushLimits, flush_due
+
+    limits = FlushLimits(max_messages=10, max_bytes=1024, max_age_s=1.0)
+    b = PartitionBatch(topic="orders", partition=2, epoch=7, start=40, incarnation=3)
+    assert not b.advances and not flush_due(b, limits, now=100.0)
+    b.skip_to(38, now=5.0)  # a position behind the batch changes nothing
+    assert (b.end, b.advances) == (40, False)
+    b.skip_to(43, now=5.0)
+    assert (b.start, b.end, b.count, b.advances, b.opened_at) == (40, 43, 0, True, 5.0)
+    assert not flush_due(b, limits, now=5.5) and flush_due(b, limits, now=6.0)
+    nxt = b.after()
+    assert (nxt.start, nxt.end, nxt.epoch, nxt.incarnation, nxt.count) == (43, 43, 7, 3, 0)
+
+
+def test_a_gap_is_recorded_from_the_batch_end_and_moves_it() -> None:
+    b = PartitionBatch(topic="orders", partition=2, epoch=7, start=10)
+    b.add_row(10, ("row",), 5, now=1.0)
+    b.add_gap(500, "offset_out_of_range", "log start moved", now=2.0)
+    assert [(g.from_offset, g.to_offset, g.reason) for g in b.gaps] == [(11, 500, "offset_out_of_range")]
+    assert (b.end, b.count, b.opened_at) == (500, 1, 1.0)
+    b.add_gap(400, "offset_out_of_range", "behind: ignored", now=3.0)
+    assert len(b.gaps) == 1
+    b.add_row(500, ("row",), 5, now=4.0)
+    assert b.end == 501

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 
 import asyncpg
@@ -19,6 +20,7 @@ from loom_ray import offsets
 from loom_ray.bench.systems import report_result
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.pipeline import IngestWorker
+from loom_ray.policy.claims import BrokerPartition
 from loom_ray.settings import Settings
 
 POLL_S = 0.2
@@ -40,6 +42,11 @@ async def caught_up(conn: asyncpg.Connection, marks: dict[TopicPartition, tuple[
     return all(stored.get(tp, (-1, 0, None))[0] >= high for tp, (_, high) in marks.items())
 
 
+async def _as_read(partition: BrokerPartition) -> BrokerPartition:
+    """The watermarks read before the run: the bench's topics do not change while it runs."""
+    return partition
+
+
 async def run(index: int, of: int, follow: bool) -> dict[str, int]:
     """Claim, ingest until caught up (or SIGTERM), drain; returns the worker's counts."""
     settings = Settings.from_env()
@@ -49,8 +56,9 @@ async def run(index: int, of: int, follow: bool) -> dict[str, int]:
     conn = await asyncpg.connect(settings.dsn)
     worker = IngestWorker(settings, f"bench-core-{index}")
     await worker.start()
-    for (topic, partition), (low, _) in sorted(marks.items()):
-        await worker.assign(await offsets.claim(conn, topic, partition, low, worker.name))
+    for (topic, partition), (low, high) in sorted(marks.items()):
+        broker = functools.partial(_as_read, BrokerPartition(low, high, None))
+        await worker.assign(await offsets.claim(conn, topic, partition, worker.name, broker, from_end=False))
     loop_task = asyncio.create_task(worker.run())
     try:
         while not stop.is_set() and not loop_task.done():
