@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
+from confluent_kafka import KafkaException
 
 from loom_ray import db, offsets
 from loom_ray.kafka.admin import Discovery, KafkaMetadata
@@ -44,6 +45,9 @@ from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A claim that fails for these (the broker has no watermark yet, PostgreSQL out of reach) is retried next round.
+_CLAIM_ERRORS: tuple[type[BaseException], ...] = (KafkaException, *db.TRANSIENT_ERRORS)
 
 
 class ConsumerGone(Exception):
@@ -293,7 +297,12 @@ class Coordinator:
                 except Exception as exc:
                     log.warning("%s did not release %s[%d] (%s); the new epoch fences it", old, *tp, exc)
             new = target[tp]
-            claim = await self._claim(tp, new)
+            try:
+                claim = await self._claim(tp, new)
+            except _CLAIM_ERRORS as exc:
+                log.warning("claiming %s[%d] for %s failed (%s); retrying next round", *tp, new, exc)
+                self._owners.pop(tp, None)
+                continue
             try:
                 await self._members[new].handle.assign(claim, timeout_s=timeout)
             except Exception as exc:

@@ -90,8 +90,22 @@ class KafkaMetadata:
     ) -> dict[tuple[str, int], int]:
         """The high watermark (the last stable offset under read_committed) of each partition, in one request;
         a partition whose request failed is left out."""
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        request = {TopicPartition(t, p): latest for t, p in partitions}
+        return self._offsets(partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+
+    def watermarks(self, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
+        """(low, high) watermark of one partition, asked of the broker now (a partition added since the last
+        metadata refresh included); raises KafkaException if either cannot be read."""
+        tp = [(topic, partition)]
+        low = self._offsets(tp, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
+        high = self._offsets(tp, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+        if not low or not high:
+            raise KafkaException(f"no watermarks for {topic}[{partition}]")
+        return low[(topic, partition)], high[(topic, partition)]
+
+    def _offsets(
+        self, partitions: Iterable[tuple[str, int]], spec: OffsetSpec, timeout_s: float
+    ) -> dict[tuple[str, int], int]:
+        request = {TopicPartition(t, p): spec for t, p in partitions}
         if not request:
             return {}
         futures = self._admin.list_offsets(request, isolation_level=self._isolation, request_timeout=timeout_s)
@@ -100,13 +114,8 @@ class KafkaMetadata:
             try:
                 found[(tp.topic, tp.partition)] = int(future.result().offset)
             except KafkaException as exc:
-                log.warning("no high watermark for %s[%d]: %s", tp.topic, tp.partition, exc)
+                log.warning("no offset for %s[%d]: %s", tp.topic, tp.partition, exc)
         return found
-
-    def watermarks(self, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
-        """(low, high) watermark of one partition, asked of the partition's leader now (never cached)."""
-        low, high = self._client.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-        return int(low), int(high)
 
     def close(self) -> None:
         """Release the client."""

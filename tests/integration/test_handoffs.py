@@ -24,7 +24,7 @@ from tests.support.tcp_proxy import proxy
 
 def _topic(endpoints: Endpoints, topic: str, partitions: int, records: int) -> None:
     admin = AdminClient({"bootstrap.servers": endpoints.kafka})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
     _produce(endpoints, topic, range(partitions), records)
 
 
@@ -62,7 +62,7 @@ async def _paused_handback(endpoints: Endpoints, topic: str) -> None:
         db_dsn=endpoints.dsn,
         kafka_topics=(topic,),
         buffer_max_bytes=4096,  # fetching pauses at once
-        kafka_batch_timeout=60,
+        batch_max_bytes=2048,
         db_min_pool_size=1,
         db_max_pool_size=2,
     )

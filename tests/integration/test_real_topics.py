@@ -32,6 +32,7 @@ from tests.support.services import Endpoints
 
 
 def _admin(endpoints: Endpoints) -> AdminClient:
+    """An admin client; keep a reference while its futures are pending (they never complete once it is gone)."""
     return AdminClient({"bootstrap.servers": endpoints.kafka})
 
 
@@ -40,7 +41,7 @@ def _create(endpoints: Endpoints, topic: str, partitions: int) -> None:
 
     def created() -> bool:
         try:
-            admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
+            admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
         except KafkaException as exc:
             if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # a deletion still under way
                 return False
@@ -113,7 +114,8 @@ def test_records_removed_by_retention_become_a_recorded_gap(
     _drain(endpoints, topic_name, tmp_path / "first.log")
     _produce(endpoints, topic_name, {0: 100, 1: 100}, tag="second")
     # The job is down while retention (here DeleteRecords) removes offsets 100..149 of partition 0 unread.
-    _admin(endpoints).delete_records([TopicPartition(topic_name, 0, 150)])[TopicPartition(topic_name, 0, 150)].result()
+    admin = _admin(endpoints)
+    admin.delete_records([TopicPartition(topic_name, 0, 150)])[TopicPartition(topic_name, 0, 150)].result(30)
     # `latest` must not matter: it is for partitions seen for the first time, never an implicit reset.
     _drain(endpoints, topic_name, tmp_path / "second.log", kafka_auto_offset_reset="latest")
 
@@ -136,7 +138,8 @@ def test_recreated_topic_starts_a_new_incarnation(endpoints: Endpoints, topic_na
     _create(endpoints, topic_name, 2)
     _produce(endpoints, topic_name, {0: 20, 1: 20}, tag="old")
     _drain(endpoints, topic_name, tmp_path / "first.log")
-    _admin(endpoints).delete_topics([topic_name])[topic_name].result()
+    admin = _admin(endpoints)
+    admin.delete_topics([topic_name])[topic_name].result(30)
     _create(endpoints, topic_name, 2)
     # Partition 0's new log ends below the stored offset, partition 1's above it: the topic id tells both.
     _produce(endpoints, topic_name, {0: 5, 1: 40}, tag="new")
@@ -194,8 +197,9 @@ def test_added_partitions_start_at_their_first_offset_while_a_deleted_topic_fail
             running=(process, log),
         )
         # One topic's metadata now fails for good; the other must still be coordinated.
-        _admin(endpoints).delete_topics([other])[other].result()
-        _admin(endpoints).create_partitions([NewPartitions(topic_name, 4)])[topic_name].result()
+        admin = _admin(endpoints)
+        admin.delete_topics([other])[other].result(30)
+        admin.create_partitions([NewPartitions(topic_name, 4)])[topic_name].result(30)
         _produce(endpoints, topic_name, {0: 5, 2: 7, 3: 7}, tag="after")
         wait_until(
             lambda: committed(endpoints, topic_name) == 15 + 7 + 7 + 10,
