@@ -18,6 +18,9 @@ class FlushMetrics:
         self.dead_letters = Counter("loom_dead_letters", "Messages committed as dead letters.", _TAGS)
         self.batches = Counter("loom_batches", "Batches committed.", _TAGS)
         self.fenced = Counter("loom_fenced_flushes", "Batches rolled back because the claim was lost.", _TAGS)
+        self.gap_offsets = Counter(
+            "loom_gap_offsets", "Offsets skipped because the broker no longer had them (loom_gaps).", _TAGS
+        )
         self.flush_seconds = Histogram(
             "loom_flush_seconds",
             "Seconds per flush transaction.",
@@ -33,6 +36,7 @@ class FlushMetrics:
                 (self.rows, len(batch.rows)),
                 (self.dead_letters, len(batch.dead_letters)),
                 (self.batches, 1),
+                (self.gap_offsets, sum(g.to_offset - g.from_offset for g in batch.gaps)),
             ):
                 if value:
                     counter.inc(value, tags)

@@ -179,7 +179,14 @@ class Coordinator:
             await self._sample_lag(progress)
 
     async def _discover(self, found: Discovery) -> None:
-        """Take in this round's topics: new partitions, recreated topics, topics whose metadata failed."""
+        """Take in this round's topics: new partitions, topics that failed, went missing or were recreated.
+
+        A topic that fails otherwise (unauthorised, timed out) keeps its partitions and owners. A missing one
+        (deleted) is handed back by its owners, flushing what they read of it, and is claimed again, as a new
+        incarnation, once it exists again: no reader keeps its old position into a recreated log. A topic
+        whose id changed between two rounds (recreated in between) is claimed again without a hand-over:
+        what its owners buffered may be the new topic's, and the new claims fence them.
+        """
         for topic, error in found.errors.items():
             if self._topic_errors.get(topic) != error:
                 log.warning("topic %s: metadata failed (%s); its partitions stay as they were", topic, error)
@@ -191,20 +198,35 @@ class Coordinator:
                 claimed = await offsets.claimed_topics(conn, unseen)
             for topic in unseen:
                 self._first_sight[topic] = set() if topic in claimed else set(found.partitions[topic])
+        for topic in sorted(found.missing):
+            await self._hand_back(topic)
         for topic, topic_id in found.topic_ids.items():
             known = self._topic_ids.get(topic)
             if known is not None and known != topic_id:
-                log.warning(
-                    "topic %s was recreated (id %s -> %s): claiming its partitions again", topic, known, topic_id
-                )
-                for tp in [tp for tp in self._owners if tp[0] == topic]:
-                    del self._owners[
-                        tp
-                    ]  # no hand-over: what the old owner buffered is the new topic's; the claim fences it
-                    self.reclaims += 1
+                log.warning("topic %s was recreated (id %s -> %s): claiming it again", topic, known, topic_id)
+                self._disown([tp for tp in self._owners if tp[0] == topic])
         self._topic_ids.update(found.topic_ids)
-        kept = [tp for tp in self._partitions if tp[0] in found.errors]
+        kept = [tp for tp in self._partitions if tp[0] in found.errors and tp[0] not in found.missing]
         self._partitions = sorted({*kept, *((t, p) for t, ps in found.partitions.items() for p in ps)})
+
+    async def _hand_back(self, topic: str) -> None:
+        """Ask the owners of a deleted topic's partitions to flush and release them."""
+        held = [tp for tp in self._owners if tp[0] == topic]
+        if held:
+            log.warning("topic %s no longer exists: its owners hand back %d partitions", topic, len(held))
+        for tp in held:
+            owner = self._members.get(self._owners[tp])
+            if owner is not None:
+                try:
+                    await owner.handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s)
+                except Exception as exc:
+                    log.warning("%s did not release %s[%d] (%s); the next claim fences it", owner.handle.name, *tp, exc)
+        self._disown(held)
+
+    def _disown(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            del self._owners[tp]
+            self.reclaims += 1
 
     def _reclaim_lost_commits(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         reports = {name: member.stats.get("partitions", {}) for name, member in self._members.items()}
@@ -216,8 +238,7 @@ class Coordinator:
                 self._owners[tp],
                 progress[tp]["next_offset"],
             )
-            del self._owners[tp]
-            self.reclaims += 1
+            self._disown([tp])
 
     async def _check_health(self) -> None:
         timeout = self._settings.health_check_interval_s

@@ -20,11 +20,13 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class Discovery:
     """One round's view of the configured topics: partitions and topic ids of the topics that answered, and
-    why the others did not (deleted, unauthorised, timed out)."""
+    why the others did not (deleted, unauthorised, timed out); ``missing`` are those the broker says do not
+    exist."""
 
     partitions: dict[str, list[int]] = field(default_factory=dict)
     topic_ids: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
 
 
 _CREDENTIALS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
@@ -79,7 +81,10 @@ class KafkaMetadata:
             try:
                 description = future.result()
             except KafkaException as exc:
-                found.errors[topic] = str(exc.args[0] if exc.args else exc)
+                error = exc.args[0] if exc.args else exc
+                found.errors[topic] = str(error)
+                if isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    found.missing.add(topic)
                 continue
             found.partitions[topic] = sorted(p.id for p in description.partitions)
             found.topic_ids[topic] = str(description.topic_id)

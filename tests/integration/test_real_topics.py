@@ -174,6 +174,36 @@ def test_recreated_topic_starts_a_new_incarnation(endpoints: Endpoints, topic_na
     )
 
 
+def test_topic_recreated_while_running_is_handed_back_and_read_as_a_new_incarnation(
+    endpoints: Endpoints, topic_name: str, tmp_path: Path
+) -> None:
+    _create(endpoints, topic_name, 2)
+    _produce(endpoints, topic_name, {0: 20, 1: 20}, tag="old")
+    log = tmp_path / "main.log"
+    process = start_main(pipeline_env(endpoints, topic_name), log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) == 40, 120, "the first drain", running=(process, log))
+        admin = _admin(endpoints)
+        admin.delete_topics([topic_name])[topic_name].result(30)
+        wait_until(lambda: "no longer exists" in log.read_text(), 60, "the hand-back", running=(process, log))
+        _create(endpoints, topic_name, 2)
+        _produce(endpoints, topic_name, {0: 5, 1: 40}, tag="new")
+        wait_until(
+            lambda: stored_offsets(endpoints, topic_name, incarnation=1) == {0: list(range(5)), 1: list(range(40))},
+            120,
+            "the new incarnation ingested",
+            running=(process, log),
+        )
+        stop_group(process, signal.SIGTERM)
+    finally:
+        stop_group(process)
+    assert stored_offsets(endpoints, topic_name, incarnation=0) == {0: list(range(20)), 1: list(range(20))}
+    new_rows = "SELECT count(*) FROM loom_messages WHERE topic = $1 AND incarnation = 1 AND payload->>'tag' = 'new'"
+    assert scalar(endpoints, new_rows, topic_name) == 45
+    reasons = "SELECT array_agg(reason) FROM loom_gaps WHERE topic = $1"
+    assert scalar(endpoints, reasons, topic_name) == ["topic_recreated", "topic_recreated"]
+
+
 def test_added_partitions_start_at_their_first_offset_while_a_deleted_topic_fails(
     endpoints: Endpoints, topic_name: str, tmp_path: Path
 ) -> None:
