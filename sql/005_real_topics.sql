@@ -6,19 +6,30 @@
 -- incarnation it was read from, so the new records' (topic, partition, offset) do not collide with the old
 -- incarnation's rows, which stay as they are. Changing the primary keys rebuilds their indexes once.
 
-ALTER TABLE loom_offsets ADD COLUMN incarnation integer NOT NULL DEFAULT 0;
-ALTER TABLE loom_offsets ADD COLUMN topic_id text;  -- Kafka's topic id (base64) the incarnation was read from
+ALTER TABLE loom_offsets ADD COLUMN IF NOT EXISTS incarnation integer NOT NULL DEFAULT 0;
+ALTER TABLE loom_offsets ADD COLUMN IF NOT EXISTS topic_id text;  -- Kafka's topic id (base64) it was read from
 COMMENT ON COLUMN loom_offsets.incarnation IS 'Bumped when the topic was recreated or its log truncated';
 
-ALTER TABLE loom_messages ADD COLUMN incarnation integer NOT NULL DEFAULT 0;
-ALTER TABLE loom_messages DROP CONSTRAINT loom_messages_pkey;
-ALTER TABLE loom_messages ADD PRIMARY KEY (topic, "partition", incarnation, "offset");
+ALTER TABLE loom_messages ADD COLUMN IF NOT EXISTS incarnation integer NOT NULL DEFAULT 0;
+ALTER TABLE loom_dead_letters ADD COLUMN IF NOT EXISTS incarnation integer NOT NULL DEFAULT 0;
+ALTER TABLE loom_audit ADD COLUMN IF NOT EXISTS incarnation integer NOT NULL DEFAULT 0;
 
-ALTER TABLE loom_dead_letters ADD COLUMN incarnation integer NOT NULL DEFAULT 0;
-ALTER TABLE loom_dead_letters DROP CONSTRAINT loom_dead_letters_pkey;
-ALTER TABLE loom_dead_letters ADD PRIMARY KEY (topic, "partition", incarnation, "offset");
-
-ALTER TABLE loom_audit ADD COLUMN incarnation integer NOT NULL DEFAULT 0;
+-- The primary keys take the incarnation (once: a second run finds it there and changes nothing).
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['loom_messages', 'loom_dead_letters'] LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+            WHERE i.indrelid = to_regclass(t) AND i.indisprimary AND a.attname = 'incarnation'
+        ) THEN
+            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, t || '_pkey');
+            EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (topic, "partition", incarnation, "offset")', t);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- Offsets that end as neither a row nor a dead letter, and why. [from_offset, to_offset) of `incarnation`:
 --   offset_out_of_range  the log start moved past the committed offset (retention, DeleteRecords) before the
@@ -27,7 +38,7 @@ ALTER TABLE loom_audit ADD COLUMN incarnation integer NOT NULL DEFAULT 0;
 --                        from_offset on were never read (to_offset NULL: its end is unknown);
 --   log_truncated        the broker's log ends below offsets already stored (an unclean leader election):
 --                        [from_offset, to_offset) are stored, but the broker no longer has them.
-CREATE TABLE loom_gaps (
+CREATE TABLE IF NOT EXISTS loom_gaps (
     topic        text        NOT NULL,
     "partition"  integer     NOT NULL,
     incarnation  integer     NOT NULL,
@@ -115,8 +126,7 @@ SELECT
     round(extract(epoch FROM lm.ingested_at - lm.kafka_ts), 3) AS last_ingest_delay_s,
     ld."offset"                                              AS last_dead_letter_offset,
     ld.failed_at                                             AS last_dead_letter_at,
-    ld.stage || ': ' || ld.error_class || ': ' || ld.error_message AS last_dead_letter_reason,
-    o.incarnation
+    ld.stage || ': ' || ld.error_class || ': ' || ld.error_message AS last_dead_letter_reason
 FROM loom_offsets AS o
 -- Newest by offset, read backwards along the primary key: each offset is written once, in order.
 LEFT JOIN LATERAL (

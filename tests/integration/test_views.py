@@ -56,6 +56,15 @@ FROM generate_series(70, 103) AS g;
 INSERT INTO loom_dead_letters (topic, "partition", "offset", error_class, error_message, stage, failed_at) VALUES
     ('events', 0, 104, 'JSONDecodeError', 'Expecting value', 'decode', now() - interval '20 seconds'),
     ('events', 2, 9, 'Oversize', 'value of 300000 bytes', 'validate', now() - interval '10 minutes');
+
+-- Partition 2 was recreated: its offset row is in incarnation 1; the row below is the old incarnation's.
+UPDATE loom_offsets SET incarnation = 1 WHERE "partition" = 2;
+UPDATE loom_dead_letters SET incarnation = 1 WHERE "partition" = 2;
+INSERT INTO loom_messages (topic, "partition", "offset", payload, ingested_at, incarnation)
+VALUES ('events', 2, 500, '{}'::jsonb, now() - interval '20 minutes', 0);
+INSERT INTO loom_gaps (topic, "partition", incarnation, from_offset, to_offset, reason, detail, detected_at) VALUES
+    ('events', 2, 0, 501, NULL, 'topic_recreated', 'the topic was deleted', now() - interval '10 minutes'),
+    ('events', 0, 0, 0, 5, 'offset_out_of_range', 'long ago', now() - interval '2 hours');
 """
 
 VIEWS = ("v_consumer_performance_monitor", "v_consumer_alerts", "v_consumer_activity_monitoring")
@@ -126,8 +135,12 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
         (1, "lag_growing"),
         (1, "stalled"),
         (2, "no_owner"),
+        (2, "gap"),
         (3, "no_owner"),
     }
+    assert alerts[(2, "gap")] == (
+        "topic_recreated: offsets 501..(end unknown) of incarnation 0 skipped: the topic was deleted"
+    )
     assert alerts[(1, "lag_growing")].startswith("lag 10 -> 40 over ")
     assert "lag 40" in alerts[(1, "stalled")] and "Consumer(b)" in alerts[(1, "stalled")]
     assert "never claimed" in alerts[(3, "no_owner")]
@@ -143,6 +156,7 @@ def test_activity(views: dict[str, list[dict[str, Any]]]) -> None:
     assert p0["last_dead_letter_offset"] == 104
     assert p0["last_dead_letter_reason"] == "decode: JSONDecodeError: Expecting value"
     assert activity[1]["last_consumed_offset"] is None and activity[1]["last_dead_letter_at"] is None
+    assert activity[2]["last_consumed_offset"] is None  # offset 500 is the old incarnation's
     assert (activity[2]["last_dead_letter_offset"], activity[2]["last_dead_letter_reason"]) == (
         9,
         "validate: Oversize: value of 300000 bytes",
