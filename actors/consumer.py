@@ -25,7 +25,7 @@ class ConsumerActor:
 
     def __init__(self, settings: Settings, name: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._worker = IngestWorker(settings, name, FlushMetrics())
+        self._worker = IngestWorker(settings, name, FlushMetrics(name))
         self._run: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -10,9 +10,11 @@ _TAGS = ("topic", "partition")
 
 
 class FlushMetrics:
-    """Counters a consumer actor updates after every committed flush."""
+    """Counters a consumer actor updates after every committed flush, and its blocked-flush gauge."""
 
-    def __init__(self) -> None:
+    def __init__(self, consumer: str) -> None:
+        self._consumer = consumer
+        self._blocked_sqlstate: str | None = None
         self.messages = Counter("loom_messages", "Messages committed (rows + dead letters).", _TAGS)
         self.rows = Counter("loom_rows", "Rows committed to the sink table.", _TAGS)
         self.dead_letters = Counter("loom_dead_letters", "Messages committed as dead letters.", _TAGS)
@@ -25,6 +27,11 @@ class FlushMetrics:
             "loom_flush_seconds",
             "Seconds per flush transaction.",
             [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+        )
+        self.blocked = Gauge(
+            "loom_sink_blocked",
+            "1 while PostgreSQL refuses this consumer's flushes with this SQLSTATE (not an outage), else 0.",
+            ("consumer", "sqlstate"),
         )
 
     def on_flush(self, result: FlushResult, seconds: float) -> None:
@@ -44,6 +51,14 @@ class FlushMetrics:
             self.fenced.inc(1, {"topic": batch.topic, "partition": str(batch.partition)})
         if result.committed:
             self.flush_seconds.observe(seconds)
+
+    def on_blocked(self, sqlstate: str | None) -> None:
+        """Raise the gauge for the SQLSTATE that blocks flushes now (None: nothing), lower the previous one."""
+        previous, self._blocked_sqlstate = self._blocked_sqlstate, sqlstate
+        if previous is not None and previous != sqlstate:
+            self.blocked.set(0, {"consumer": self._consumer, "sqlstate": previous})
+        if sqlstate is not None:
+            self.blocked.set(1, {"consumer": self._consumer, "sqlstate": sqlstate})
 
 
 class LagMetrics:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import asyncpg
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
@@ -30,6 +31,7 @@ from loom_ray.decode import Rejection, capped, decode_value, sha256
 from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
+from loom_ray.policy.sink_errors import Blocker, Kind, Verdict, classify
 from loom_ray.settings import Settings
 from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
 from loom_ray.sink.postgres import FlushResult, PostgresSink
@@ -40,9 +42,10 @@ TopicPartition = tuple[str, int]
 
 
 class FlushObserver(Protocol):
-    """Receives counts after each committed flush (the actor turns them into Ray metrics)."""
+    """Receives counts after each committed flush, and each change of blocker (the actor's Ray metrics)."""
 
     def on_flush(self, result: FlushResult, seconds: float) -> None: ...
+    def on_blocked(self, sqlstate: str | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -134,6 +137,7 @@ class IngestWorker:
         self._last_mirror = time.monotonic()
         self.fenced: list[tuple[str, int, int]] = []  # (topic, partition, epoch) of every fenced batch
         self.outages = 0
+        self.blocker: Blocker | None = None  # why flushes are refused now (see loom_ray.policy.sink_errors)
 
     async def start(self) -> None:
         """Open the asyncpg pool and the Kafka consumer; raises if PostgreSQL cannot be reached."""
@@ -191,7 +195,7 @@ class IngestWorker:
         return committed
 
     async def run(self) -> None:
-        """Consume and flush until :meth:`stop`; a non-transient flush failure ends it with the error."""
+        """Consume and flush until :meth:`stop`; a fatal flush failure (:func:`classify`) ends it with the error."""
         assert self._kafka is not None
         poll_s = min(0.1, self._settings.kafka_batch_timeout / 2)
         while not self._stopping.is_set():
@@ -220,7 +224,7 @@ class IngestWorker:
         task = self._flush_task
         if task is not None and task.done():
             self._flush_task = None
-            task.result()  # re-raise a non-transient failure: the actor dies and its partitions move
+            task.result()  # re-raise a fatal failure: the actor dies and its partitions move
 
     def _add_all(self, messages: list[Message], now: float, assignments: int) -> None:
         """Decode ``messages`` into their partitions' open batches (the hot loop: one pass, locals only).
@@ -346,7 +350,12 @@ class IngestWorker:
         self._inflight_bytes = 0
 
     async def _write_with_retry(self, batches: list[PartitionBatch]) -> FlushResult:
-        """Write until committed or fenced; outages are retried with backoff, never dropped."""
+        """Write until committed or fenced; never drops anything.
+
+        Outages and blockers (:func:`classify`) are retried with capped, jittered backoff, each retry on
+        fresh connections: a statement cached before an ALTER TABLE or a re-created table, or a connection to
+        a primary demoted to standby, must not fail the retry for ever. A fatal failure raises.
+        """
         assert self._sink is not None
         pending = batches
         total = FlushResult()
@@ -356,21 +365,18 @@ class IngestWorker:
             try:
                 result = await self._sink.write(pending)
                 pending = []
-            except db.TRANSIENT_ERRORS as exc:
-                self.outages += 1
+            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                verdict = classify(exc)
+                if verdict.kind is Kind.FATAL:
+                    raise
                 delay = backoff_delay(attempt)
-                log.warning(
-                    "%s flush of %d batches failed (%s: %s); retry %d in %.2fs",
-                    self.name,
-                    len(pending),
-                    type(exc).__name__,
-                    exc,
-                    attempt + 1,
-                    delay,
-                )
+                self._note_failure(verdict, exc, len(pending), attempt, delay)
+                await self._pool.expire_connections()
                 await asyncio.sleep(delay)
                 attempt += 1
                 pending, result = await self._resolve(pending)
+            else:
+                self._note_unblocked()
             self._account(result, time.monotonic() - started)
             total.committed += result.committed
             total.fenced += result.fenced
@@ -383,7 +389,9 @@ class IngestWorker:
         assert self._sink is not None
         try:
             done, fenced = await self._sink.resolve(pending)
-        except db.TRANSIENT_ERRORS:
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            if classify(exc).kind is Kind.FATAL:
+                raise
             return pending, FlushResult()
         settled = {id(b) for b in done + fenced}
         result = FlushResult(committed=done, fenced=fenced)
@@ -392,6 +400,59 @@ class IngestWorker:
         if done:
             log.info("%s: %d in-doubt batches had committed (offset row is the witness)", self.name, len(done))
         return [b for b in pending if id(b) not in settled], result
+
+    def _note_failure(self, verdict: Verdict, exc: BaseException, batches: int, attempt: int, delay: float) -> None:
+        """Count an outage (logged every retry), or record a blocker (logged when it starts or changes)."""
+        condition = verdict.condition
+        if condition is None:
+            self.outages += 1
+            log.warning(
+                "%s flush of %d batches failed (%s: %s); retry %d in %.2fs",
+                self.name,
+                batches,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                delay,
+            )
+            return
+        if self.blocker is not None and self.blocker.condition == condition:
+            log.debug(
+                "%s flush still blocked by SQLSTATE %s; retry %d in %.2fs",
+                self.name,
+                condition.sqlstate,
+                attempt + 1,
+                delay,
+            )
+            return
+        self.blocker = Blocker(condition, str(exc)[:1000], time.time())
+        log.warning(
+            "%s flushes blocked: PostgreSQL refuses them with SQLSTATE %s (%s: %s). Fix: %s. Retrying with "
+            "backoff; the %d batches stay buffered",
+            self.name,
+            condition.sqlstate,
+            condition.name,
+            exc,
+            condition.fix,
+            batches,
+        )
+        if self._observer is not None:
+            self._observer.on_blocked(condition.sqlstate)
+
+    def _note_unblocked(self) -> None:
+        """After a write that went through: clear the blocker, if there was one."""
+        blocker, self.blocker = self.blocker, None
+        if blocker is None:
+            return
+        log.info(
+            "%s flushes go through again after %.0fs blocked by SQLSTATE %s (%s)",
+            self.name,
+            time.time() - blocker.since,
+            blocker.condition.sqlstate,
+            blocker.condition.name,
+        )
+        if self._observer is not None:
+            self._observer.on_blocked(None)
 
     def _account(self, result: FlushResult, seconds: float) -> None:
         for batch in result.committed:
@@ -469,6 +530,7 @@ class IngestWorker:
             "paused": self._paused,
             "fenced": len(self.fenced),
             "outages": self.outages,
+            "blocked": None if self.blocker is None else self.blocker.as_dict(),
         }
 
     async def stop(self, drain: bool = True) -> None:
