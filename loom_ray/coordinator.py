@@ -7,7 +7,9 @@ Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``rec
    here; a topic whose metadata fails keeps the partitions it had, and the other topics go on; a topic
    whose id changed was recreated: its partitions are claimed again without a hand-over);
 2. health-check every consumer: a dead one (RayActorError) or one silent for longer than
-   ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free;
+   ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free. One whose flushes PostgreSQL
+   refuses (a privilege revoked, disk full: ``stats()["blocked"]``) is alive and keeps retrying: it stays,
+   and its blocker is recorded in ``loom_sink_errors`` (a ``sink_blocked`` alert);
 3. read progress (committed offsets, high watermarks in one request); a partition whose owner reports a
    commit that the offset row no longer shows (PostgreSQL lost it in a crash) is claimed again;
 4. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
@@ -43,6 +45,7 @@ from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.claims import BrokerPartition
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.settings import Settings
+from loom_ray.sink import blockers
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,8 @@ class Coordinator:
         self._last_lag_sample = 0.0
         self._progress: dict[TopicPartition, dict[str, int]] = {}
         self._database = True  # whether the last round reached PostgreSQL
+        self._reported: set[str] = set()  # consumers whose blocker loom_sink_errors holds
+        self._report_failing = False
         self.moves = 0
         self.reclaims = 0
 
@@ -170,6 +175,7 @@ class Coordinator:
             assert self._metadata is not None
             await self._discover(await asyncio.to_thread(self._metadata.discover))
             await self._check_health()
+            await self._report_blockers()
             progress = await self.progress()
             self._progress, self._database = progress, True
             self._reclaim_lost_commits(progress)
@@ -259,6 +265,30 @@ class Coordinator:
             else:
                 log.error("consumer %s is gone (%s); reclaiming its partitions", name, type(result).__name__)
                 self._forget(name)
+
+    def _blocked(self) -> dict[str, dict[str, Any]]:
+        """``consumer -> blocker`` for the consumers whose last stats reported one."""
+        return {name: m.stats["blocked"] for name, m in self._members.items() if m.stats.get("blocked")}
+
+    async def _report_blockers(self) -> None:
+        """Record the consumers' blockers in ``loom_sink_errors`` and clear the ones gone (consumer unblocked,
+        stopped or forgotten). Best effort: PostgreSQL may refuse this write for the reason it refuses flushes,
+        and the status, the metric and the consumer's log still say it."""
+        blocked = self._blocked()
+        cleared = self._reported - blocked.keys()
+        if not blocked and not cleared:
+            return
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                await blockers.record(conn, blocked, cleared)
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            if not self._report_failing:
+                log.warning("cannot record blocked flushes in loom_sink_errors (%s: %s)", type(exc).__name__, exc)
+            self._report_failing = True
+            return
+        self._report_failing = False
+        self._reported = set(blocked)
 
     def _forget(self, name: str) -> None:
         member = self._members.pop(name, None)
@@ -407,6 +437,7 @@ class Coordinator:
         return {
             "database": reachable,
             "actors": {name: m.stats for name, m in self._members.items()},
+            "blocked": self._blocked(),
             "owners": {f"{t}[{p}]": o for (t, p), o in sorted(self._owners.items())},
             "partitions": len(self._partitions),
             "assigned": len(self._owners),

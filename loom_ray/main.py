@@ -200,7 +200,9 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
             print(
                 f"progress: {done} messages in {now - started:.0f}s ({done / max(now - started, 1e-9):.0f} msg/s), "
                 f"lag {status['lag']}, {len(status['actors'])} actors, {status['assigned']}/{status['partitions']} "
-                "partitions assigned" + ("" if status["database"] else ", PostgreSQL unreachable: retrying"),
+                "partitions assigned"
+                + ("" if status["database"] else ", PostgreSQL unreachable: retrying")
+                + blocked_note(status.get("blocked", {}), time.time()),
                 flush=True,
             )
         if args.exit_when_drained and status["drained"]:
@@ -208,6 +210,23 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
             break
         time.sleep(1.0)
     return first_commit
+
+
+def blocked_note(blocked: dict[str, dict[str, Any]], now: float) -> str:
+    """The progress line's words on flushes PostgreSQL refuses (``consumer -> Blocker.as_dict()``; ``now`` in
+    epoch seconds): per SQLSTATE, how many actors, for how long, the first line of the message and the fix."""
+    by_sqlstate: dict[str, list[dict[str, Any]]] = {}
+    for blocker in blocked.values():
+        by_sqlstate.setdefault(blocker["sqlstate"], []).append(blocker)
+    notes = []
+    for sqlstate, group in sorted(by_sqlstate.items()):
+        first = min(group, key=lambda b: float(b["since"]))
+        message = (first["message"].splitlines() or [""])[0]
+        notes.append(
+            f", flushes of {len(group)} actors blocked for {now - first['since']:.0f}s by SQLSTATE {sqlstate} "
+            f"({first['condition']}: {message}); fix: {first['fix']}"
+        )
+    return "".join(notes)
 
 
 def drain(coordinator: Any, settings: Settings) -> None:

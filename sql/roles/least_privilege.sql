@@ -34,6 +34,8 @@ GRANT USAGE ON SCHEMA public TO loom_ingest;
 GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, consumer_lag_history TO loom_ingest;
 -- Claims (INSERT ... ON CONFLICT DO UPDATE) and the offset compare-and-set.
 GRANT SELECT, INSERT, UPDATE ON loom_offsets TO loom_ingest;
+-- Written by the coordinator: consumers whose flushes PostgreSQL refuses (cleared by UPDATE, never deleted).
+GRANT SELECT, INSERT, UPDATE ON loom_sink_errors TO loom_ingest;
 -- Read only: which migrations are applied, and the monitoring views.
 GRANT SELECT ON loom_migrations, v_consumer_performance_monitor, v_consumer_alerts,
     v_consumer_activity_monitoring TO loom_ingest;

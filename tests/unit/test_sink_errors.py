@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from loom_ray.policy.sink_errors import BLOCKING, Kind, classify
+from loom_ray.main import blocked_note
+from loom_ray.policy.sink_errors import BLOCKING, Blocker, Kind, classify
 
 
 @pytest.mark.parametrize(
@@ -106,3 +107,23 @@ def test_bugs_and_broken_invariants_are_fatal(exc: BaseException) -> None:
 def test_the_table_is_keyed_by_its_own_sqlstates() -> None:
     assert all(sqlstate == condition.sqlstate for sqlstate, condition in BLOCKING.items())
     assert {c.kind for c in BLOCKING.values()} == {Kind.NEEDS_PERSON, Kind.MAY_CLEAR}
+
+
+def _blocker(sqlstate: str, since: float, message: str = "m") -> dict[str, object]:
+    return Blocker(BLOCKING[sqlstate], message, since).as_dict()
+
+
+def test_progress_note_groups_actors_by_sqlstate_with_the_oldest_since_and_the_fix() -> None:
+    blocked = {
+        "c1": _blocker("53100", 100.0, "could not extend file\nDETAIL: more"),
+        "c2": _blocker("53100", 90.0, "could not extend file"),
+        "c3": _blocker("42501", 110.0, "permission denied for table loom_messages"),
+    }
+    note = blocked_note(blocked, now=130.0)
+    assert note == (
+        ", flushes of 1 actors blocked for 20s by SQLSTATE 42501 (insufficient_privilege: permission denied for "
+        f"table loom_messages); fix: {BLOCKING['42501'].fix}"
+        ", flushes of 2 actors blocked for 40s by SQLSTATE 53100 (disk_full: could not extend file); "
+        f"fix: {BLOCKING['53100'].fix}"
+    )
+    assert blocked_note({}, now=130.0) == ""
