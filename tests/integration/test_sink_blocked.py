@@ -165,6 +165,7 @@ def run_blocked(
             "the blocker cleared",
             running=running,
         )
+        assert schema.scalar("SELECT count(*) FROM v_consumer_alerts WHERE alert_kind = 'sink_blocked'") == 0
         assert owners == _owners(schema, topic)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log.read_text()[-3000:]

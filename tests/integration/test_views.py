@@ -9,6 +9,7 @@ Fixture partitions of topic ``events``:
   1  stalled: owned, no flush for 3 minutes while the high watermark grows (lag 10 then 40);
   2  released: no owner, no lag samples;
   3  seen by the lag sampler only, never claimed; lag flat at 7 (not growing).
+Consumer(a)'s flushes are refused now (disk full); Consumer(b)'s were, last reported 8 minutes ago.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ VALUES ('events', 2, 500, '{}'::jsonb, now() - interval '20 minutes', 0);
 INSERT INTO loom_gaps (topic, "partition", incarnation, from_offset, to_offset, reason, detail, detected_at) VALUES
     ('events', 2, 0, 501, NULL, 'topic_recreated', 'the topic was deleted', now() - interval '10 minutes'),
     ('events', 0, 0, 0, 5, 'offset_out_of_range', 'long ago', now() - interval '2 hours');
+
+-- Flushes refused: Consumer(a)'s now; Consumer(b)'s last reported 8 minutes ago (no coordinator since), and
+-- Consumer(x), which holds no partition, cleared.
+INSERT INTO loom_sink_errors (owner, sqlstate, condition, message, fix, first_seen, last_seen, cleared_at) VALUES
+    ('Consumer(a)', '53100', 'disk_full', 'could not extend file', 'free disk space', now() - interval '1 minute',
+     now() - interval '1 second', NULL),
+    ('Consumer(b)', '42501', 'insufficient_privilege', 'permission denied', 'GRANT', now() - interval '9 minutes',
+     now() - interval '8 minutes', NULL),
+    ('Consumer(x)', '25006', 'read_only_sql_transaction', 'read-only', 'primary', now() - interval '9 minutes',
+     now() - interval '8 minutes', now() - interval '8 minutes');
 """
 
 VIEWS = ("v_consumer_performance_monitor", "v_consumer_alerts", "v_consumer_activity_monitoring")
@@ -132,6 +143,7 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
     alerts = {(a["partition"], a["alert_kind"]): a["detail"] for a in views["v_consumer_alerts"]}
     assert set(alerts) == {
         (0, "dead_letters"),
+        (0, "sink_blocked"),
         (1, "lag_growing"),
         (1, "stalled"),
         (2, "no_owner"),
@@ -144,6 +156,8 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
     assert alerts[(1, "lag_growing")].startswith("lag 10 -> 40 over ")
     assert "lag 40" in alerts[(1, "stalled")] and "Consumer(b)" in alerts[(1, "stalled")]
     assert "never claimed" in alerts[(3, "no_owner")]
+    assert alerts[(0, "sink_blocked")].startswith("SQLSTATE 53100 (disk_full) since ")
+    assert alerts[(0, "sink_blocked")].endswith("owner Consumer(a): could not extend file; fix: free disk space")
 
 
 def test_activity(views: dict[str, list[dict[str, Any]]]) -> None:
