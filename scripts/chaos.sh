@@ -8,6 +8,8 @@
 #   CHAOS_MESSAGES (1000000)   messages of T5, T6 (T1: 20 kills every 5-15 s at CHAOS_RATE, about 1.4 M)
 #   CHAOS_RATE     (8000)      producer rate in msgs/s for those (the pipeline must keep up)
 #   CHAOS_T10_SECONDS (240)    sustained-load duration of T10, at CHAOS_T10_RATE (6000) msgs/s
+#   CHAOS_T12_RATE (4000)      transactional producer rate of T12 (20 kills every 5-15 s)
+#   T13, T14: CHAOS_MESSAGES / 2 per phase (before and after the retention or the re-creation)
 # The stack: LOOM_FAULT_STACK_DIR (.stack-faults), LOOM_FAULT_KAFKA_PORT (49092), LOOM_FAULT_PG_PORT
 # (45432); started if needed (and then left running: `scripts/dev-stack.sh down` with the same variables).
 # Figures are appended to LOOM_FAULT_FIGURES (default .stack-faults/chaos-<time>.txt) and printed at the end.
@@ -66,6 +68,10 @@ run T10  "test_memory.py::test_t10_rss_stays_flat_under_sustained_load" \
   LOOM_FAULT_T10_SECONDS="${CHAOS_T10_SECONDS:-240}" LOOM_FAULT_T10_RATE="${CHAOS_T10_RATE:-6000}" LOOM_FAULT_T10_WARMUP_S=30
 run T10b "test_memory.py::test_t10b_cold_backlog_drains_in_bounded_memory" LOOM_FAULT_T10B_MESSAGES=2000000
 run T11  "test_security.py"
+run T12  "test_topic_changes.py::test_t12_transactions_with_aborts_while_consumers_are_killed" LOOM_FAULT_T12_KILLS=20 \
+  LOOM_FAULT_RATE="${CHAOS_T12_RATE:-4000}"
+run T13  "test_topic_changes.py::test_t13_retention_while_the_job_is_down" LOOM_FAULT_T13_MESSAGES="$((messages / 2))"
+run T14  "test_topic_changes.py::test_t14_topic_recreated_while_the_job_is_down" LOOM_FAULT_T14_MESSAGES="$((messages / 2))"
 
 if [ "$only" != "list" ]; then
   echo "== figures ($LOOM_FAULT_FIGURES)"

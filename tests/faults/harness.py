@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import psutil
@@ -31,6 +31,8 @@ from tests.faults.producer import Producer, env_float, env_int
 from tests.faults.stack import FaultStack
 from tests.support.pipeline import high_watermarks, pipeline_env, start_main, stop_group, wait_until
 from tests.support.services import ROOT, Endpoints
+
+P = TypeVar("P", bound=Producer)
 
 _APP_PID = re.compile(r"^loom-ray (\S+) pid=(\d+)$")
 _COORDINATOR_PID = re.compile(r"^loom-coordinator pid=(\d+)$")
@@ -45,13 +47,19 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 
 def start_live(job: Job, default_messages: int, seed: int, rate: float = 4000) -> tuple[Producer, float]:
-    """Start the job on an empty topic, then the producer once every partition is claimed.
+    """Start the job on an empty topic, then loadgen once every partition is claimed.
 
     Returns the producer and the time it started (``time.monotonic()``), for the throughput figure.
     """
     messages = env_int("LOOM_FAULT_MESSAGES", default_messages)
     rate = env_float("LOOM_FAULT_RATE", rate)
-    producer = Producer(job.stack, job.topic, job.workdir, messages, rate=rate, seed=seed).create_topic()
+    return start_with(job, Producer(job.stack, job.topic, job.workdir, messages, rate=rate, seed=seed))
+
+
+def start_with(job: Job, producer: P) -> tuple[P, float]:
+    """:func:`start_live` with a producer of any kind: its topic created empty, the job started, then the
+    producer once every partition is claimed."""
+    producer.create_topic()
     job.producers.append(producer)
     job.start()
     job.wait_running(producer.partitions)

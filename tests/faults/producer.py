@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from loom_ray import loadgen
 from tests.faults.stack import FaultStack
@@ -42,21 +43,25 @@ class Producer:
     def ack_log(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    def create_topic(self) -> Producer:
+    def create_topic(self) -> Self:
         """Create the topic empty, so that the job can start before anything is produced."""
         loadgen.ensure_topic(self.stack.kafka, self.topic, self.partitions)
         return self
 
-    def start(self) -> Producer:
+    def start(self) -> Self:
         """Produce in the background (loadgen creates the topic if needed)."""
         argv = [sys.executable, "-m", "loom_ray.loadgen", "--topic", self.topic, "--partitions", str(self.partitions)]
         argv += ["--messages", str(self.messages), "--size", "200", "--bootstrap-servers", self.stack.kafka]
         argv += ["--malformed-ratio", str(self.ratio), "--seed", str(self.seed), "--ack-log", str(self.ack_log)]
         if self.rate:
             argv += ["--rate", str(self.rate)]
+        self._spawn(argv)
+        return self
+
+    def _spawn(self, argv: list[str]) -> None:
+        """Run the producing process, its output in ``<name>.out``."""
         with (self.workdir / f"{self.name}.out").open("ab") as out:
             self.process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        return self
 
     @property
     def done(self) -> bool:
@@ -69,7 +74,7 @@ class Producer:
         output = (self.workdir / f"{self.name}.out").read_text()[-2000:]
         assert code == 0, f"loadgen exited {code}: {output}"
 
-    def fill(self) -> Producer:
+    def fill(self) -> Self:
         """Produce everything now (preloaded topic)."""
         self.start().wait()
         return self

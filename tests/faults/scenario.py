@@ -56,11 +56,20 @@ def conclude(
     logs: Sequence[Path],
     injector: Injector | None = None,
     monitor: Monitor | None = None,
+    *,
+    read_committed: bool = False,
+    expected_gaps: int | None = None,
 ) -> tuple[CheckReport, str]:
-    """Run the checker once the run drained and stopped; return the report and its figure line."""
+    """Run the checker once the run drained and stopped; return the report and its figure line.
+
+    ``read_committed`` and ``expected_gaps`` are passed to :func:`tests.faults.checker.check`.
+    """
     figure.seconds = time.monotonic() - figure.started
     marks = high_watermarks(stack.kafka, topic)
-    report = check(stack.dsn, stack.kafka, topic, [p.ack_log for p in producers], logs)
+    acks = [p.ack_log for p in producers]
+    report = check(
+        stack.dsn, stack.kafka, topic, acks, logs, read_committed=read_committed, expected_gaps=expected_gaps
+    )
     if injector is not None and monitor is not None:
         highs = {p: high for p, (_, high) in marks.items()}
         times = [monitor.recovery_s(f, highs) for f in injector.faults]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,8 @@ from tests.faults.harness import fetch
 from tests.faults.producer import Producer, env_int
 from tests.faults.scenario import Figure, conclude
 from tests.faults.stack import FaultStack
+from tests.faults.topics import delete_records
+from tests.faults.transactions import TransactionalWriter
 from tests.support.pipeline import wait_until
 from tests.support.services import ROOT
 
@@ -30,10 +33,13 @@ VALUES ($1, $2, $3, $4, $5, 0, 1, 'by-hand')
 """
 
 
-async def _ingest_by_hand(dsn: str, topic: str, mutation: str) -> None:
-    """Write what an exactly-once run would (rows + audit ranges of 5), then apply one violation."""
-    rows = [(topic, 0, o, str(o).encode(), loadgen.valid_value(o, 200).decode()) for o in range(_MESSAGES)]
-    audit = [(topic, 0, start, start + 5, 5) for start in range(0, _MESSAGES, 5)]
+async def _ingest_by_hand(
+    dsn: str, topic: str, mutation: str, stored: Iterable[int] = range(_MESSAGES), end: int = _MESSAGES
+) -> None:
+    """Write what an exactly-once run would (rows at ``stored``, audit ranges of 5 up to ``end``), then apply
+    one violation."""
+    rows = [(topic, 0, o, str(o).encode(), loadgen.valid_value(o, 200).decode()) for o in stored]
+    audit = [(topic, 0, start, min(start + 5, end), 5) for start in range(0, end, 5)]
     conn = await asyncpg.connect(dsn)
     try:
         await conn.executemany(
@@ -44,7 +50,7 @@ async def _ingest_by_hand(dsn: str, topic: str, mutation: str) -> None:
         for item in audit:  # one transaction each, so txid order is the list order
             await conn.execute(_AUDIT_BY_HAND, *item)
         await conn.execute(
-            'INSERT INTO loom_offsets (topic, "partition", next_offset, epoch) VALUES ($1, 0, $2, 1)', topic, _MESSAGES
+            'INSERT INTO loom_offsets (topic, "partition", next_offset, epoch) VALUES ($1, 0, $2, 1)', topic, end
         )
         mutations = {
             "lost": 'DELETE FROM loom_messages WHERE topic = $1 AND "offset" = 7',
@@ -83,6 +89,107 @@ def test_checker_reports_each_violation(
     asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, mutation))
     report = check(fault_stack.dsn, fault_stack.kafka, topic, [producer.ack_log])
     assert report.violations == expected, report.table()
+    if mutation == "exact":  # without gaps or the reader, the figure's counts keep their format
+        assert report.counts() == "lost=0 dup=0 both=0 corrupted=0 nonmonotonic=0 unseen=0 fenced=0"
+
+
+_GAP_BY_HAND = """
+INSERT INTO loom_gaps (topic, "partition", incarnation, from_offset, to_offset, reason, detail)
+VALUES ($1, 0, {incarnation}, {start}, {end}, '{reason}', 'by hand')
+"""
+_DROP_3_4 = 'DELETE FROM loom_messages WHERE topic = $1 AND "offset" IN (3, 4)'
+_GAP_3_5 = _GAP_BY_HAND.format(incarnation=0, start=3, end=5, reason="offset_out_of_range")
+_GAP_CASES = {
+    # (log start set by DeleteRecords, statements after an exact ingestion)
+    "gap_recorded": (5, [_DROP_3_4, _GAP_3_5]),
+    "gap_missing": (5, [_DROP_3_4]),
+    "stored_in_gap": (5, [_GAP_3_5]),
+    "readable_gap": (
+        0,
+        [
+            'DELETE FROM loom_messages WHERE topic = $1 AND "offset" = 7',
+            _GAP_BY_HAND.format(incarnation=0, start=7, end=8, reason="offset_out_of_range"),
+        ],
+    ),
+    # The exact run is incarnation 1; incarnation 0 left a dead letter at 4, a repeated range and a gap
+    # that would each be a violation if they were counted.
+    "old_incarnation": (
+        0,
+        [
+            *(
+                f"UPDATE {t} SET incarnation = 1 WHERE topic = $1"
+                for t in ("loom_messages", "loom_audit", "loom_offsets")
+            ),
+            'INSERT INTO loom_dead_letters (topic, "partition", "offset", error_class, error_message, stage) '
+            "VALUES ($1, 0, 4, 'X', 'x', 'decode')",
+            'INSERT INTO loom_audit (topic, "partition", start_offset, end_offset, rows, dead_letters, epoch, owner) '
+            "VALUES ($1, 0, 3, 6, 3, 0, 2, 'old')",
+            _GAP_BY_HAND.format(incarnation=0, start=0, end="NULL", reason="topic_recreated"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_gaps", "expected"),
+    [
+        ("gap_recorded", 1, {}),
+        ("gap_recorded", 2, {"gaps": 1}),  # a test expecting two gaps fails with one
+        ("gap_missing", None, {"lost": 2}),  # retention took 3 and 4 unread, and nothing says so
+        ("stored_in_gap", None, {"stored_in_gap": 2}),
+        ("readable_gap", None, {"readable_gap": 1}),
+        ("old_incarnation", 1, {}),
+    ],
+)
+def test_checker_accounts_gaps_and_incarnations(
+    fault_stack: FaultStack, topic: str, tmp_path: Path, case: str, expected_gaps: int | None, expected: dict[str, int]
+) -> None:
+    producer = Producer(fault_stack, topic, tmp_path, _MESSAGES, partitions=1).fill()
+    log_start, statements = _GAP_CASES[case]
+    if log_start:
+        delete_records(fault_stack.kafka, topic, {0: log_start})
+    asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, "exact"))
+    for sql in statements:
+        fault_stack.execute(sql, topic)
+    report = check(fault_stack.dsn, fault_stack.kafka, topic, [producer.ack_log], expected_gaps=expected_gaps)
+    assert report.violations == expected, report.table()
+    if case == "gap_recorded":
+        assert report.total("gapped") == 2
+        assert f"gaps=1/expected {expected_gaps} gapped=2 stored_in_gap=0 fenced=0" in report.counts()
+
+
+# One partition, written in three transactions: 0-4 committed (marker 5), 6-8 aborted (marker 9), 10-11
+# committed (marker 12). A read_committed consumer is handed 0-4, 10 and 11.
+_HANDED = [*range(5), 10, 11]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (_HANDED, {}),
+        ([*_HANDED, 7], {"aborted_read": 1}),  # a record of the aborted transaction stored
+        ([*_HANDED, 5], {"aborted_read": 1}),  # a commit marker's offset stored
+        ([o for o in _HANDED if o != 10], {"lost": 1}),  # the reader does not excuse a committed record
+    ],
+)
+def test_checker_reads_back_read_committed(
+    fault_stack: FaultStack, topic: str, tmp_path: Path, stored: list[int], expected: dict[str, int]
+) -> None:
+    ack_log = tmp_path / "acks.log"
+    Producer(fault_stack, topic, tmp_path, 0, partitions=1).create_topic()
+    with ack_log.open("w", encoding="ascii") as out:
+        writer = TransactionalWriter(fault_stack.kafka, topic, 1, f"check-{topic}", out)
+        for seqs, commit in ((range(5), True), (range(5, 8), False), (range(8, 10), True)):
+            writer.transaction(seqs, commit)
+    assert writer.summary.no_record == 6
+    asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, "exact", stored=stored, end=13))
+    report = check(fault_stack.dsn, fault_stack.kafka, topic, [ack_log], read_committed=True)
+    assert report.violations == expected, report.table()
+    assert report.total("no_record") == 6
+    assert "aborted_read=" in report.counts() and " no_record=6 " in report.counts()
+    if not expected:  # without the reader, the aborted records look lost and the markers unseen
+        blind = check(fault_stack.dsn, fault_stack.kafka, topic, [ack_log])
+        assert blind.violations == {"lost": 3, "unseen": 3}, blind.table()
 
 
 def test_overlap_and_order_arithmetic() -> None:
