@@ -5,8 +5,9 @@ Called by the pipeline with the batches that are due. Step by step, inside one t
 1. compare-and-set each partition's ``loom_offsets`` row from ``batch.start`` to ``batch.end`` where the
    epoch is still ours; a row that does not match means another owner claimed the partition: roll back,
    report it fenced, and retry the other partitions' batches;
-2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) is found
-   by bisecting under savepoints and becomes a dead letter, the rest still commit;
+2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) or asyncpg
+   cannot encode is found by bisecting under savepoints and becomes a dead letter (stage ``db_row``), the
+   rest still commit;
 3. COPY the dead letters into ``loom_dead_letters``, the recorded gaps into ``loom_gaps`` (and the batch
    ranges into ``loom_audit`` if asked);
 4. commit.
@@ -21,6 +22,7 @@ Outages (:data:`loom_ray.db.TRANSIENT_ERRORS`) propagate; the caller resolves an
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -62,10 +64,22 @@ _AUDIT_COLUMNS = (
     "incarnation",
 )
 
-# Errors about one row's content: isolate the row, dead-letter it, commit the rest.
-# A unique violation is not among them: after a successful offset CAS it would mean a duplicate write,
-# which must stop the flush loudly rather than hide in the dead-letter table.
-_ROW_ERRORS = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError)
+# Errors about one row's content: isolate the row, dead-letter it, commit the rest. From PostgreSQL: a value
+# it cannot take (class 22), a constraint on the row itself (CHECK, NOT NULL, a foreign key), a limit one row
+# exceeds (54000, e.g. an index entry too large). From asyncpg's binary COPY encoder, a value it cannot encode
+# (a str that is not UTF-8, an int wider than its column, a wrong type): it aborts the COPY, and the
+# savepoint rolls that back as it does a server error.
+# Not among them: a unique violation (after a successful offset CAS it would mean a duplicate write, which must
+# stop the flush loudly rather than hide in the dead-letter table), and whatever is about the database rather
+# than the row (permissions, a missing table, an outage): it fails every row alike and is the caller's.
+_ROW_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
+    asyncpg.ForeignKeyViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, struct.error)
 
 _CAS_SQL = """
 UPDATE loom_offsets AS o SET next_offset = b.end_offset, updated_at = now()
@@ -148,9 +162,7 @@ class PostgresSink:
         crash_point("after_commit")
         return len(rows) - len(refused), len(dead_letters)
 
-    async def _copy_isolating(
-        self, conn: asyncpg.Connection, rows: list[Row]
-    ) -> list[tuple[Row, asyncpg.PostgresError]]:
+    async def _copy_isolating(self, conn: asyncpg.Connection, rows: list[Row]) -> list[tuple[Row, Exception]]:
         """COPY ``rows`` under a savepoint; on a row error, bisect to find and return the refused rows."""
         if not rows:
             return []
@@ -158,15 +170,16 @@ class PostgresSink:
             async with conn.transaction():
                 await conn.copy_records_to_table("loom_messages", records=rows, columns=MESSAGE_COLUMNS)
             return []
-        except _ROW_ERRORS as exc:
+        except (*_ROW_ERRORS, *_ENCODE_ERRORS) as exc:
             if len(rows) == 1:
                 return [(rows[0], exc)]
         middle = len(rows) // 2
         return await self._copy_isolating(conn, rows[:middle]) + await self._copy_isolating(conn, rows[middle:])
 
-    def _refused_row(self, row: Row, exc: asyncpg.PostgresError) -> DeadLetter:
+    def _refused_row(self, row: Row, exc: Exception) -> DeadLetter:
         topic, partition, offset, key, payload, headers, _, incarnation = row
-        raw = payload.encode("utf-8")
+        raw = payload.encode("utf-8", "surrogatepass")
+        error_class, error_message, sqlstate = _refusal(exc)
         return (
             topic,
             partition,
@@ -176,10 +189,10 @@ class PostgresSink:
             len(raw),
             sha256(raw),
             headers,
-            type(exc).__name__,
-            str(exc)[:2000],
+            error_class,
+            error_message[:2000],
             DB_ROW,
-            exc.sqlstate,
+            sqlstate,
             incarnation,
         )
 
@@ -218,3 +231,16 @@ class PostgresSink:
             elif next_offset == batch.end:
                 done.append(batch)
         return done, fenced
+
+
+def _refusal(exc: Exception) -> tuple[str, str, str | None]:
+    """A refused row's ``error_class``, ``error_message`` and ``sqlstate``; the message starts with where
+    PostgreSQL says the row failed (``COPY loom_messages, line 1, column kafka_ts``), which names the field."""
+    if isinstance(exc, asyncpg.PostgresError):
+        where = f"{exc.context}: " if exc.context else ""
+        return type(exc).__name__, f"{where}{exc}", exc.sqlstate
+    return (
+        "Unencodable",
+        f"COPY loom_messages: asyncpg cannot encode a value of the row ({type(exc).__name__}: {exc})",
+        None,
+    )
