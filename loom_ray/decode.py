@@ -22,7 +22,8 @@ DB_ROW = "db_row"  # PostgreSQL refused the row at write time
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a value cannot be stored as a row; becomes a dead letter."""
+    """Why a record cannot be stored as a row; becomes a dead letter. ``error_message`` starts with the
+    field at fault (``value: ...``, ``headers: ...``, ``timestamp: ...``)."""
 
     error_class: str
     error_message: str
@@ -31,9 +32,9 @@ class Rejection:
 
 
 NULL_VALUE = Rejection(
-    "NullValue", "null value (a tombstone): the default sink stores JSON documents, so it is kept here", DECODE
+    "NullValue", "value: null (a tombstone): the default sink stores JSON documents, so it is kept here", DECODE
 )
-EMPTY_VALUE = Rejection("EmptyValue", "empty value is not a JSON document", DECODE)
+EMPTY_VALUE = Rejection("EmptyValue", "value: empty, not a JSON document", DECODE)
 
 
 def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
@@ -42,19 +43,21 @@ def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
         return NULL_VALUE
     size = len(value)
     if size > max_bytes:
-        return Rejection("Oversize", f"value is {size} bytes, over LOOM_MAX_MESSAGE_BYTES={max_bytes}", DECODE)
+        return Rejection("Oversize", f"value: {size} bytes, over LOOM_MAX_MESSAGE_BYTES={max_bytes}", DECODE)
     if size == 0:
         return EMPTY_VALUE
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Rejection("InvalidUtf8", f"not UTF-8: {exc}", DECODE)
+        return Rejection("InvalidUtf8", f"value: not UTF-8: {exc}", DECODE)
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return Rejection("InvalidJson", f"not JSON: {exc}", DECODE)
+        return Rejection("InvalidJson", f"value: not JSON: {exc}", DECODE)
     if "\\u0000" in text and _contains_nul(document):
-        return Rejection("NulCharacter", "a JSON string holds \\u0000, which PostgreSQL jsonb cannot store", VALIDATE)
+        return Rejection(
+            "NulCharacter", "value: a JSON string holds \\u0000, which PostgreSQL jsonb cannot store", VALIDATE
+        )
     return text
 
 

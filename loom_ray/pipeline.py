@@ -28,6 +28,7 @@ from loom_ray import db
 from loom_ray.batch import OFFSET_OUT_OF_RANGE, FlushLimits, PartitionBatch, flush_due
 from loom_ray.crashpoints import crash_point
 from loom_ray.decode import Rejection, capped, decode_value, sha256
+from loom_ray.fields import UNSTORABLE, UnreadableHeaders, diagnose, read_headers, unencodable_headers
 from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
@@ -233,13 +234,14 @@ class IngestWorker:
         claimed since then (re-seeked, possibly backwards) ignores them, or a stale message beyond its claimed
         offset would open the batch and the re-read offsets before it would be skipped as already buffered.
         Consecutive messages usually share a partition, so the partition is looked up again only when it
-        changes.
+        changes. Nothing a record holds escapes as an error: a field that cannot be stored makes the record a
+        dead letter that names it (:meth:`_add_unstorable`, off the common path).
         """
         parts = self._parts
         max_message_bytes = self._settings.max_message_bytes
         last_tp: TopicPartition | None = None
         part: _Partition | None = None
-        for message in messages:
+        for message, raw_headers in zip(messages, read_headers(messages), strict=True):
             # Annotations, not cast(): a cast is a function call, per message. A consumed message has all three.
             topic: str = message.topic()  # type: ignore[assignment]
             partition: int = message.partition()  # type: ignore[assignment]
@@ -252,18 +254,40 @@ class IngestWorker:
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
-            value = message.value()
-            raw_headers = message.headers()
-            headers = encode_headers(raw_headers) if raw_headers else None
-            decoded = decode_value(value, max_message_bytes)
             part.stats.messages += 1
-            if isinstance(decoded, str):
-                ts_type, ts_ms = message.timestamp()
-                kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
-                row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts, incarnation)
-                part.open.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # decoded: not None
-            else:
-                self._add_dead_letter(part, message, offset, headers, decoded, now)
+            try:
+                value = message.value()
+                headers = encode_headers(raw_headers) if raw_headers else None
+                decoded = decode_value(value, max_message_bytes)
+                if isinstance(decoded, str):
+                    ts_type, ts_ms = message.timestamp()
+                    kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
+                    row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts, incarnation)
+                    part.open.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # decoded: not None
+                else:
+                    self._add_dead_letter(part, message, offset, headers, decoded, now)
+            except Exception as exc:  # some field cannot be stored: the slow path finds which
+                self._add_unstorable(part, message, offset, raw_headers, exc, now)
+
+    def _add_unstorable(
+        self, part: _Partition, message: Message, offset: int, raw_headers: Any, exc: Exception, now: float
+    ) -> None:
+        """Dead-letter a record the hot loop raised on, naming the field at fault (:mod:`loom_ray.fields`)."""
+        if isinstance(raw_headers, UnreadableHeaders):
+            self._add_dead_letter(part, message, offset, None, raw_headers.rejection(), now)
+            return
+        try:
+            headers = encode_headers(raw_headers) if raw_headers else None
+        except Exception as err:
+            self._add_dead_letter(part, message, offset, None, unencodable_headers(err), now)
+            return
+        rejection = diagnose(message, exc)
+        if rejection.error_class == UNSTORABLE:
+            batch = part.open
+            log.warning(
+                "%s: %s[%d] offset %d: %s", self.name, batch.topic, batch.partition, offset, rejection.error_message
+            )
+        self._add_dead_letter(part, message, offset, headers, rejection, now)
 
     def _add_dead_letter(
         self, part: _Partition, message: Message, offset: int, headers: str | None, rejection: Rejection, now: float

@@ -10,6 +10,12 @@ without). Here a row carries the timestamp as an ``int`` and the binary codec's 
 PostgreSQL's binary timestamptz *is* that int64, so the rows are the same bit for bit:
 :func:`kafka_ts_micros` gives the value the old ``datetime.fromtimestamp(ms / 1000, UTC)`` gave.
 
+Which timestamps are stored: 0001-01-01 up to 9999-12-31 (UTC), the range Python's ``datetime`` reads back
+(asyncpg's and psycopg's decoders, :func:`decode_timestamptz`). PostgreSQL's timestamptz reaches 294276 AD,
+but a row holding such a time could not be read by a Python client, and a time past it does not fit the
+int64 the encoder sends (a failure of the whole COPY, not of one row). A record whose timestamp is outside
+the range is refused before COPY: the consume loop makes it a dead letter (``loom_ray.fields``).
+
 The codec is per connection: the consumer's pool installs it on every new connection
 (``db.create_pool(init=install_codecs)``). Every timestamptz parameter on such a connection must then be
 such an ``int`` (only ``loom_messages.kafka_ts`` is one: the sink's other statements bind none). Results
@@ -29,8 +35,10 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 _INT64 = struct.Struct("!q")  # network order, as PostgreSQL's binary format
 # Within [1970, 2100) the float ``ms / 1000`` is within 0.12 us of the exact value, so the old
 # ``fromtimestamp`` rounded to the exact millisecond and the integer formula gives the same timestamp;
-# outside it (rare producer clocks) the old expression is kept, rounding and errors included.
+# outside it (rare producer clocks, within years 1 to 9999) the old expression is kept, rounding included.
 FAST_MS_END = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+KAFKA_TS_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z, datetime.min
+KAFKA_TS_END_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z, just past datetime.max
 
 # What asyncpg's timestamptz decoder returns for PostgreSQL's +/-infinity (int64 max/min).
 _PG_INFINITY = 0x7FFF_FFFF_FFFF_FFFF
@@ -44,11 +52,13 @@ _NEGATIVE_INFINITY_MICROS = (_NEGATIVE_INFINITY.replace(tzinfo=UTC) - PG_EPOCH) 
 def kafka_ts_micros(ts_ms: int) -> int:
     """A Kafka timestamp (ms since 1970) as the microseconds since 2000 the timestamptz codec sends.
 
-    Equal to ``datetime.fromtimestamp(ts_ms / 1000, UTC)`` as PostgreSQL would store it; raises where
-    that raises (years beyond 9999).
+    Equal to ``datetime.fromtimestamp(ts_ms / 1000, UTC)`` as PostgreSQL would store it. Raises ValueError,
+    naming the range, for a time before year 1 or after year 9999 (see the module docstring).
     """
     if 0 <= ts_ms < FAST_MS_END:
         return ts_ms * 1000 - PG_EPOCH_MICROS
+    if not KAFKA_TS_MIN_MS <= ts_ms < KAFKA_TS_END_MS:
+        raise ValueError(f"{ts_ms} ms since 1970 is outside years 1 to 9999, the range a Python client can read back")
     micros = (datetime.fromtimestamp(ts_ms / 1000, UTC) - PG_EPOCH) // _ONE_MICROSECOND
     # asyncpg's datetime encoder sent datetime.min / datetime.max (as UTC) as -infinity / infinity.
     if micros == _NEGATIVE_INFINITY_MICROS:

@@ -58,6 +58,16 @@ def start_main(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[b
         )
 
 
+def run_until_drained(env: dict[str, str], log: Path, timeout_s: float) -> str:
+    """Run the driver with ``--exit-when-drained``; it must exit 0 within ``timeout_s``. Its output."""
+    process = start_main(env, "--exit-when-drained", log=log)
+    try:
+        assert process.wait(timeout_s) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    return log.read_text()
+
+
 def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     """Signal the driver's whole process group (the driver and the local Ray it started), by pid."""
     try:

@@ -71,7 +71,7 @@ def test_invalid_utf8(value: bytes) -> None:
     result = decode_value(value, LIMIT)
     assert isinstance(result, Rejection)
     assert (result.error_class, result.stage) == ("InvalidUtf8", DECODE)
-    assert result.error_message.startswith("not UTF-8")
+    assert result.error_message.startswith("value: not UTF-8")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_invalid_json(text: str) -> None:
     result = decode_value(text.encode("utf-8"), LIMIT)
     assert isinstance(result, Rejection)
     assert (result.error_class, result.stage) == ("InvalidJson", DECODE)
-    assert result.error_message.startswith("not JSON")
+    assert result.error_message.startswith("value: not JSON")
 
 
 @pytest.mark.parametrize(

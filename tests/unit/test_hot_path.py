@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import operator
 import random
 import struct
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
+from loom_ray import fields
 from loom_ray.batch import PartitionBatch
 from loom_ray.offsets import Claim
 from loom_ray.pipeline import IngestWorker, _Partition
@@ -66,6 +69,16 @@ def test_kafka_ts_micros_raises_where_datetime_raised() -> None:
         _old_kafka_ts(10**15)
     with pytest.raises((ValueError, OverflowError)):
         kafka_ts_micros(10**15)
+
+
+@pytest.mark.parametrize(
+    "ts_ms",
+    [253_402_300_800_000, 2**63 - 1, -62_135_596_800_001, -(2**63)],
+    ids=["year-10000", "int64-max", "before-year-1", "int64-min"],
+)
+def test_kafka_ts_micros_refuses_times_outside_years_1_to_9999_with_one_error(ts_ms: int) -> None:
+    with pytest.raises(ValueError, match="outside years 1 to 9999"):
+        kafka_ts_micros(ts_ms)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +154,53 @@ def test_add_all_ignores_a_consume_that_started_before_the_partition_was_claimed
     assert [row[2] for row in worker._parts[("t", 1)].open.rows] == [10]  # the other partition is unaffected
     worker._add_all([_message(0, 10, b"4")], NOW, 1)  # the next consume(), after the claim
     assert [row[2] for row in worker._parts[("t", 0)].open.rows] == [10]
+
+
+class _HeaderKeyNotUtf8(Message):
+    """A consumed message with a header key that is not UTF-8, as confluent-kafka 2.x hands it over:
+    ``headers()`` raises, and a second call would return a list holding a broken tuple, so calls are counted."""
+
+    calls = 0
+
+    def headers(self) -> Any:
+        self.calls += 1
+        try:
+            b"k\xff".decode("utf-8")
+        except UnicodeDecodeError as cause:
+            raise SystemError("<method 'headers'> returned a result with an exception set") from cause
+        raise AssertionError("unreachable")
+
+
+def test_add_all_makes_a_record_with_an_unstorable_field_a_dead_letter_naming_it_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fields, "_HEADERS", operator.methodcaller("headers"))  # reach the stand-in's headers()
+    worker = _worker([0])
+    unreadable = _HeaderKeyNotUtf8(
+        topic="t", partition=0, offset=1, value=b'{"b": 2}', timestamp=(TIMESTAMP_CREATE_TIME, 5)
+    )
+    messages = [
+        _message(0, 0, b'{"a": 1}'),
+        unreadable,
+        _message(0, 2, b'{"c": 3}', ts_ms=2**63 - 1, headers=[("h", b"v")]),
+        _message(0, 3, b"{}", ts_ms=253_402_300_800_000),  # 10000-01-01
+        _message(0, 4, b"not json", ts_ms=2**63 - 1),  # the value is read first: it is the field named
+        _message(0, 5, b"{}", ts_ms=253_402_300_799_999),  # 9999-12-31T23:59:59.999Z: still a row
+    ]
+    worker._add_all(messages, NOW, 0)
+    batch = worker._parts[("t", 0)].open
+    assert [row[2] for row in batch.rows] == [0, 5]
+    assert [(dl[2], dl[8], dl[10], dl[9].split(":")[0]) for dl in batch.dead_letters] == [
+        (1, "UnreadableHeaders", "decode", "headers"),
+        (2, "TimestampOutOfRange", "validate", "timestamp"),
+        (3, "TimestampOutOfRange", "validate", "timestamp"),
+        (4, "InvalidJson", "decode", "value"),
+    ]
+    by_offset = {dl[2]: dl for dl in batch.dead_letters}
+    assert by_offset[1][7] is None  # the headers could not be read
+    assert (by_offset[2][4], by_offset[2][7]) == (b'{"c": 3}', '[["h","v"]]')  # value and headers kept
+    assert unreadable.calls == 1
+    assert (batch.end, worker._parts[("t", 0)].stats.messages) == (6, 6)
 
 
 def test_add_all_without_a_timestamp_stores_null() -> None:
