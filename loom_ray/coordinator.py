@@ -44,6 +44,7 @@ from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_com
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.claims import BrokerPartition
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
+from loom_ray.progress import RecordTally, records_per_consumer
 from loom_ray.settings import Settings
 from loom_ray.sink import blockers
 
@@ -101,7 +102,8 @@ class Coordinator:
         self._target = settings.min_actors
         self._pinned = False  # set by resize(): autoscaling stops
         self._last_scale = time.monotonic()
-        self._last_committed: tuple[float, int] | None = None
+        self._records = RecordTally()  # rows + dead letters committed by the consumers, from their stats
+        self._last_records: tuple[float, int] | None = None  # (time, records) at the previous autoscale
         self._serial = 0
         # Consumer names carry this incarnation's tag: after a coordinator restart, the names of consumers
         # that have not finished dying are still taken.
@@ -256,6 +258,7 @@ class Coordinator:
             member = self._members[name]
             if isinstance(result, dict):
                 member.last_ok, member.stats = now, result
+                self._records.observe(name, result, now)
                 for tp in dropped(self._owners, name, result.get("partitions", {})):
                     log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", name, *tp)
                     del self._owners[tp]
@@ -380,12 +383,11 @@ class Coordinator:
         """Follow the backlog (the seed's HPA followed CPU): up at once, down at most once per catch-up time."""
         catchup = self._settings.scale_catchup_s
         now = time.monotonic()
-        committed = sum(row["next_offset"] for row in progress.values())
-        previous, self._last_committed = self._last_committed, (now, committed)
+        previous, self._last_records = self._last_records, (now, self._records.total)
         current = len(self._members)
         if self._pinned or catchup == 0 or previous is None or current == 0:
             return
-        rate = (committed - previous[1]) / max(now - previous[0], 1e-3) / current
+        rate = records_per_consumer(previous, self._last_records, current)
         lag = sum(row["lag"] for row in progress.values())
         want = desired_actors(current, lag, rate, catchup, self._bounds(), len(self._partitions))
         if want > current or (want < current and now - self._last_scale >= catchup):
@@ -431,9 +433,12 @@ class Coordinator:
 
     async def status(self) -> dict[str, Any]:
         """A snapshot for the driver's progress line, from the last round; ``database`` is False while
-        PostgreSQL is out of reach."""
+        PostgreSQL is out of reach. ``committed`` sums the committed offsets; ``records`` counts the rows and
+        dead letters the consumers committed (:class:`~loom_ray.progress.RecordTally`), as of the health check
+        ``records_age_s`` ago."""
         reachable = self._database
         progress = self._progress
+        observed = self._records.observed_at
         return {
             "database": reachable,
             "actors": {name: m.stats for name, m in self._members.items()},
@@ -443,6 +448,8 @@ class Coordinator:
             "assigned": len(self._owners),
             "lag": sum(row["lag"] for row in progress.values()),
             "committed": sum(row["next_offset"] for row in progress.values()),
+            "records": self._records.total,
+            "records_age_s": 0.0 if observed is None else time.monotonic() - observed,
             "drained": reachable
             and len(progress) == len(self._partitions) > 0
             and len(self._owners) == len(self._partitions)

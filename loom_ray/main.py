@@ -27,6 +27,7 @@ from loom_ray import db
 from loom_ray.errors import ConfigError
 from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
+from loom_ray.progress import MIN_RATE_WINDOW_S, IngestWindow
 from loom_ray.settings import SECRET_FIELDS, Settings, env_name
 
 log = logging.getLogger("loom_ray.main")
@@ -170,20 +171,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.actors:
         ray.get(coordinator.resize.remote(args.actors))
     started = time.monotonic()
-    first_commit = watch(coordinator, args, before, stop, started)
+    window = watch(coordinator, args, before, stop, started)
     drain(coordinator, settings)
     after = asyncio.run(final_counts(settings))
-    print(summary(before, after, started, first_commit), flush=True)
+    print(summary(before, after, time.monotonic() - started, window), flush=True)
     return 0
 
 
-def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float) -> float | None:
-    """Print progress until a signal (or the drain, with --exit-when-drained); when the first commit came."""
+def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float) -> IngestWindow:
+    """Print progress until a signal (or the drain, with --exit-when-drained); the samples of records committed."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-    last_print = 0.0
-    first_commit = None
+    window = IngestWindow()
+    printed: tuple[float, int] | None = None  # (when, records processed) at the last progress line
     while not stop.requested:
         try:
             status = ray.get(coordinator.status.remote(), timeout=60)
@@ -192,24 +193,31 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
             time.sleep(1)
             continue
         now = time.monotonic()
-        done = status["committed"] - before.committed
-        if done and first_commit is None:
-            first_commit = now
-        if now - last_print >= args.progress_interval:
-            last_print = now
-            print(
-                f"progress: {done} messages in {now - started:.0f}s ({done / max(now - started, 1e-9):.0f} msg/s), "
-                f"lag {status['lag']}, {len(status['actors'])} actors, {status['assigned']}/{status['partitions']} "
-                "partitions assigned"
-                + ("" if status["database"] else ", PostgreSQL unreachable: retrying")
-                + blocked_note(status.get("blocked", {}), time.time()),
-                flush=True,
-            )
+        window.observe(now - status["records_age_s"], status["records"])
+        if printed is None or now - printed[0] >= args.progress_interval:
+            since, records_then = printed if printed is not None else (started, 0)
+            rate = (window.processed - records_then) / max(now - since, 1e-9)
+            offsets = status["committed"] - before.committed
+            line = progress_line(status, window.processed, (rate, now - since), offsets, now - started)
+            print(line + blocked_note(status.get("blocked", {}), time.time()), flush=True)
+            printed = (now, window.processed)
         if args.exit_when_drained and status["drained"]:
             log.info("all partitions drained")
             break
         time.sleep(1.0)
-    return first_commit
+    return window
+
+
+def progress_line(status: dict[str, Any], records: int, rate: tuple[float, float], offsets: int, elapsed: float) -> str:
+    """One progress line: records processed (rows + dead letters, as the consumers report them) since the
+    driver started, their ``rate`` (msg/s, over seconds) since the previous line, how far the committed
+    offsets moved, and the lag."""
+    return (
+        f"progress: {records} messages in {elapsed:.0f}s ({rate[0]:.0f} msg/s over the last {rate[1]:.0f}s), "
+        f"offsets advanced {offsets}, "
+        f"lag {status['lag']}, {len(status['actors'])} actors, {status['assigned']}/{status['partitions']} "
+        "partitions assigned" + ("" if status["database"] else ", PostgreSQL unreachable: retrying")
+    )
 
 
 def blocked_note(blocked: dict[str, dict[str, Any]], now: float) -> str:
@@ -241,17 +249,28 @@ def drain(coordinator: Any, settings: Settings) -> None:
     ray.kill(coordinator, no_restart=True)
 
 
-def summary(before: Counts, after: Counts, started: float, first_commit: float | None) -> str:
-    """The closing line; ``ingest_msgs_per_s`` leaves out start-up (Ray, actors) before the first commit
-    the driver saw (it polls once a second, so short runs read a little high)."""
-    end = time.monotonic()
-    messages = after.committed - before.committed
-    ingesting = end - (first_commit if first_commit is not None else end)
+def summary(before: Counts, after: Counts, seconds: float, window: IngestWindow) -> str:
+    """The closing line; README's *Running it* says what each figure measures.
+
+    ``messages`` are the rows plus dead letters this run added (PostgreSQL, before and after); ``offsets``
+    is how far the committed offsets moved, records or not. ``ingest_msgs_per_s`` is the consumers' rate
+    between the first and the last progress sample that saw records committed, printed only when that
+    window (``ingest_window_s``) reaches :data:`~loom_ray.progress.MIN_RATE_WINDOW_S`.
+    """
+    rows = after.rows - before.rows
+    dead_letters = after.dead_letters - before.dead_letters
+    messages = rows + dead_letters
+    rate = window.rate()
+    ingest = (
+        f"ingest_msgs_per_s={rate:.0f} ingest_window_s={window.seconds:.1f}"
+        if rate is not None
+        else f"ingest_msgs_per_s=n/a ingest_window_s={window.seconds:.1f} "
+        f"(records were committed over less than {MIN_RATE_WINDOW_S:.0f}s: too short to measure a rate)"
+    )
     return (
-        f"summary: messages={messages} rows={after.rows - before.rows} "
-        f"dead_letters={after.dead_letters - before.dead_letters} seconds={end - started:.1f} "
-        f"msgs_per_s={messages / max(end - started, 1e-9):.0f} "
-        f"ingest_msgs_per_s={messages / ingesting if ingesting > 0 else 0:.0f}"
+        f"summary: messages={messages} rows={rows} dead_letters={dead_letters} "
+        f"offsets={after.committed - before.committed} seconds={seconds:.1f} "
+        f"msgs_per_s={messages / max(seconds, 1e-9):.0f} {ingest}"
     )
 
 

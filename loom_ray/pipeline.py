@@ -139,6 +139,8 @@ class IngestWorker:
         self.fenced: list[tuple[str, int, int]] = []  # (topic, partition, epoch) of every fenced batch
         self.outages = 0
         self.blocker: Blocker | None = None  # why flushes are refused now (see loom_ray.policy.sink_errors)
+        self._rows_committed = 0  # by this worker since it started, on every partition it held
+        self._dead_letters_committed = 0
 
     async def start(self) -> None:
         """Open the asyncpg pool and the Kafka consumer; raises if PostgreSQL cannot be reached."""
@@ -479,6 +481,8 @@ class IngestWorker:
             self._observer.on_blocked(None)
 
     def _account(self, result: FlushResult, seconds: float) -> None:
+        self._rows_committed += result.rows
+        self._dead_letters_committed += result.dead_letters
         for batch in result.committed:
             tp = (batch.topic, batch.partition)
             part = self._parts.get(tp)
@@ -534,7 +538,9 @@ class IngestWorker:
             await self._kafka.mirror(offsets)
 
     def stats(self) -> dict[str, Any]:
-        """Per-partition progress and counts, for the coordinator, the dashboard and tests."""
+        """Per-partition progress and counts, for the coordinator, the dashboard and tests. ``totals``: the rows
+        and dead letters this worker committed since it started, also on partitions it no longer holds (the
+        coordinator's record count, :class:`loom_ray.progress.RecordTally`)."""
         return {
             "name": self.name,
             "partitions": {
@@ -555,6 +561,7 @@ class IngestWorker:
             "fenced": len(self.fenced),
             "outages": self.outages,
             "blocked": None if self.blocker is None else self.blocker.as_dict(),
+            "totals": {"rows": self._rows_committed, "dead_letters": self._dead_letters_committed},
         }
 
     async def stop(self, drain: bool = True) -> None:
