@@ -67,11 +67,13 @@ _AUDIT_COLUMNS = (
 # Errors about one row's content: isolate the row, dead-letter it, commit the rest. From PostgreSQL: a value
 # it cannot take (class 22), a constraint on the row itself (CHECK, NOT NULL, a foreign key), a limit one row
 # exceeds (54000, e.g. an index entry too large). From asyncpg's binary COPY encoder, a value it cannot encode
-# (a str that is not UTF-8, an int wider than its column, a wrong type): it aborts the COPY, and the
-# savepoint rolls that back as it does a server error.
+# (a str that is not UTF-8, an int wider than its column): it aborts the COPY, and the savepoint rolls that
+# back as it does a server error.
 # Not among them: a unique violation (after a successful offset CAS it would mean a duplicate write, which must
-# stop the flush loudly rather than hide in the dead-letter table), and whatever is about the database rather
-# than the row (permissions, a missing table, an outage): it fails every row alike and is the caller's.
+# stop the flush loudly rather than hide in the dead-letter table); a TypeError from the encoder (a value of
+# the wrong type means a column's type changed, or a defect of ours: the same for every row); and whatever is
+# about the database rather than the row (permissions, a missing table, an outage): it fails every row alike
+# and is the caller's (loom_ray.policy.sink_errors).
 _ROW_ERRORS = (
     asyncpg.DataError,
     asyncpg.CheckViolationError,
@@ -79,7 +81,7 @@ _ROW_ERRORS = (
     asyncpg.ForeignKeyViolationError,
     asyncpg.ProgramLimitExceededError,
 )
-_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, struct.error)
+_ENCODE_ERRORS = (ValueError, OverflowError, struct.error)
 
 _CAS_SQL = """
 UPDATE loom_offsets AS o SET next_offset = b.end_offset, updated_at = now()
