@@ -26,5 +26,13 @@ class FencedError(LoomError):
         self.partitions = partitions
 
 
+class ColumnTypeChangedError(LoomError):
+    """The sink's COPY could not encode a value for a column: the table's column types are not the ones
+    sql/ defines (someone altered them). Carries SQLSTATE 42804 (datatype_mismatch), so the pipeline treats
+    it as PostgreSQL's own type mismatch: flushes retry, reporting the fix, until the table is restored."""
+
+    sqlstate = "42804"
+
+
 class TransientError(LoomError):
     """A database or broker outage: retry with backoff, keep the buffers."""

@@ -31,7 +31,7 @@ import asyncpg
 from loom_ray.batch import DeadLetter, PartitionBatch, Row
 from loom_ray.crashpoints import crash_point
 from loom_ray.decode import DB_ROW, capped, sha256
-from loom_ray.errors import FencedError
+from loom_ray.errors import ColumnTypeChangedError, FencedError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ _AUDIT_COLUMNS = (
 # back as it does a server error.
 # Not among them: a unique violation (after a successful offset CAS it would mean a duplicate write, which must
 # stop the flush loudly rather than hide in the dead-letter table); a TypeError from the encoder (a value of
-# the wrong type means a column's type changed, or a defect of ours: the same for every row); and whatever is
+# the wrong type means a column's type changed: the same for every row, raised as ColumnTypeChangedError, a
+# blocker the caller retries and reports); and whatever is
 # about the database rather than the row (permissions, a missing table, an outage): it fails every row alike
 # and is the caller's (loom_ray.policy.sink_errors).
 _ROW_ERRORS = (
@@ -119,6 +120,8 @@ class PostgresSink:
         while pending:
             try:
                 result.rows, result.dead_letters = await self._write_once(pending)
+            except TypeError as exc:
+                raise ColumnTypeChangedError(f"a column's type is not the one sql/ defines: {exc}") from exc
             except FencedError as exc:
                 lost = set(exc.partitions)
                 result.fenced.extend(b for b in pending if (b.topic, b.partition) in lost)

@@ -9,7 +9,9 @@ from typing import Any
 import asyncpg
 
 from loom_ray.batch import PartitionBatch
+from loom_ray.errors import ColumnTypeChangedError
 from loom_ray.migrate import migrate
+from loom_ray.policy.sink_errors import Kind, classify
 from loom_ray.sink.codecs import install_codecs
 from loom_ray.sink.postgres import PostgresSink
 from tests.support.claims import claim_at
@@ -106,5 +108,6 @@ def test_a_column_whose_type_changed_stops_the_flush(endpoints: Endpoints, topic
     # (loom_ray.policy.sink_errors); dead-lettering every record would hide it.
     altered = "ALTER TABLE loom_messages ALTER COLUMN key TYPE text USING encode(key, 'hex')"
     result, stored, dead, next_offset = asyncio.run(_write(endpoints.dsn, topic_name, {0: {}, 1: {}}, altered))
-    assert isinstance(result, TypeError), result
+    assert isinstance(result, ColumnTypeChangedError), result
+    assert classify(result).kind is Kind.NEEDS_PERSON  # flushes retry and report it; the consumer stays
     assert (stored, dead, next_offset) == ([], [], 0)
