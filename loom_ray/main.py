@@ -75,6 +75,7 @@ class Counts:
     committed: int
     rows: int
     dead_letters: int
+    gap_offsets: int = 0  # offsets of recorded gaps (loom_gaps) with a known end
 
 
 async def prepare(settings: Settings) -> Counts:
@@ -93,11 +94,13 @@ async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
     row = await conn.fetchrow(
         """SELECT (SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = ANY($1)) AS committed,
                   (SELECT count(*) FROM loom_messages WHERE topic = ANY($1)) AS rows,
-                  (SELECT count(*) FROM loom_dead_letters WHERE topic = ANY($1)) AS dead_letters""",
+                  (SELECT count(*) FROM loom_dead_letters WHERE topic = ANY($1)) AS dead_letters,
+                  (SELECT coalesce(sum(to_offset - from_offset), 0) FROM loom_gaps WHERE topic = ANY($1))
+                      AS gap_offsets""",
         topics,
     )
     assert row is not None
-    return Counts(int(row["committed"]), int(row["rows"]), int(row["dead_letters"]))
+    return Counts(int(row["committed"]), int(row["rows"]), int(row["dead_letters"]), int(row["gap_offsets"]))
 
 
 async def final_counts(settings: Settings) -> Counts:
@@ -253,7 +256,8 @@ def summary(before: Counts, after: Counts, seconds: float, window: IngestWindow)
     """The closing line; README's *Running it* says what each figure measures.
 
     ``messages`` are the rows plus dead letters this run added (PostgreSQL, before and after); ``offsets``
-    is how far the committed offsets moved, records or not. ``ingest_msgs_per_s`` is the consumers' rate
+    is how far the committed offsets moved, records or not; ``gap_offsets`` how many of them were recorded as
+    skipped (loom_gaps) during the run. ``ingest_msgs_per_s`` is the consumers' rate
     between the first and the last progress sample that saw records committed, printed only when that
     window (``ingest_window_s``) reaches :data:`~loom_ray.progress.MIN_RATE_WINDOW_S`.
     """
@@ -269,7 +273,8 @@ def summary(before: Counts, after: Counts, seconds: float, window: IngestWindow)
     )
     return (
         f"summary: messages={messages} rows={rows} dead_letters={dead_letters} "
-        f"offsets={after.committed - before.committed} seconds={seconds:.1f} "
+        f"offsets={after.committed - before.committed} gap_offsets={after.gap_offsets - before.gap_offsets} "
+        f"seconds={seconds:.1f} "
         f"msgs_per_s={messages / max(seconds, 1e-9):.0f} {ingest}"
     )
 

@@ -117,7 +117,8 @@ def test_records_removed_by_retention_become_a_recorded_gap(
     admin = _admin(endpoints)
     admin.delete_records([TopicPartition(topic_name, 0, 150)])[TopicPartition(topic_name, 0, 150)].result(30)
     # `latest` must not matter: it is for partitions seen for the first time, never an implicit reset.
-    _drain(endpoints, topic_name, tmp_path / "second.log", kafka_auto_offset_reset="latest")
+    output = _drain(endpoints, topic_name, tmp_path / "second.log", kafka_auto_offset_reset="latest")
+    assert "messages=150 rows=150 dead_letters=0 offsets=200 gap_offsets=50 " in output
 
     assert stored_offsets(endpoints, topic_name) == {0: [*range(100), *range(150, 200)], 1: list(range(200))}
     gaps = scalar(

@@ -82,11 +82,11 @@ def _window(*samples: tuple[float, int]) -> IngestWindow:
 
 def test_summary_counts_rows_and_dead_letters_and_reports_offsets_apart() -> None:
     # A first claim at a low watermark of 5 000 000: the offsets moved 5 001 000, 1 000 records were stored.
-    before = Counts(committed=0, rows=200, dead_letters=3)
-    after = Counts(committed=5_001_000, rows=1_190, dead_letters=13)
+    before = Counts(committed=0, rows=200, dead_letters=3, gap_offsets=40)
+    after = Counts(committed=5_001_000, rows=1_190, dead_letters=13, gap_offsets=50)
     line = summary(before, after, 20.0, _window((0.0, 0), (5.0, 400), (11.0, 1_000)))
     assert line == (
-        "summary: messages=1000 rows=990 dead_letters=10 offsets=5001000 seconds=20.0 msgs_per_s=50 "
+        "summary: messages=1000 rows=990 dead_letters=10 offsets=5001000 gap_offsets=10 seconds=20.0 msgs_per_s=50 "
         "ingest_msgs_per_s=100 ingest_window_s=6.0"
     )
 
@@ -95,7 +95,7 @@ def test_summary_says_why_it_prints_no_ingest_rate() -> None:
     # 50 000 messages drained between two samples 1 s apart: no honest rate can come from that.
     line = summary(Counts(0, 0, 0), Counts(50_000, 50_000, 0), 7.0, _window((0.0, 0), (2.0, 10_000), (3.0, 50_000)))
     assert line.startswith(
-        "summary: messages=50000 rows=50000 dead_letters=0 offsets=50000 seconds=7.0 msgs_per_s=7143 "
+        "summary: messages=50000 rows=50000 dead_letters=0 offsets=50000 gap_offsets=0 seconds=7.0 msgs_per_s=7143 "
     )
     assert line.endswith(
         "ingest_msgs_per_s=n/a ingest_window_s=1.0 "
