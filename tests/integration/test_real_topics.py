@@ -69,6 +69,26 @@ def _drain(endpoints: Endpoints, topic: str, log: Path, **overrides: object) -> 
     return log.read_text()
 
 
+def _assert_recreated(endpoints: Endpoints, topic: str) -> None:
+    """After 20 + 20 "old" records, the topic recreated with 5 + 40 "new" ones: both incarnations complete,
+    the old one untouched, one topic_recreated gap per partition and its alert."""
+    assert stored_offsets(endpoints, topic, incarnation=0) == {0: list(range(20)), 1: list(range(20))}
+    assert stored_offsets(endpoints, topic, incarnation=1) == {0: list(range(5)), 1: list(range(40))}
+    new_rows = "SELECT count(*) FROM loom_messages WHERE topic = $1 AND incarnation = 1 AND payload->>'tag' = 'new'"
+    assert scalar(endpoints, new_rows, topic) == 45
+    offsets = (
+        'SELECT array_agg(ARRAY[incarnation, next_offset] ORDER BY "partition") FROM loom_offsets WHERE topic = $1'
+    )
+    assert scalar(endpoints, offsets, topic) == [[1, 5], [1, 40]]
+    gaps = (
+        'SELECT array_agg(ARRAY["partition", incarnation, from_offset] ORDER BY "partition") FROM loom_gaps '
+        "WHERE topic = $1 AND reason = 'topic_recreated' AND to_offset IS NULL"
+    )
+    assert scalar(endpoints, gaps, topic) == [[0, 0, 20], [1, 0, 20]]
+    alerts = "SELECT count(*) FROM v_consumer_alerts WHERE topic = $1 AND alert_kind = 'gap'"
+    assert scalar(endpoints, alerts, topic) == 2
+
+
 def test_transactional_topic_drains_to_the_high_watermark(
     endpoints: Endpoints, topic_name: str, tmp_path: Path
 ) -> None:
@@ -146,33 +166,7 @@ def test_recreated_topic_starts_a_new_incarnation(endpoints: Endpoints, topic_na
     _produce(endpoints, topic_name, {0: 5, 1: 40}, tag="new")
     _drain(endpoints, topic_name, tmp_path / "second.log")
 
-    assert stored_offsets(endpoints, topic_name, incarnation=0) == {0: list(range(20)), 1: list(range(20))}
-    assert stored_offsets(endpoints, topic_name, incarnation=1) == {0: list(range(5)), 1: list(range(40))}
-    assert (
-        scalar(
-            endpoints,
-            "SELECT count(*) FROM loom_messages WHERE topic = $1 AND incarnation = 1 AND payload->>'tag' = 'new'",
-            topic_name,
-        )
-        == 45
-    )
-    offsets = scalar(
-        endpoints,
-        'SELECT array_agg(ARRAY[incarnation, next_offset] ORDER BY "partition") FROM loom_offsets WHERE topic = $1',
-        topic_name,
-    )
-    assert offsets == [[1, 5], [1, 40]]
-    gaps = scalar(
-        endpoints,
-        'SELECT array_agg(ARRAY["partition", incarnation, from_offset] ORDER BY "partition") FROM loom_gaps '
-        "WHERE topic = $1 AND reason = 'topic_recreated' AND to_offset IS NULL",
-        topic_name,
-    )
-    assert gaps == [[0, 0, 20], [1, 0, 20]]
-    assert (
-        scalar(endpoints, "SELECT count(*) FROM v_consumer_alerts WHERE topic = $1 AND alert_kind = 'gap'", topic_name)
-        == 2
-    )
+    _assert_recreated(endpoints, topic_name)
 
 
 def test_topic_recreated_while_running_is_handed_back_and_read_as_a_new_incarnation(
@@ -198,11 +192,7 @@ def test_topic_recreated_while_running_is_handed_back_and_read_as_a_new_incarnat
         stop_group(process, signal.SIGTERM)
     finally:
         stop_group(process)
-    assert stored_offsets(endpoints, topic_name, incarnation=0) == {0: list(range(20)), 1: list(range(20))}
-    new_rows = "SELECT count(*) FROM loom_messages WHERE topic = $1 AND incarnation = 1 AND payload->>'tag' = 'new'"
-    assert scalar(endpoints, new_rows, topic_name) == 45
-    reasons = "SELECT array_agg(reason) FROM loom_gaps WHERE topic = $1"
-    assert scalar(endpoints, reasons, topic_name) == ["topic_recreated", "topic_recreated"]
+    _assert_recreated(endpoints, topic_name)
 
 
 def test_added_partitions_start_at_their_first_offset_while_a_deleted_topic_fails(
