@@ -33,9 +33,10 @@ class ConsumerActor:
         await self._worker.start()
         self._run = asyncio.get_running_loop().create_task(self._worker.run())
 
-    async def assign(self, claim: Claim) -> None:
-        """Take a claimed partition."""
-        await self._worker.assign(claim)
+    async def assign(self, claims: list[Claim]) -> None:
+        """Take claimed partitions (one call per hand-over round)."""
+        for claim in claims:
+            await self._worker.assign(claim)
 
     async def release(self, topic: str, partition: int) -> int | None:
         """Flush and hand back a partition; the committed offset, or None if it was fenced."""

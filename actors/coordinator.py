@@ -45,8 +45,8 @@ class RayConsumer:
     async def start(self, timeout_s: float) -> None:
         await self._call("start", timeout_s)
 
-    async def assign(self, claim: Claim, timeout_s: float) -> None:
-        await self._call("assign", timeout_s, claim)
+    async def assign(self, claims: list[Claim], timeout_s: float) -> None:
+        await self._call("assign", timeout_s, claims)
 
     async def release(self, topic: str, partition: int, timeout_s: float) -> int | None:
         result: int | None = await self._call("release", timeout_s, topic, partition)

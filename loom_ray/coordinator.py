@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # A claim that fails for these (the broker has no watermark yet, PostgreSQL out of reach) is retried next round.
 _CLAIM_ERRORS: tuple[type[BaseException], ...] = (KafkaException, *db.TRANSIENT_ERRORS)
+_CLAIM_CHUNK = 1000  # partitions per claim transaction: bounds how long one transaction holds row locks
+_HANDOFF_CONCURRENCY = 16  # consumers released from or assigned to at once
 
 
 class ConsumerGone(Exception):
@@ -64,7 +66,7 @@ class ConsumerHandle(Protocol):
     name: str
 
     async def start(self, timeout_s: float) -> None: ...
-    async def assign(self, claim: Claim, timeout_s: float) -> None: ...
+    async def assign(self, claims: list[Claim], timeout_s: float) -> None: ...
     async def release(self, topic: str, partition: int, timeout_s: float) -> int | None: ...
     async def stats(self, timeout_s: float) -> dict[str, Any]: ...
     async def stop(self, drain: bool, timeout_s: float) -> None: ...
@@ -341,43 +343,86 @@ class Coordinator:
         await self._move_to(assign(self._partitions, list(self._members), self._owners))
 
     async def _move_to(self, target: dict[TopicPartition, str]) -> None:
-        """Hand each moved partition over: release by the old owner (best effort), claim, assign."""
-        timeout = self._settings.shutdown_timeout_s
-        for tp in moves(self._owners, target):
-            old = self._owners.get(tp)
-            if old is not None and old in self._members:
-                try:
-                    await self._members[old].handle.release(*tp, timeout_s=timeout)
-                except Exception as exc:
-                    log.warning("%s did not release %s[%d] (%s); the new epoch fences it", old, *tp, exc)
-            new = target[tp]
+        """Hand the moved partitions over: their old owners release them (best effort; concurrently across
+        owners), one bulk claim per chunk (the new epochs fence the old owners whatever they do), then one
+        assign per new owner (concurrently). A partition whose claim or assign fails is left unowned and
+        moved again next round."""
+        moved = moves(self._owners, target)
+        if not moved:
+            return
+        await self._release_all([tp for tp in moved if self._owners.get(tp) in self._members])
+        claims: list[Claim] = []
+        for start in range(0, len(moved), _CLAIM_CHUNK):
+            chunk = moved[start : start + _CLAIM_CHUNK]
             try:
-                claim = await self._claim(tp, new)
+                claims += await self._claim_all([(tp, target[tp]) for tp in chunk])
             except _CLAIM_ERRORS as exc:
-                log.warning("claiming %s[%d] for %s failed (%s); retrying next round", *tp, new, exc)
+                log.warning("claiming %d partitions failed (%s); retrying next round", len(chunk), exc)
+        claimed = {(c.topic, c.partition) for c in claims}
+        for tp in moved:
+            if tp not in claimed:
                 self._owners.pop(tp, None)
-                continue
-            try:
-                await self._members[new].handle.assign(claim, timeout_s=timeout)
-            except Exception as exc:
-                log.error("assigning %s[%d] to %s failed (%s)", *tp, new, exc)
-                self._owners.pop(tp, None)
-                continue
-            self._owners[tp] = new
-            self.moves += 1
+        await self._assign_all(claims, target)
 
-    async def _claim(self, tp: TopicPartition, owner: str) -> Claim:
+    async def _release_all(self, partitions: list[TopicPartition]) -> None:
+        """Ask each partition's current owner to flush and release it; owners work concurrently."""
+        by_owner: dict[str, list[TopicPartition]] = {}
+        for tp in partitions:
+            by_owner.setdefault(self._owners[tp], []).append(tp)
+        limit = asyncio.Semaphore(_HANDOFF_CONCURRENCY)
+
+        async def release(owner: str, held: list[TopicPartition]) -> None:
+            async with limit:
+                for tp in held:
+                    try:
+                        await self._members[owner].handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s)
+                    except Exception as exc:
+                        log.warning("%s did not release %s[%d] (%s); the new epoch fences it", owner, *tp, exc)
+
+        await asyncio.gather(*(release(owner, held) for owner, held in by_owner.items()))
+
+    async def _claim_all(self, wanted: list[tuple[TopicPartition, str]]) -> list[Claim]:
+        """Claim partitions for their new owners in one transaction (:func:`loom_ray.offsets.claim_many`)."""
         assert self._pool is not None and self._metadata is not None
         metadata = self._metadata
-        topic_id = self._topic_ids.get(tp[0])
+        latest = self._settings.kafka_auto_offset_reset == "latest"
+        requests = [
+            offsets.ClaimRequest(t, p, owner, latest and p in self._first_sight.get(t, ())) for (t, p), owner in wanted
+        ]
 
-        async def broker() -> BrokerPartition:
-            low, high = await asyncio.to_thread(metadata.watermarks, *tp)
-            return BrokerPartition(low, high, topic_id)
+        async def broker(tps: list[TopicPartition]) -> dict[TopicPartition, BrokerPartition]:
+            marks = await asyncio.to_thread(metadata.watermarks, tps)
+            missing = len(tps) - len(marks)
+            if missing:
+                log.warning(
+                    "no watermarks for %d of %d partitions to claim; retrying them next round", missing, len(tps)
+                )
+            return {tp: BrokerPartition(low, high, self._topic_ids.get(tp[0])) for tp, (low, high) in marks.items()}
 
-        from_end = self._settings.kafka_auto_offset_reset == "latest" and tp[1] in self._first_sight.get(tp[0], ())
         async with self._pool.acquire() as conn:
-            return await offsets.claim(conn, tp[0], tp[1], owner, broker, from_end)
+            return await offsets.claim_many(conn, requests, broker)
+
+    async def _assign_all(self, claims: list[Claim], target: dict[TopicPartition, str]) -> None:
+        """Hand each new owner its claims in one call; owners work concurrently."""
+        by_owner: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_owner.setdefault(target[(claim.topic, claim.partition)], []).append(claim)
+        limit = asyncio.Semaphore(_HANDOFF_CONCURRENCY)
+
+        async def hand(owner: str, batch: list[Claim]) -> None:
+            async with limit:
+                try:
+                    await self._members[owner].handle.assign(batch, timeout_s=self._settings.shutdown_timeout_s)
+                except Exception as exc:
+                    log.error("assigning %d partitions to %s failed (%s)", len(batch), owner, exc)
+                    for claim in batch:
+                        self._owners.pop((claim.topic, claim.partition), None)
+                    return
+            for claim in batch:
+                self._owners[(claim.topic, claim.partition)] = owner
+            self.moves += len(batch)
+
+        await asyncio.gather(*(hand(owner, batch) for owner, batch in by_owner.items()))
 
     def _autoscale(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         """Follow the backlog (the seed's HPA followed CPU): up at once, down at most once per catch-up time."""

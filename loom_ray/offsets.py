@@ -26,24 +26,93 @@ class Claim:
     incarnation: int = 0
 
 
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One partition to claim: for ``owner``; ``from_end`` when it starts at its end if never claimed."""
+
+    topic: str
+    partition: int
+    owner: str
+    from_end: bool = False
+
+
+# Watermarks and topic id of each partition asked for, read by the caller after the rows are locked; a
+# partition left out of the answer is not claimed.
+BrokerRead = Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, BrokerPartition]]]
+
 _LOCK_SQL = """
-SELECT next_offset, incarnation, topic_id FROM loom_offsets WHERE topic = $1 AND "partition" = $2 FOR UPDATE
+SELECT o.topic, o."partition", o.next_offset, o.incarnation, o.topic_id
+FROM loom_offsets AS o JOIN unnest($1::text[], $2::int[]) AS r(topic, "partition") USING (topic, "partition")
+ORDER BY o.topic, o."partition"
+FOR UPDATE OF o
 """
 
 _CLAIM_SQL = """
 INSERT INTO loom_offsets AS o (topic, "partition", next_offset, epoch, owner, incarnation, topic_id)
-VALUES ($1, $2, $3, 1, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[])
 ON CONFLICT (topic, "partition") DO UPDATE
     SET epoch = o.epoch + 1, owner = EXCLUDED.owner, next_offset = EXCLUDED.next_offset,
         incarnation = EXCLUDED.incarnation, topic_id = coalesce(EXCLUDED.topic_id, o.topic_id), updated_at = now()
-RETURNING epoch, next_offset, incarnation
+RETURNING o.topic, o."partition", o.epoch, o.next_offset, o.incarnation
 """
 
 _GAP_SQL = """
 INSERT INTO loom_gaps (topic, "partition", incarnation, from_offset, to_offset, reason, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
 ON CONFLICT DO NOTHING
 """
+
+
+async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], broker: BrokerRead) -> list[Claim]:
+    """Take many partitions in one transaction and three statements: lock their rows (in key order), ask
+    ``broker`` for their watermarks (after the lock, so no flush moves a row past them), plan each start
+    (:func:`loom_ray.policy.claims.plan_claim`), bump the epochs, and record the gaps resets leave.
+
+    The row locks wait for in-flight flushes of the old owners and see the offsets they left. Partitions the
+    broker did not answer for are left out of the result (claim them again later).
+    """
+    if not requests:
+        return []
+    tps = [(r.topic, r.partition) for r in requests]
+    async with conn.transaction():
+        rows = await conn.fetch(_LOCK_SQL, [t for t, _ in tps], [p for _, p in tps])
+        stored = {
+            (r["topic"], r["partition"]): StoredOffset(r["next_offset"], r["incarnation"], r["topic_id"]) for r in rows
+        }
+        found = await broker(tps)
+        plans = [
+            (r, plan_claim(stored.get((r.topic, r.partition)), found[(r.topic, r.partition)], r.from_end))
+            for r in requests
+            if (r.topic, r.partition) in found
+        ]
+        if not plans:
+            return []
+        claimed = await conn.fetch(
+            _CLAIM_SQL,
+            [r.topic for r, _ in plans],
+            [r.partition for r, _ in plans],
+            [plan.next_offset for _, plan in plans],
+            [1] * len(plans),
+            [r.owner for r, _ in plans],
+            [plan.incarnation for _, plan in plans],
+            [found[(r.topic, r.partition)].topic_id for r, _ in plans],
+        )
+        gaps = [(r, plan.gap) for r, plan in plans if plan.gap is not None]
+        if gaps:
+            await conn.execute(
+                _GAP_SQL,
+                [r.topic for r, _ in gaps],
+                [r.partition for r, _ in gaps],
+                [g.incarnation for _, g in gaps],
+                [g.from_offset for _, g in gaps],
+                [g.to_offset for _, g in gaps],
+                [g.reason for _, g in gaps],
+                [g.detail for _, g in gaps],
+            )
+    return [Claim(r["topic"], r["partition"], r["epoch"], r["next_offset"], r["incarnation"]) for r in claimed]
 
 
 async def claim(
@@ -54,27 +123,13 @@ async def claim(
     broker: Callable[[], Awaitable[BrokerPartition]],
     from_end: bool,
 ) -> Claim:
-    """Take a partition for ``owner`` in one transaction: lock its row, ask ``broker`` for the partition's
-    watermarks (after the lock, so no flush moves the row past them), plan the start
-    (:func:`loom_ray.policy.claims.plan_claim`), bump the epoch, and record the gap a reset leaves.
+    """Take one partition for ``owner`` (:func:`claim_many` for one); ``broker`` reads its watermarks."""
 
-    The row lock waits for an in-flight flush of the old owner and sees the offset it left.
-    """
-    async with conn.transaction():
-        row = await conn.fetchrow(_LOCK_SQL, topic, partition)
-        stored = None if row is None else StoredOffset(row["next_offset"], row["incarnation"], row["topic_id"])
-        now = await broker()
-        plan = plan_claim(stored, now, from_end)
-        claimed = await conn.fetchrow(
-            _CLAIM_SQL, topic, partition, plan.next_offset, owner, plan.incarnation, now.topic_id
-        )
-        if plan.gap is not None:
-            gap = plan.gap
-            await conn.execute(
-                _GAP_SQL, topic, partition, gap.incarnation, gap.from_offset, gap.to_offset, gap.reason, gap.detail
-            )
-    assert claimed is not None
-    return Claim(topic, partition, claimed["epoch"], claimed["next_offset"], claimed["incarnation"])
+    async def read(_: list[TopicPartition]) -> dict[TopicPartition, BrokerPartition]:
+        return {(topic, partition): await broker()}
+
+    (claimed,) = await claim_many(conn, [ClaimRequest(topic, partition, owner, from_end)], read)
+    return claimed
 
 
 async def committed(conn: asyncpg.Connection, topics: list[str]) -> dict[tuple[str, int], tuple[int, int, str | None]]:

@@ -97,15 +97,14 @@ class KafkaMetadata:
         a partition whose request failed is left out."""
         return self._offsets(partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
 
-    def watermarks(self, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
-        """(low, high) watermark of one partition, asked of the broker now (a partition added since the last
-        metadata refresh included); raises KafkaException if either cannot be read."""
-        tp = [(topic, partition)]
-        low = self._offsets(tp, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
-        high = self._offsets(tp, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
-        if not low or not high:
-            raise KafkaException(f"no watermarks for {topic}[{partition}]")
-        return low[(topic, partition)], high[(topic, partition)]
+    def watermarks(
+        self, partitions: list[tuple[str, int]], timeout_s: float = 10.0
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """(low, high) watermarks of each partition, asked of the brokers now in two requests (a partition
+        added since the last metadata refresh included); a partition with either missing is left out."""
+        low = self._offsets(partitions, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
+        high = self._offsets(partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+        return {tp: (low[tp], high[tp]) for tp in partitions if tp in low and tp in high}
 
     def _offsets(
         self, partitions: Iterable[tuple[str, int]], spec: OffsetSpec, timeout_s: float

@@ -9,6 +9,8 @@ import asyncpg
 
 from loom_ray.batch import PartitionBatch
 from loom_ray.migrate import migrate
+from loom_ray.offsets import ClaimRequest, claim_many
+from loom_ray.policy.claims import BrokerPartition
 from loom_ray.sink.postgres import PostgresSink
 from tests.support.claims import claim_at
 from tests.support.services import Endpoints
@@ -58,3 +60,43 @@ async def _stale_epoch_flush(dsn: str, topic: str) -> None:
 
 def test_stale_epoch_flush_is_rejected_and_the_rest_commits(endpoints: Endpoints, topic_name: str) -> None:
     asyncio.run(_stale_epoch_flush(endpoints.dsn, topic_name))
+
+
+async def _bulk_claims(dsn: str, topic: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        first = await claim_at(conn, topic, 0, "old")
+        await conn.execute('UPDATE loom_offsets SET next_offset = 40 WHERE topic = $1 AND "partition" = 0', topic)
+        broker = {
+            (topic, 0): BrokerPartition(low=10, high=90, topic_id="A"),
+            (topic, 1): BrokerPartition(low=10, high=90, topic_id="A"),
+            (topic, 2): BrokerPartition(low=10, high=90, topic_id="A"),
+        }
+
+        async def read(tps: list[tuple[str, int]]) -> dict[tuple[str, int], BrokerPartition]:
+            assert sorted(tps) == [(topic, 0), (topic, 1), (topic, 2), (topic, 3)]
+            return broker  # partition 3 has no watermarks: it is not claimed
+
+        requests = [
+            ClaimRequest(topic, 0, "a"),
+            ClaimRequest(topic, 1, "a", from_end=True),
+            ClaimRequest(topic, 2, "b"),
+            ClaimRequest(topic, 3, "b"),
+        ]
+        claims = await claim_many(conn, requests, read)
+        rows = await conn.fetch(
+            'SELECT "partition", owner, topic_id FROM loom_offsets WHERE topic = $1 ORDER BY 1', topic
+        )
+    finally:
+        await conn.close()
+    assert sorted((c.partition, c.epoch, c.next_offset) for c in claims) == [
+        (0, first.epoch + 1, 40),  # resumes where it was, with a new epoch
+        (1, 1, 90),  # first sight, from the end
+        (2, 1, 10),  # first sight, from the log start
+    ]
+    assert [(r["partition"], r["owner"], r["topic_id"]) for r in rows] == [(0, "a", "A"), (1, "a", "A"), (2, "b", "A")]
+
+
+def test_many_partitions_are_claimed_in_one_transaction(endpoints: Endpoints, topic_name: str) -> None:
+    asyncio.run(_bulk_claims(endpoints.dsn, topic_name))

@@ -47,7 +47,7 @@ async def _claim(conn: asyncpg.Connection, settings: Settings, topic: str, parti
     metadata = KafkaMetadata(settings)
 
     async def broker() -> BrokerPartition:
-        low, high = await asyncio.to_thread(metadata.watermarks, topic, partition)
+        low, high = (await asyncio.to_thread(metadata.watermarks, [(topic, partition)]))[(topic, partition)]
         return BrokerPartition(low, high, None)
 
     try:

@@ -31,7 +31,7 @@ def my_partitions(settings: Settings, index: int, of: int) -> dict[TopicPartitio
     """This process's share of the partitions, with their (low, high) watermarks now."""
     metadata = KafkaMetadata(settings)
     try:
-        return {tp: metadata.watermarks(*tp) for tp in metadata.partitions() if tp[1] % of == index}
+        return metadata.watermarks([tp for tp in metadata.partitions() if tp[1] % of == index])
     finally:
         metadata.close()
 
