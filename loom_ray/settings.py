@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     lag_sample_interval_s: float = Field(
         10.0, gt=0, le=3600, description="Seconds between consumer_lag_history samples."
     )
+    lag_history_retention_s: float = Field(
+        7 * 86_400.0,
+        ge=3600,
+        le=366 * 86_400,
+        description="consumer_lag_history samples older than this many seconds are deleted by the coordinator "
+        "(checked every few minutes, in small batches); the views read the last 5 minutes.",
+    )
     shutdown_timeout_s: float = Field(
         25.0, gt=0, le=3600, description="Drain deadline on SIGTERM; keep below the pod's grace period (30 s)."
     )

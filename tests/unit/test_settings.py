@@ -109,6 +109,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "ray_namespace": ("other", "other"),
     "health_check_interval_s": ("0.25", 0.25),
     "lag_sample_interval_s": ("30", 30.0),
+    "lag_history_retention_s": ("86400", 86_400.0),
     "shutdown_timeout_s": ("12.5", 12.5),
     "scale_catchup_s": ("30", 30.0),
     "audit": ("true", True),
