@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import asyncpg
 from confluent_kafka import KafkaException
 
-from loom_ray import db, offsets
+from loom_ray import db, lag_history, offsets
 from loom_ray.kafka.admin import Discovery, KafkaMetadata
 from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 _CLAIM_ERRORS: tuple[type[BaseException], ...] = (KafkaException, *db.TRANSIENT_ERRORS)
 _CLAIM_CHUNK = 1000  # partitions per claim transaction: bounds how long one transaction holds row locks
 _HANDOFF_CONCURRENCY = 16  # consumers released from or assigned to at once
+
+# Pruning consumer_lag_history: retention is days, so a check every few minutes keeps it within a sliver of
+# it. 10 000 rows per statement take milliseconds; ten statements per round work off a long backlog (a first
+# prune after months: 10 000 partitions sampled every 10 s add 86 million rows a day) without holding the
+# round for long, and the next sample round carries on where this one stopped.
+_PRUNE_INTERVAL_S = 300.0
+_PRUNE_BATCH_ROWS = 10_000
+_PRUNE_MAX_BATCHES = 10
 
 
 class ConsumerGone(Exception):
@@ -115,6 +123,7 @@ class Coordinator:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._last_lag_sample = 0.0
+        self._next_prune = 0.0  # monotonic time of the next consumer_lag_history prune
         self._progress: dict[TopicPartition, dict[str, int]] = {}
         self._database = True  # whether the last round reached PostgreSQL
         self._reported: set[str] = set()  # consumers whose blocker loom_sink_errors holds
@@ -449,14 +458,43 @@ class Coordinator:
             for (topic, partition), row in progress.items():
                 self._on_lag(topic, partition, row["lag"])
         assert self._pool is not None
-        await self._pool.executemany(
-            'INSERT INTO consumer_lag_history (topic, "partition", next_offset, high_watermark, owner) '
-            "VALUES ($1, $2, $3, $4, $5)",
-            [
+        await lag_history.record(
+            self._pool,
+            (
                 (t, p, row["next_offset"], row["high_watermark"], self._owners.get((t, p)))
                 for (t, p), row in progress.items()
-            ],
+            ),
         )
+        await self.prune_lag_history()
+
+    async def prune_lag_history(self) -> int:
+        """Delete the ``consumer_lag_history`` samples older than ``LOOM_LAG_HISTORY_RETENTION_S``, at most
+        once per ``_PRUNE_INTERVAL_S`` (again at the next sample while older samples remain); the rows
+        deleted. Called after each lag sample. A failure (PostgreSQL out of reach, a role without DELETE on
+        the table) is logged and tried again at the next interval: the samples stay, nothing else stops.
+        """
+        now = time.monotonic()
+        if now < self._next_prune:
+            return 0
+        self._next_prune = now + _PRUNE_INTERVAL_S
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                deleted, finished = await lag_history.prune(
+                    conn, self._settings.lag_history_retention_s, _PRUNE_BATCH_ROWS, _PRUNE_MAX_BATCHES
+                )
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning(
+                "cannot prune consumer_lag_history (%s: %s); sql/roles/least_privilege.sql grants the DELETE it needs",
+                type(exc).__name__,
+                exc,
+            )
+            return 0
+        if not finished:
+            self._next_prune = now
+        if deleted:
+            log.info("pruned %d consumer_lag_history samples older than the retention", deleted)
+        return deleted
 
     async def progress(self) -> dict[TopicPartition, dict[str, int]]:
         """Per partition: committed ``next_offset`` and ``epoch`` (from PostgreSQL) and the high watermark

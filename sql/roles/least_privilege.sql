@@ -7,8 +7,8 @@
 --   pg_hba.conf:  hostssl <database> loom_ingest <client-cidr> scram-sha-256
 --
 -- Re-runnable. The role may write rows, dead letters, audit lines and lag samples, advance and claim
--- offsets, and read what the driver and the monitoring views read; it cannot create, alter, drop,
--- truncate or delete anything.
+-- offsets, delete lag samples past LOOM_LAG_HISTORY_RETENTION_S, and read what the driver and the
+-- monitoring views read; it cannot create, alter, drop or truncate anything, nor delete anything else.
 
 DO $$
 BEGIN
@@ -32,6 +32,8 @@ GRANT USAGE ON SCHEMA public TO loom_ingest;
 
 -- Written by every flush (one transaction): rows, dead letters, audit ranges; by the coordinator: lag.
 GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, consumer_lag_history TO loom_ingest;
+-- The coordinator deletes lag samples older than LOOM_LAG_HISTORY_RETENTION_S (the only DELETE granted).
+GRANT DELETE ON consumer_lag_history TO loom_ingest;
 -- Claims (INSERT ... ON CONFLICT DO UPDATE) and the offset compare-and-set.
 GRANT SELECT, INSERT, UPDATE ON loom_offsets TO loom_ingest;
 -- Written by the coordinator: consumers whose flushes PostgreSQL refuses (cleared by UPDATE, never deleted).

@@ -1,0 +1,103 @@
+"""Bounded history on the real PostgreSQL (and the broker, for the coordinator's metadata client), in-process
+without Ray: the coordinator prunes consumer_lag_history past the retention in bounded batches."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from loom_ray import lag_history
+from loom_ray.coordinator import Coordinator
+from loom_ray.migrate import migrate
+from loom_ray.settings import Settings
+from tests.support.services import Endpoints
+
+HOUR_S = 3600.0
+
+# 30 samples two hours old (past a one-hour retention), 5 ten minutes old and 3 new ones (kept).
+_SAMPLES_SQL = """
+INSERT INTO consumer_lag_history (sampled_at, topic, "partition", next_offset, high_watermark, owner)
+SELECT now() - make_interval(secs => age), 'events', p, 0, 10, NULL
+FROM (VALUES (7200, 30), (600, 5), (0, 3)) AS a(age, n), generate_series(1, a.n) AS p
+"""
+_AGES_SQL = """
+SELECT array_agg(extract(epoch FROM now() - sampled_at)::int / 60 ORDER BY sampled_at) FROM consumer_lag_history
+"""
+
+
+Body = Callable[[str, asyncpg.Connection], Awaitable[None]]
+
+
+@pytest.fixture
+def in_schema(endpoints: Endpoints) -> Iterator[Callable[[Body], None]]:
+    """Runs ``body(schema, conn)`` in a new schema with loom-ray's tables (``conn`` has it on its search_path);
+    the schemas are dropped afterwards."""
+    names: list[str] = []
+
+    async def run(body: Body) -> None:
+        names.append(f"loom_history_{uuid.uuid4().hex[:10]}")
+        conn = await asyncpg.connect(endpoints.dsn, server_settings={"search_path": names[-1]})
+        try:
+            await migrate(conn, schema=names[-1])
+            await body(names[-1], conn)
+        finally:
+            await conn.close()
+
+    yield lambda body: asyncio.run(run(body))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(endpoints.dsn)
+        try:
+            for name in names:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def _settings(endpoints: Endpoints, schema: str, topic: str = "events", **overrides: Any) -> Settings:
+    return Settings.from_env(
+        kafka_bootstrap_servers=endpoints.kafka,
+        db_dsn=endpoints.dsn,
+        db_schema=schema,
+        kafka_topics=(topic,),
+        **overrides,
+    )
+
+
+def test_the_coordinator_prunes_samples_past_the_retention_once_per_interval(
+    endpoints: Endpoints, in_schema: Callable[[Body], None]
+) -> None:
+    async def body(name: str, conn: asyncpg.Connection) -> None:
+        await conn.execute(_SAMPLES_SQL)
+        settings = _settings(endpoints, name, lag_history_retention_s=HOUR_S)
+        coordinator = Coordinator(settings, factory=lambda _: None)  # type: ignore[arg-type, return-value]
+        await coordinator.start()
+        try:
+            assert await coordinator.prune_lag_history() == 30
+            assert await conn.fetchval(_AGES_SQL) == [10] * 5 + [0] * 3
+            await conn.execute(_SAMPLES_SQL)
+            assert await coordinator.prune_lag_history() == 0  # not due again within the interval
+            assert await conn.fetchval("SELECT count(*) FROM consumer_lag_history") == 30 + 2 * 8
+        finally:
+            await coordinator.shutdown()
+
+    in_schema(body)
+
+
+def test_pruning_deletes_in_batches_and_says_when_older_samples_remain(in_schema: Callable[[Body], None]) -> None:
+    async def body(_: str, conn: asyncpg.Connection) -> None:
+        await conn.execute(_SAMPLES_SQL)
+        # 30 old samples, 7 per statement, 2 statements per call: 14, 14, then the last 2.
+        assert await lag_history.prune(conn, HOUR_S, batch_rows=7, max_batches=2) == (14, False)
+        assert await lag_history.prune(conn, HOUR_S, batch_rows=7, max_batches=2) == (14, False)
+        assert await lag_history.prune(conn, HOUR_S, batch_rows=7, max_batches=2) == (2, True)
+        assert await conn.fetchval(_AGES_SQL) == [10] * 5 + [0] * 3
+
+    in_schema(body)
