@@ -237,7 +237,8 @@ class Coordinator:
             owner = self._members.get(self._owners[tp])
             if owner is not None:
                 try:
-                    await owner.handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s)
+                    if await owner.handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s) is not None:
+                        await self._disown_released(owner.handle.name, [tp])
                 except Exception as exc:
                     log.warning("%s did not release %s[%d] (%s); the next claim fences it", owner.handle.name, *tp, exc)
         self._disown(held)
@@ -379,16 +380,43 @@ class Coordinator:
         for tp in partitions:
             by_owner.setdefault(self._owners[tp], []).append(tp)
         limit = asyncio.Semaphore(_HANDOFF_CONCURRENCY)
+        timeout = self._settings.shutdown_timeout_s
 
         async def release(owner: str, held: list[TopicPartition]) -> None:
             async with limit:
+                released = []
                 for tp in held:
                     try:
-                        await self._members[owner].handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s)
+                        if await self._members[owner].handle.release(*tp, timeout_s=timeout) is not None:
+                            released.append(tp)
                     except Exception as exc:
                         log.warning("%s did not release %s[%d] (%s); the new epoch fences it", owner, *tp, exc)
+                await self._disown_released(owner, released)
 
         await asyncio.gather(*(release(owner, held) for owner, held in by_owner.items()))
+
+    async def _disown_released(self, owner: str, released: list[TopicPartition]) -> None:
+        """Clear ``loom_offsets.owner`` of ``released``, partitions ``owner`` has just handed back cleanly (its
+        release returned the committed offset): call it after successful releases, a batch per owner.
+
+        Only under the epoch ``owner``'s last health report gave for the partition: a partition claimed
+        again since keeps its new owner, and one not in that report (handed to ``owner`` after it) keeps
+        the owner until its next claim. Best effort: the column informs the views (``no_owner``) and fences
+        nothing, so a failure is logged and the round goes on.
+        """
+        member = self._members.get(owner)
+        reported: dict[str, dict[str, int]] = {} if member is None else member.stats.get("partitions", {})
+        epochs = {tp: reported[key]["epoch"] for tp in released if (key := f"{tp[0]}[{tp[1]}]") in reported}
+        if not epochs:
+            return
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                await offsets.disown(conn, epochs)
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning(
+                "cannot clear the owner of %d released partitions (%s: %s)", len(epochs), type(exc).__name__, exc
+            )
 
     async def _claim_all(self, wanted: list[tuple[TopicPartition, str]]) -> list[Claim]:
         """Claim partitions for their new owners in one transaction (:func:`loom_ray.offsets.claim_many`)."""

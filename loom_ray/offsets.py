@@ -145,3 +145,19 @@ async def claimed_topics(conn: asyncpg.Connection, topics: list[str]) -> set[str
     """Which of ``topics`` have had a partition claimed before (their first sight is behind them)."""
     rows = await conn.fetch("SELECT DISTINCT topic FROM loom_offsets WHERE topic = ANY($1::text[])", topics)
     return {r["topic"] for r in rows}
+
+
+_DISOWN_SQL = """
+UPDATE loom_offsets AS o SET owner = NULL, updated_at = now()
+FROM unnest($1::text[], $2::integer[], $3::bigint[]) AS r(topic, "partition", epoch)
+WHERE o.topic = r.topic AND o."partition" = r."partition" AND o.epoch = r.epoch AND o.owner IS NOT NULL
+"""
+
+
+async def disown(conn: asyncpg.Connection, released: dict[tuple[str, int], int]) -> int:
+    """Clear the owner of partitions handed back cleanly (``(topic, partition) -> epoch`` of the released
+    claim); a partition claimed again since (a newer epoch) keeps its new owner. The number cleared."""
+    status = await conn.execute(
+        _DISOWN_SQL, [tp[0] for tp in released], [tp[1] for tp in released], list(released.values())
+    )
+    return int(status.rsplit(" ", 1)[1])  # "UPDATE <rows>"

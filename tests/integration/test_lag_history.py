@@ -1,20 +1,25 @@
-"""Bounded history on the real PostgreSQL (and the broker, for the coordinator's metadata client), in-process
-without Ray: the coordinator prunes consumer_lag_history past the retention in bounded batches."""
+"""Bounded history and released partitions, on the real PostgreSQL (and the broker, for the coordinator's
+metadata client), in-process without Ray: the coordinator prunes consumer_lag_history past the retention in
+bounded batches, and a partition handed back cleanly loses its owner in loom_offsets."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from loom_ray import lag_history
+from loom_ray import lag_history, offsets
 from loom_ray.coordinator import Coordinator
 from loom_ray.migrate import migrate
+from loom_ray.offsets import Claim
 from loom_ray.settings import Settings
+from tests.support.claims import claim_at
 from tests.support.services import Endpoints
 
 HOUR_S = 3600.0
@@ -101,3 +106,81 @@ def test_pruning_deletes_in_batches_and_says_when_older_samples_remain(in_schema
         assert await conn.fetchval(_AGES_SQL) == [10] * 5 + [0] * 3
 
     in_schema(body)
+
+
+def test_disown_clears_the_owner_only_under_the_released_epoch(in_schema: Callable[[Body], None]) -> None:
+    async def body(_: str, conn: asyncpg.Connection) -> None:
+        await claim_at(conn, "events", 0, "consumer-a")  # epoch 1
+        await claim_at(conn, "events", 1, "consumer-a")  # epoch 1 ...
+        await claim_at(conn, "events", 1, "consumer-b")  # ... then claimed again: epoch 2
+        assert await offsets.disown(conn, {("events", 0): 1, ("events", 1): 1}) == 1
+        rows = await conn.fetch('SELECT "partition", owner, epoch FROM loom_offsets ORDER BY "partition"')
+        assert [tuple(r) for r in rows] == [(0, None, 1), (1, "consumer-b", 2)]
+
+    in_schema(body)
+
+
+class _Holder:
+    """An in-process consumer handle: keeps the claims it is given and hands them back at once, except
+    the partitions in ``fenced``, whose release answers as a fenced one does (None)."""
+
+    def __init__(self, name: str, fenced: set[int]) -> None:
+        self.name = name
+        self.claims: dict[tuple[str, int], Claim] = {}
+        self._fenced = fenced
+
+    async def start(self, timeout_s: float) -> None:
+        return None
+
+    async def assign(self, claims: list[Claim], timeout_s: float) -> None:
+        self.claims.update({(claim.topic, claim.partition): claim for claim in claims})
+
+    async def release(self, topic: str, partition: int, timeout_s: float) -> int | None:
+        claim = self.claims.pop((topic, partition))
+        return None if partition in self._fenced else claim.next_offset
+
+    async def stats(self, timeout_s: float) -> dict[str, Any]:
+        held = {f"{t}[{p}]": {"epoch": c.epoch, "committed": c.next_offset} for (t, p), c in self.claims.items()}
+        return {"partitions": held}
+
+    async def stop(self, drain: bool, timeout_s: float) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+
+def test_partitions_released_cleanly_are_disowned(
+    endpoints: Endpoints, in_schema: Callable[[Body], None], topic_name: str
+) -> None:
+    in_schema(lambda name, conn: _hand_back_deleted_topic(endpoints, name, conn, topic_name))
+
+
+async def _hand_back_deleted_topic(endpoints: Endpoints, name: str, conn: asyncpg.Connection, topic_name: str) -> None:
+    """Claim a 2-partition topic for one holder, delete the topic, reconcile until it is handed back."""
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    await asyncio.to_thread(admin.create_topics([NewTopic(topic_name, 2, 1)])[topic_name].result, 30)
+    settings = _settings(endpoints, name, topic_name, min_actors=1, max_actors=1, scale_catchup_s=0)
+    holders: list[_Holder] = []
+
+    def factory(consumer: str) -> _Holder:
+        holders.append(_Holder(consumer, fenced={1}))
+        return holders[-1]
+
+    coordinator = Coordinator(settings, factory)
+    await coordinator.start()
+    owners_sql = 'SELECT array_agg(owner ORDER BY "partition") FROM loom_offsets WHERE topic = $1'
+    try:
+        await coordinator.reconcile()
+        await coordinator.reconcile()  # a health report that lists the claims
+        assert await conn.fetchval(owners_sql, topic_name) == [holders[0].name] * 2
+        # A deleted topic's owners hand its partitions back: partition 0 cleanly, partition 1 fenced.
+        await asyncio.to_thread(admin.delete_topics([topic_name])[topic_name].result, 30)
+        deadline = time.monotonic() + 60
+        while (await coordinator.status())["assigned"]:
+            assert time.monotonic() < deadline, "the deleted topic was never handed back"
+            await asyncio.sleep(0.5)
+            await coordinator.reconcile()
+        assert await conn.fetchval(owners_sql, topic_name) == [None, holders[0].name]
+    finally:
+        await coordinator.shutdown()
