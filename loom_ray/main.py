@@ -35,6 +35,11 @@ log = logging.getLogger("loom_ray.main")
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
+# The custom resource kuberay/raycluster.yaml gives the head node only. A fraction of it pins the
+# coordinator to the head without limiting how many coordinators (one per LOOM_RAY_NAMESPACE) fit there.
+COORDINATOR_RESOURCE = "loom_coordinator"
+COORDINATOR_REQUEST = 0.001
+
 
 def variables_help() -> str:
     """The ``LOOM_*`` variables with defaults and meanings, for ``--help``."""
@@ -143,6 +148,19 @@ def connect_ray(settings: Settings, address: str | None) -> None:
     )
 
 
+def coordinator_placement(cluster_resources: dict[str, float]) -> dict[str, Any]:
+    """Ray options that place the coordinator actor, given ``ray.cluster_resources()`` at start.
+
+    On a cluster whose head offers :data:`COORDINATOR_RESOURCE` (KubeRay, ``kuberay/raycluster.yaml``) the
+    coordinator asks for a share of it, so it always runs on the head and no consumer pod's eviction takes it
+    along. Elsewhere (a local Ray, ``ray start --head`` without it) it asks for nothing extra: requesting a
+    resource no node has would leave it pending for ever.
+    """
+    if cluster_resources.get(COORDINATOR_RESOURCE, 0) > 0:
+        return {"resources": {COORDINATOR_RESOURCE: COORDINATOR_REQUEST}}
+    return {}
+
+
 class Stop:
     """Set by SIGTERM/SIGINT; the driver then drains and exits."""
 
@@ -168,8 +186,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     log.info("%d partitions in %s", partitions, ",".join(settings.kafka_topics))
     connect_ray(settings, args.address)
     stop = Stop()
+    placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]
     coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
-        name=COORDINATOR_NAME, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True
+        name=COORDINATOR_NAME,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        **placement,
     ).remote(settings)
     if args.actors:
         ray.get(coordinator.resize.remote(args.actors))

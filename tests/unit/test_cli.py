@@ -98,3 +98,19 @@ def test_arguments_parse() -> None:
     defaults = cli.parse_args([])
     assert (defaults.exit_when_drained, defaults.address, defaults.actors) == (False, None, None)
     assert (defaults.progress_interval, defaults.log_level) == (5.0, "INFO")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        # KubeRay: the head offers loom_coordinator (kuberay/raycluster.yaml), so the coordinator asks for it.
+        ({"CPU": 30.0, "memory": 2e10, "loom_coordinator": 1.0}, {"resources": {"loom_coordinator": 0.001}}),
+        # A local Ray or `ray start --head` without it: nothing extra, or the coordinator would never be placed.
+        ({"CPU": 4.0, "memory": 8e9, "object_store_memory": 2e8}, {}),
+    ],
+    ids=["head-resource", "local"],
+)
+def test_the_coordinator_asks_for_the_head_resource_only_where_the_cluster_has_it(
+    cluster: dict[str, float], expected: dict[str, Any]
+) -> None:
+    assert cli.coordinator_placement(cluster) == expected

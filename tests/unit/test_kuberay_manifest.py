@@ -21,6 +21,7 @@ import yaml
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
+from loom_ray.main import COORDINATOR_REQUEST, COORDINATOR_RESOURCE, coordinator_placement
 from loom_ray.settings import Settings
 
 KUBERAY = Path(__file__).resolve().parents[2] / "kuberay"
@@ -85,6 +86,16 @@ def test_head_takes_no_consumer(autoscaling: dict[str, Any]) -> None:
     head = autoscaling["available_node_types"]["headgroup"]
     assert head["resources"]["CPU"] == 0
     assert (head["min_workers"], head["max_workers"]) == (0, 0)
+
+
+def test_only_the_head_offers_the_coordinator_resource(autoscaling: dict[str, Any]) -> None:
+    # The coordinator asks for it when the cluster has it (coordinator_placement): it can run on the head only.
+    types = autoscaling["available_node_types"]
+    assert types["headgroup"]["resources"][COORDINATOR_RESOURCE] == 1
+    assert COORDINATOR_RESOURCE not in types["consumers"]["resources"]
+    assert coordinator_placement(types["headgroup"]["resources"]) == {
+        "resources": {COORDINATOR_RESOURCE: COORDINATOR_REQUEST}
+    }
 
 
 def test_scaling_speed_and_idle_timeout(autoscaling: dict[str, Any]) -> None:
