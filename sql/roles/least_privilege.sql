@@ -30,8 +30,9 @@ END
 $$;
 GRANT USAGE ON SCHEMA public TO loom_ingest;
 
--- Written by every flush (one transaction): rows, dead letters, audit ranges; by the coordinator: lag.
-GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, consumer_lag_history TO loom_ingest;
+-- Written by every flush (one transaction): rows, dead letters, gaps, audit ranges; by the coordinator: lag
+-- and the gaps a reset leaves.
+GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, loom_gaps, consumer_lag_history TO loom_ingest;
 -- The coordinator deletes lag samples older than LOOM_LAG_HISTORY_RETENTION_S (the only DELETE granted).
 GRANT DELETE ON consumer_lag_history TO loom_ingest;
 -- Claims (INSERT ... ON CONFLICT DO UPDATE) and the offset compare-and-set.

@@ -212,7 +212,8 @@ def test_a_revoked_insert_privilege_blocks_until_granted_again(
     try:
         schema.execute(
             f"GRANT USAGE ON SCHEMA {schema.name} TO {role}",
-            f"GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, consumer_lag_history TO {role}",
+            f"GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, loom_gaps, consumer_lag_history "
+            f"TO {role}",
             f"GRANT SELECT, INSERT, UPDATE ON loom_offsets, loom_sink_errors TO {role}",
             f"GRANT DELETE ON consumer_lag_history TO {role}",
             f"GRANT SELECT ON loom_migrations TO {role}",
