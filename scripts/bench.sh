@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|all] [python -m loom_ray.bench options]
+# The coordinator at scale: ./scripts/bench.sh --scale [python -m loom_ray.bench.scale options]
 # Creates .venv (scripts/bootstrap.sh) and the bench venv for quixstreams (.cache/bench-venv, from
 # requirements-bench.lock: quixstreams pins confluent-kafka and pydantic below loom-ray's, so it cannot
 # share .venv), starts the local Kafka + PostgreSQL stack unless LOOM_KAFKA_BOOTSTRAP_SERVERS and
@@ -9,6 +10,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/bootstrap.sh
+if [ "${1:-}" = --scale ]; then  # the real Coordinator with in-process handles: no bench venv needed
+  shift
+  exec ./scripts/with-stack.sh .venv/bin/python -m loom_ray.bench.scale "$@"
+fi
 bench_venv=.cache/bench-venv
 stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)
 if [ ! -f "$stamp" ]; then

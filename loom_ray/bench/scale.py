@@ -1,0 +1,389 @@
+"""``python -m loom_ray.bench.scale``: the real Coordinator at N partitions and M in-process handles.
+
+For each N in ``--partitions``: create N partitions over topics of ``--per-topic`` partitions, migrate a
+schema of its own (dropped and created again, so runs repeat), start a :class:`~loom_ray.coordinator.
+Coordinator` with ``--handles`` :class:`~loom_ray.bench.scale_probes.FakeConsumer` handles pinned by
+``resize()``, and time ``reconcile()`` rounds: to the first full assignment, steady rounds (lag sampled in
+every one), reclaiming a dead handle's partitions, and a resize 3 -> 10 -> 3 after which every partition
+is held by exactly one handle. Counts Kafka admin requests and PostgreSQL statements per round, and the RSS
+of this process (the coordinator's). Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN``; writes
+``<output-dir>/scale-YYYY-MM-DD.json`` and prints a markdown table. Timings are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka.cimpl import NewTopic
+
+from loom_ray import db
+from loom_ray.bench import machine
+from loom_ray.bench.launch import ROOT
+from loom_ray.bench.scale_probes import Counts, Fleet, instrument
+from loom_ray.coordinator import Coordinator
+from loom_ray.migrate import migrate
+from loom_ray.settings import Settings
+
+log = logging.getLogger("loom_ray.bench.scale")
+
+SCHEMA = "bench_scale"
+# Issue 12's targets: (result key, limit, what it is).
+TARGETS = {
+    "first_assignment_s": (30.0, "first full assignment <= 30 s (at 10,000 partitions)"),
+    "round_max_s": (1.0, "steady round <= 1 s"),
+    "reclaim_s": (5.0, "reclaim of a dead handle's partitions <= 5 s"),
+}
+_CREATE_BATCH = 2000  # partitions per create_topics request
+_ROUND_LIMIT = 200  # rounds allowed for one phase to converge before the run fails
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loom_ray.bench.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--partitions", default="500,2000,10000", help="comma-separated partition counts N")
+    parser.add_argument("--per-topic", type=int, default=100, help="partitions per topic")
+    parser.add_argument("--handles", type=int, default=200, help="consumer handles M (resize target)")
+    parser.add_argument("--rounds", type=int, default=10, help="steady rounds timed after the first assignment")
+    parser.add_argument("--lag-sample-interval", type=float, default=0.001, help="LOOM_LAG_SAMPLE_INTERVAL_S")
+    parser.add_argument("--topic-prefix", default="loom-scale", help="a run id is appended")
+    parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics at the end")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results")
+    return parser.parse_args(argv)
+
+
+def topic_layout(partitions: int, per_topic: int) -> list[int]:
+    """Partition counts of the topics holding ``partitions``: full topics of ``per_topic``, then the rest."""
+    full, rest = divmod(partitions, per_topic)
+    return [per_topic] * full + ([rest] if rest else [])
+
+
+def create_topics(admin: AdminClient, names: dict[str, int], timeout_s: float = 300.0) -> float:
+    """Create the topics (name -> partitions), _CREATE_BATCH partitions per request at most (a KRaft
+    controller refuses a request of more than 10,000 records), waiting for each; seconds taken. Raises
+    what the broker says."""
+    started = time.monotonic()
+    batch: list[NewTopic] = []
+    for name, count in names.items():
+        if batch and sum(t.num_partitions for t in batch) + count > _CREATE_BATCH:
+            _create(admin, batch, timeout_s)
+            batch = []
+        batch.append(NewTopic(name, count, 1))
+    _create(admin, batch, timeout_s)
+    return time.monotonic() - started
+
+
+def _create(admin: AdminClient, topics: list[NewTopic], timeout_s: float) -> None:
+    for future in admin.create_topics(topics, request_timeout=timeout_s).values():
+        future.result(timeout=timeout_s)
+
+
+def wait_leaders(names: dict[str, int], timeout_s: float = 120.0) -> float:
+    """Wait until every partition of the new topics answers a list_offsets (a just-created partition answers
+    NOT_LEADER_FOR_PARTITION for a while), asking with a fresh client each time (the client that created
+    the topics kept failing every partition); seconds taken. Raises TimeoutError after ``timeout_s``."""
+    started = time.monotonic()
+    pending = [TopicPartition(name, p) for name, count in names.items() for p in range(count)]
+    while pending:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{len(pending)} partitions have no leader after {timeout_s:.0f} s")
+        admin = AdminClient({"bootstrap.servers": os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"]})
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in pending}, request_timeout=30)  # type: ignore[no-untyped-call]
+        pending = [tp for tp, future in futures.items() if _failed(future)]
+        if pending:
+            time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _failed(future: Future[Any]) -> bool:
+    try:
+        future.result()
+    except KafkaException:
+        return True
+    return False
+
+
+def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = 300.0) -> None:
+    """Delete the topics; a failure is logged (the run's results stand)."""
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:
+            log.warning("could not delete topic %s: %s", name, exc)
+
+
+async def reset_schema(settings: Settings) -> None:
+    """Drop the benchmark's schema and migrate it again from nothing."""
+    conn = await db.connect(settings, f"loom-bench-scale pid={os.getpid()}")
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {db.quoted_schema(settings)} CASCADE")
+        await migrate(conn, schema=settings.db_schema)
+    finally:
+        await conn.close()
+
+
+def bench_settings(args: argparse.Namespace, topics: list[str], run: str) -> Settings:
+    """Settings for one size: its topics, a group and schema of its own, pinned scaling, lag every round."""
+    return Settings.from_env(
+        kafka_topics=tuple(topics),
+        kafka_group_id=f"{args.topic_prefix}-{run}",
+        db_schema=SCHEMA,
+        lag_sample_interval_s=args.lag_sample_interval,
+        min_actors=1,
+        max_actors=max(args.handles, 10),
+        scale_catchup_s=0.0,
+    )
+
+
+class Timer:
+    """Times reconcile rounds of one coordinator and the requests each made."""
+
+    def __init__(self, coordinator: Coordinator, counts: Counts) -> None:
+        self.coordinator = coordinator
+        self.counts = counts
+
+    async def round(self, call: Callable[[], Awaitable[Any]] | None = None) -> dict[str, float]:
+        """One timed round (``reconcile()``, or ``call``): seconds and the requests made, per kind."""
+        before = self.counts.snapshot()
+        started = time.monotonic()
+        await (call or self.coordinator.reconcile)()
+        seconds = time.monotonic() - started
+        after = self.counts.snapshot()
+        return {"s": seconds, **{k: after[k] - before.get(k, 0) for k in after}}
+
+    async def until(
+        self, done: Callable[[dict[str, Any]], bool], first: Callable[[], Awaitable[Any]] | None = None
+    ) -> tuple[float, int]:
+        """Rounds (the first one ``first`` if given) until ``done(status)``; seconds and rounds. Raises
+        RuntimeError when it does not converge within _ROUND_LIMIT rounds."""
+        started = time.monotonic()
+        for rounds in range(1, _ROUND_LIMIT + 1):
+            await self.round(first if rounds == 1 else None)
+            if done(await self.coordinator.status()):
+                return time.monotonic() - started, rounds
+        raise RuntimeError(f"no convergence in {_ROUND_LIMIT} rounds: {await self.coordinator.status()}")
+
+
+def fully_owned(status: dict[str, Any]) -> bool:
+    """Every partition the coordinator knows has an owner."""
+    return bool(status["partitions"]) and status["assigned"] == status["partitions"]
+
+
+def rss_mb() -> float:
+    """This process's resident memory, MiB."""
+    rss: int = psutil.Process().memory_info().rss
+    return round(rss / 2**20, 1)
+
+
+async def measure_size(args: argparse.Namespace, admin: AdminClient, partitions: int, run: str) -> dict[str, Any]:
+    """Create N partitions, run every phase, delete the topics; the results of this size."""
+    layout = topic_layout(partitions, args.per_topic)
+    names = {f"{args.topic_prefix}-{run}-n{partitions}-{i:03d}": count for i, count in enumerate(layout)}
+    result: dict[str, Any] = {"partitions": partitions, "topics": len(names), "handles": args.handles}
+    result["topic_create_s"] = round(create_topics(admin, names), 2)
+    try:
+        result["topic_leaders_s"] = round(wait_leaders(names), 2)
+        settings = bench_settings(args, list(names), run)
+        await reset_schema(settings)
+        result.update(await run_phases(args, settings))
+    finally:
+        if not args.keep_topics:
+            delete_topics(admin, list(names))
+    return result
+
+
+async def run_phases(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """First assignment, steady rounds, reclaim, resize, against one started coordinator."""
+    fleet, counts = Fleet(), Counts()
+    coordinator = Coordinator(settings, fleet)
+    await coordinator.start()
+    await instrument(coordinator, counts)
+    timer = Timer(coordinator, counts)
+    result: dict[str, Any] = {"rss_mb_start": rss_mb()}
+    try:
+        seconds, rounds = await timer.until(fully_owned, lambda: coordinator.resize(args.handles))
+        result.update(first_assignment_s=round(seconds, 3), first_assignment_rounds=rounds)
+        result.update(steady(await _steady_rounds(timer, args.rounds)))
+        result["rss_mb"] = rss_mb()
+        result.update(await reclaim(timer, fleet))
+        result["resize"] = await resize_check(timer, fleet)
+    finally:
+        await coordinator.shutdown()
+    return result
+
+
+async def _steady_rounds(timer: Timer, rounds: int) -> list[dict[str, float]]:
+    return [await timer.round() for _ in range(rounds)]
+
+
+def steady(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Median and max round time, and the requests per round (max over the rounds)."""
+    times = [r["s"] for r in rounds]
+    keys = sorted({k for r in rounds for k in r} - {"s"})
+    return {
+        "round_median_s": round(statistics.median(times), 3),
+        "round_max_s": round(max(times), 3),
+        "per_round": {k: max(int(r.get(k, 0)) for r in rounds) for k in keys},
+        "rounds": [{k: round(v, 3) if k == "s" else int(v) for k, v in r.items()} for r in rounds],
+    }
+
+
+async def reclaim(timer: Timer, fleet: Fleet) -> dict[str, Any]:
+    """Kill the handle holding the most partitions; time until all of them have a live owner again."""
+    before = await timer.coordinator.status()
+    owners: dict[str, int] = {}
+    for owner in before["owners"].values():
+        owners[owner] = owners.get(owner, 0) + 1
+    victim = max(owners, key=lambda name: owners[name])
+    fleet.handles[victim].die()
+
+    def done(status: dict[str, Any]) -> bool:
+        return fully_owned(status) and victim not in status["owners"].values()
+
+    seconds, rounds = await timer.until(done)
+    return {"reclaim_s": round(seconds, 3), "reclaim_rounds": rounds, "reclaimed_partitions": owners[victim]}
+
+
+async def resize_check(timer: Timer, fleet: Fleet) -> dict[str, Any]:
+    """Resize to 3, 10, 3 (each to a full assignment); then every partition must be owned exactly once:
+    by one of 3 owners, held by exactly that one live handle. Raises AssertionError otherwise."""
+    coordinator = timer.coordinator
+    steps = []
+    for count in (3, 10, 3):
+        seconds, rounds = await timer.until(fully_owned, functools.partial(coordinator.resize, count))
+        steps.append({"to": count, "s": round(seconds, 3), "rounds": rounds})
+    status = await coordinator.status()
+    holders = fleet.holders()
+    owners = status["owners"]
+    wrong = {key: holders.get(key, []) for key, owner in owners.items() if holders.get(key) != [owner]}
+    extra = sorted(set(holders) - set(owners))
+    assert len(owners) == status["partitions"], f"{status['partitions'] - len(owners)} partitions unowned"
+    assert not wrong and not extra, f"held other than owned: {dict(list(wrong.items())[:5])}, extra {extra[:5]}"
+    assert len(set(owners.values())) == 3, f"owners after resize to 3: {sorted(set(owners.values()))}"
+    return {"steps": steps, "owned_once": True, "owners": len(set(owners.values()))}
+
+
+def targets(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of issue 12 at the largest size measured, and whether requests per round stayed flat."""
+    if not sizes:
+        return []
+    largest = sizes[-1]
+    found = [
+        {"target": text, "partitions": largest["partitions"], "value": largest[key], "met": largest[key] <= limit}
+        for key, (limit, text) in TARGETS.items()
+    ]
+    requests = [s["per_round"]["admin_requests"] for s in sizes]
+    statements = [s["per_round"]["statements"] for s in sizes]
+    found.append(
+        {
+            "target": "Kafka requests per round independent of the partition count",
+            "partitions": [s["partitions"] for s in sizes],
+            "value": requests,
+            "met": len(set(requests)) == 1,
+        }
+    )
+    found.append(
+        {
+            "target": "(not a target) SQL statements per round against the partition count",
+            "partitions": [s["partitions"] for s in sizes],
+            "value": statements,
+            "met": len(set(statements)) == 1,
+        }
+    )
+    return found
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as the table and target list of BENCHMARKS.md's "Coordinator at scale" section."""
+    lines = [
+        "| N | topics | handles | first assignment s | round median s | round max s | Kafka requests/round"
+        " | SQL statements/round | transactions/round | RSS MiB | reclaim s | resize 3→10→3 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in results["sizes"]:
+        per = s["per_round"]
+        lines.append(
+            f"| {s['partitions']:,} | {s['topics']} | {s['handles']} | {s['first_assignment_s']:.2f}"
+            f" | {s['round_median_s']:.3f} | {s['round_max_s']:.3f} | {per['admin_requests']}"
+            f" | {per['statements']} | {per['transactions']} | {s['rss_mb']:.0f} | {s['reclaim_s']:.2f}"
+            f" | {'owned once' if s['resize']['owned_once'] else 'FAILED'} |"
+        )
+    lines.append("")
+    for t in results["targets"]:
+        lines.append(f"- {t['target']}: {t['value']} at {t['partitions']} — {'met' if t['met'] else '**not met**'}")
+    return "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every size in turn; the results so far are kept if a larger size fails (its error is recorded)."""
+    run_id = uuid.uuid4().hex[:6]
+    admin = AdminClient({"bootstrap.servers": os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"]})
+    results: dict[str, Any] = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m loom_ray.bench.scale " + " ".join(sys.argv[1:]),
+        "machine": machine.machine(),
+        "settings": {
+            "per_topic": args.per_topic,
+            "handles": args.handles,
+            "rounds": args.rounds,
+            "lag_sample_interval_s": args.lag_sample_interval,
+        },
+        "sizes": [],
+        "failed": None,
+    }
+    for partitions in [int(n) for n in args.partitions.split(",")]:
+        log.info("scale: %d partitions, %d handles", partitions, args.handles)
+        try:
+            results["sizes"].append(await measure_size(args, admin, partitions, run_id))
+        except Exception as exc:
+            log.exception("scale: %d partitions failed", partitions)
+            results["failed"] = {"partitions": partitions, "error": f"{type(exc).__name__}: {exc}"}
+            break
+        log.info("scale: %s", {k: v for k, v in results["sizes"][-1].items() if k != "rounds"})
+    results["targets"] = targets(results["sizes"])
+    return results
+
+
+def write(results: dict[str, Any], output: Path) -> Path:
+    """Write ``scale-YYYY-MM-DD.json`` under ``output``; its path."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"scale-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loom_ray.coordinator").setLevel(logging.WARNING)
+    logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)
+    if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
+        sys.stderr.write("loom_ray.bench.scale: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN\n")
+        return 2
+    results = asyncio.run(run(args))
+    path = write(results, args.output_dir)
+    sys.stdout.write(markdown(results))
+    log.info("results in %s", path)
+    return 0 if results["failed"] is None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
