@@ -8,6 +8,7 @@ coordinator's own client and pool after :meth:`Coordinator.start`; production co
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,18 +114,22 @@ class Counts:
     statements: int = 0
     transactions: int = 0
     rows_inserted: int = 0  # rows sent by executemany (lag samples): one statement, many rows
+    admin_s: float = 0.0  # seconds spent in the counted KafkaMetadata calls
+    sql_s: float = 0.0  # seconds spent in statements, as asyncpg's query logger times them
 
     def admin_requests(self) -> int:
         """Broker requests the counted calls sent (see ADMIN_REQUESTS)."""
         return sum(ADMIN_REQUESTS.get(name, 1) * calls for name, calls in self.admin_calls.items())
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         """The totals now, to subtract from a later snapshot."""
         return {
             "admin_requests": self.admin_requests(),
             "statements": self.statements,
             "transactions": self.transactions,
             "rows_inserted": self.rows_inserted,
+            "admin_s": self.admin_s,
+            "sql_s": self.sql_s,
             **{f"calls_{name}": calls for name, calls in sorted(self.admin_calls.items())},
         }
 
@@ -139,7 +144,11 @@ def count_metadata(metadata: KafkaMetadata, counts: Counts) -> None:
 def _counted(method: Callable[..., Any], name: str, counts: Counts) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         counts.admin_calls[name] += 1
-        return method(*args, **kwargs)
+        started = time.monotonic()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            counts.admin_s += time.monotonic() - started
 
     return call
 
@@ -153,6 +162,7 @@ class _StatementLog:
         self._in_transaction = False
 
     def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
+        self._counts.sql_s += record.elapsed
         word = record.query.lstrip().split(None, 1)[0].upper() if record.query.strip() else ""
         if word in ("BEGIN", "START"):
             self._in_transaction = True
