@@ -8,6 +8,7 @@ coordinator's own client and pool after :meth:`Coordinator.start`; production co
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -153,6 +154,9 @@ def _counted(method: Callable[..., Any], name: str, counts: Counts) -> Callable[
     return call
 
 
+_FIRST_WORD = re.compile(r"\s*([A-Za-z]+)")
+
+
 class _StatementLog:
     """A query logger for one connection: counts statements and transactions (an explicit BEGIN..COMMIT is
     one; a statement outside it is one of its own)."""
@@ -163,7 +167,8 @@ class _StatementLog:
 
     def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
         self._counts.sql_s += record.elapsed
-        word = record.query.lstrip().split(None, 1)[0].upper() if record.query.strip() else ""
+        match = _FIRST_WORD.match(record.query)
+        word = match.group(1).upper() if match else ""
         if word in ("BEGIN", "START"):
             self._in_transaction = True
             return
