@@ -26,6 +26,7 @@ from loom_ray.bench.config import Mode, loom_env, plan
 from loom_ray.bench.launch import ROOT, SYSTEMS, variants
 
 log = logging.getLogger("loom_ray.bench")
+SCALE_NOTES = ROOT / "bench-results" / "SCALE.md"  # the coordinator-at-scale section (python -m loom_ray.bench.scale)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,12 +74,16 @@ def _write(results: dict[str, Any], args: argparse.Namespace, final: bool) -> Pa
         return latest
     dated = output / f"{dt.date.today().isoformat()}-{label}.json"
     dated.write_text(text)
-    args.markdown.write_text(report.render(results, _shown(dated), _notes(args)))
+    args.markdown.write_text(report.render(results, _shown(dated), _notes(args), _hand_written(SCALE_NOTES)))
     return dated
 
 
 def _notes(args: argparse.Namespace) -> str:
-    path: Path = args.notes
+    return _hand_written(args.notes)
+
+
+def _hand_written(path: Path) -> str:
+    """A hand-written Markdown file put into BENCHMARKS.md, or nothing when it does not exist."""
     return path.read_text() if path.exists() else ""
 
 
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
         results = json.loads(args.render.read_text())
-        args.markdown.write_text(report.render(results, _shown(args.render), _notes(args)))
+        args.markdown.write_text(report.render(results, _shown(args.render), _notes(args), _hand_written(SCALE_NOTES)))
         return 0
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_ray.bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")

@@ -125,8 +125,9 @@ def _mapping(title: str, values: dict[str, Any]) -> list[str]:
     return [f"### {title}", "", *(f"- {k}: `{v}`" for k, v in values.items()), ""]
 
 
-def render(results: dict[str, Any], source: str, notes: str = "") -> str:
-    """The whole ``BENCHMARKS.md``; ``notes`` (hand-written Markdown) follow the targets."""
+def render(results: dict[str, Any], source: str, notes: str = "", appendix: str = "") -> str:
+    """The whole ``BENCHMARKS.md``; ``notes`` (hand-written Markdown) follow the targets, ``appendix`` (the
+    coordinator-at-scale section, ``bench-results/SCALE.md``) ends it."""
     out = [
         "# Benchmarks",
         "",
@@ -166,6 +167,8 @@ def render(results: dict[str, Any], source: str, notes: str = "") -> str:
     out += _mapping("Machine", results["machine"]) + _mapping("PostgreSQL", results.get("postgres", {}))
     out += _mapping("Versions", results["versions"])
     out += [MEANING.strip(), ""]
+    if appendix.strip():
+        out += [appendix.strip(), ""]
     return "\n".join(out)
 
 

@@ -159,3 +159,8 @@ def test_report_renders_tables_targets_and_commands() -> None:
     assert "## Reading" not in text
     with_notes = report.render(results, "bench-results/x.json", "## Reading this run\n\nW1 is CPU-bound.\n")
     assert with_notes.index("**not met**") < with_notes.index("## Reading this run") < with_notes.index("## W1")
+    with_scale = report.render(
+        results, "bench-results/x.json", appendix="## Coordinator at scale\n\n10 000 partitions.\n"
+    )
+    assert with_scale.rstrip().endswith("## Coordinator at scale\n\n10 000 partitions.")
+    assert "## Coordinator at scale" not in text
