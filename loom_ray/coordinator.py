@@ -233,14 +233,7 @@ class Coordinator:
         held = [tp for tp in self._owners if tp[0] == topic]
         if held:
             log.warning("topic %s no longer exists: its owners hand back %d partitions", topic, len(held))
-        for tp in held:
-            owner = self._members.get(self._owners[tp])
-            if owner is not None:
-                try:
-                    if await owner.handle.release(*tp, timeout_s=self._settings.shutdown_timeout_s) is not None:
-                        await self._disown_released(owner.handle.name, [tp])
-                except Exception as exc:
-                    log.warning("%s did not release %s[%d] (%s); the next claim fences it", owner.handle.name, *tp, exc)
+        await self._release_all([tp for tp in held if self._owners[tp] in self._members])
         self._disown(held)
 
     def _disown(self, partitions: list[TopicPartition]) -> None:
@@ -309,10 +302,7 @@ class Coordinator:
         member = self._members.pop(name, None)
         if member is not None:
             member.handle.kill()
-        freed = [tp for tp, owner in self._owners.items() if owner == name]
-        for tp in freed:
-            del self._owners[tp]
-        self.reclaims += len(freed)
+        self._disown([tp for tp, owner in self._owners.items() if owner == name])
 
     async def _scale(self) -> None:
         target = self._target_count()
