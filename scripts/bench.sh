@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|all] [python -m loom_ray.bench options]
-# The coordinator at scale: ./scripts/bench.sh --scale [python -m loom_ray.bench.scale options]
+# The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|all] [python -m loom_bench options]
+# The coordinator at scale: ./scripts/bench.sh --scale [python -m loom_bench.scale options]
 # Creates .venv (scripts/bootstrap.sh) and the bench venv for quixstreams (.cache/bench-venv, from
 # requirements-bench.lock: quixstreams pins confluent-kafka and pydantic below loom-ray's, so it cannot
 # share .venv), starts the local Kafka + PostgreSQL stack unless LOOM_KAFKA_BOOTSTRAP_SERVERS and
@@ -12,7 +12,7 @@ cd "$root"
 ./scripts/bootstrap.sh
 if [ "${1:-}" = --scale ]; then  # the real Coordinator with in-process handles: no bench venv needed
   shift
-  exec ./scripts/with-stack.sh .venv/bin/python -m loom_ray.bench.scale "$@"
+  exec ./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
 fi
 bench_venv=.cache/bench-venv
 stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)
@@ -22,4 +22,4 @@ if [ ! -f "$stamp" ]; then
   rm -f $bench_venv/.installed-* && touch "$stamp"
   echo "bench: $bench_venv ready" >&2
 fi
-./scripts/with-stack.sh .venv/bin/python -m loom_ray.bench --bench-python "$bench_venv/bin/python" "$@"
+./scripts/with-stack.sh .venv/bin/python -m loom_bench --bench-python "$bench_venv/bin/python" "$@"

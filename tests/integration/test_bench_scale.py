@@ -35,7 +35,7 @@ PER_ROUND = {"admin_requests", "statements", "transactions", "calls_discover", "
 def test_scale_bench_writes_every_field_and_owns_each_partition_once(endpoints: Endpoints, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
     env.update({"LOOM_KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka, "LOOM_DB_DSN": endpoints.dsn, "PYTHONPATH": str(ROOT)})
-    command = [sys.executable, "-m", "loom_ray.bench.scale", "--partitions", "20", "--per-topic", "10"]
+    command = [sys.executable, "-m", "loom_bench.scale", "--partitions", "20", "--per-topic", "10"]
     command += ["--handles", "5", "--rounds", "3", "--topic-prefix", f"scale-smoke-{uuid.uuid4().hex[:8]}"]
     command += ["--output-dir", str(tmp_path)]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -18,7 +18,7 @@ def test_smoke_run_writes_results_with_every_offset_once(endpoints: Endpoints, t
     run = uuid.uuid4().hex[:8]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
     env.update({"LOOM_KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka, "LOOM_DB_DSN": endpoints.dsn, "PYTHONPATH": str(ROOT)})
-    command = [sys.executable, "-m", "loom_ray.bench", "--smoke", "--workload", "W1", "--systems", "B0,B1,B5"]
+    command = [sys.executable, "-m", "loom_bench", "--smoke", "--workload", "W1", "--systems", "B0,B1,B5"]
     command += ["--messages", "5000", "--database", f"loom_bench_smoke_{run}", "--drop-database"]
     command += ["--topic-prefix", f"smoke-{run}", "--output-dir", str(tmp_path), "--markdown", str(tmp_path / "B.md")]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

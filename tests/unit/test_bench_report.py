@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from loom_ray.bench import report, summary
-from loom_ray.bench.launch import variants
-from loom_ray.bench.stats import (
+from loom_bench import report, summary
+from loom_bench.launch import variants
+from loom_bench.stats import (
     drain_rate,
     interpolate,
     median_or_none,
@@ -137,7 +137,7 @@ def test_report_renders_tables_targets_and_commands() -> None:
         "mode": "quick",
         "started_at": "2026-01-01T00:00:00+00:00",
         "duration_s": 600.0,
-        "commands": {"run": "python -m loom_ray.bench --quick"},
+        "commands": {"run": "python -m loom_bench --quick"},
         "config": {"B4_tuned": {"LOOM_KAFKA_BATCH_SIZE": "5000"}},
         "machine": {"cores": 2},
         "postgres": {"server_version": "15.18"},
@@ -155,7 +155,7 @@ def test_report_renders_tables_targets_and_commands() -> None:
     assert "L_shared = 1/(1/B0 + 1/B1) = 171\u202f429 msgs/s" in text
     assert "| W1 | throughput >= 80 % of min(B0, B1) | 0.50 | **not met** |" in text
     assert "| B4_tuned | 50 % |" in text and "`LOOM_KAFKA_BATCH_SIZE=5000`" in text
-    assert "python -m loom_ray.bench --quick" in text and "## What the numbers mean" in text
+    assert "python -m loom_bench --quick" in text and "## What the numbers mean" in text
     assert "## Reading" not in text
     with_notes = report.render(results, "bench-results/x.json", "## Reading this run\n\nW1 is CPU-bound.\n")
     assert with_notes.index("**not met**") < with_notes.index("## Reading this run") < with_notes.index("## W1")

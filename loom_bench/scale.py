@@ -1,8 +1,8 @@
-"""``python -m loom_ray.bench.scale``: the real Coordinator at N partitions and M in-process handles.
+"""``python -m loom_bench.scale``: the real Coordinator at N partitions and M in-process handles.
 
 For each N in ``--partitions``: create N partitions over topics of ``--per-topic`` partitions, migrate a
 schema of its own (dropped and created again, so runs repeat), start a :class:`~loom_ray.coordinator.
-Coordinator` with ``--handles`` :class:`~loom_ray.bench.scale_probes.FakeConsumer` handles pinned by
+Coordinator` with ``--handles`` :class:`~loom_bench.scale_probes.FakeConsumer` handles pinned by
 ``resize()``, and time ``reconcile()`` rounds: to the first full assignment, steady rounds (lag sampled in
 every one), reclaiming a dead handle's partitions, and a resize 3 -> 10 -> 3 after which every partition
 is held by exactly one handle. Counts Kafka admin requests and PostgreSQL statements per round, and the RSS
@@ -34,15 +34,15 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.cimpl import NewTopic
 
+from loom_bench import machine
+from loom_bench.launch import ROOT
+from loom_bench.scale_probes import Counts, Fleet, instrument
 from loom_ray import db
-from loom_ray.bench import machine
-from loom_ray.bench.launch import ROOT
-from loom_ray.bench.scale_probes import Counts, Fleet, instrument
 from loom_ray.coordinator import Coordinator
 from loom_ray.migrate import migrate
 from loom_ray.settings import Settings
 
-log = logging.getLogger("loom_ray.bench.scale")
+log = logging.getLogger("loom_bench.scale")
 
 SCHEMA = "bench_scale"
 # Issue 12's targets: (result key, limit, what it is).
@@ -56,7 +56,7 @@ _ROUND_LIMIT = 200  # rounds allowed for one phase to converge before the run fa
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loom_ray.bench.scale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loom_bench.scale", description=__doc__.split("\n")[0])
     parser.add_argument("--partitions", default="500,2000,10000", help="comma-separated partition counts N")
     parser.add_argument("--per-topic", type=int, default=100, help="partitions per topic")
     parser.add_argument("--handles", type=int, default=200, help="consumer handles M (resize target)")
@@ -352,7 +352,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = AdminClient({"bootstrap.servers": os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"]})
     results: dict[str, Any] = {
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m loom_ray.bench.scale " + " ".join(sys.argv[1:]),
+        "command": "python -m loom_bench.scale " + " ".join(sys.argv[1:]),
         "machine": machine.machine(),
         "settings": {
             "per_topic": args.per_topic,
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("loom_ray.coordinator").setLevel(logging.WARNING)
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
-        sys.stderr.write("loom_ray.bench.scale: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN\n")
+        sys.stderr.write("loom_bench.scale: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN\n")
         return 2
     results = asyncio.run(run(args))
     path = write(results, args.output_dir)

@@ -19,11 +19,11 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
-from loom_ray.bench import database, kafka, processes
-from loom_ray.bench.config import PARTITIONS, Plan, Workload
-from loom_ray.bench.launch import LIVE_VARIANT, ROOT, Launch, Target, launch
-from loom_ray.bench.runner import Services, sampler, target
-from loom_ray.bench.workloads import loadgen_command
+from loom_bench import database, kafka, processes
+from loom_bench.config import PARTITIONS, Plan, Workload
+from loom_bench.launch import LIVE_VARIANT, ROOT, Launch, Target, launch
+from loom_bench.runner import Services, sampler, target
+from loom_bench.workloads import loadgen_command
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 120.0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from loom_ray.bench.systems import parse_result
+from loom_bench.systems import parse_result
 
 
 @dataclass

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from loom_ray.bench.launch import SYSTEMS
-from loom_ray.bench.stats import median_or_none, ratio, shared_limit, spread
+from loom_bench.launch import SYSTEMS
+from loom_bench.stats import median_or_none, ratio, shared_limit, spread
 
 REPORTED = ("B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5")
 LOOM = "B4_tuned"  # the configuration the targets are checked on

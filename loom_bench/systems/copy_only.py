@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from loom_ray.bench.database import EVENT_COLUMNS
-from loom_ray.bench.systems import report_result
+from loom_bench.database import EVENT_COLUMNS
+from loom_bench.systems import report_result
 
 BATCH = 10_000
 Row = tuple[Any, ...]

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loom_ray.bench import database, kafka, live, measure, runner, summary
-from loom_ray.bench.config import Plan, Workload
-from loom_ray.bench.launch import LIMITS, LIVE_VARIANT, ROOT, Target, launch
-from loom_ray.bench.stats import median_or_none
-from loom_ray.bench.workloads import preload
+from loom_bench import database, kafka, live, measure, runner, summary
+from loom_bench.config import Plan, Workload
+from loom_bench.launch import LIMITS, LIVE_VARIANT, ROOT, Target, launch
+from loom_bench.stats import median_or_none
+from loom_bench.workloads import preload
 
 DSN_PLACEHOLDER = "$BENCH_DSN"
 

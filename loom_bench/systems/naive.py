@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 from confluent_kafka import Consumer
 
-from loom_ray.bench.systems import report_result
+from loom_bench.systems import report_result
 
 INSERT = """INSERT INTO events (topic, "partition", "offset", key, payload, headers, kafka_ts)
             VALUES ($1, $2, $3, $4, $5, $6, $7)"""

@@ -3,7 +3,7 @@
 Three groups are tracked: the pipeline (the processes the harness started and all their descendants,
 which includes every Ray process of a loom-ray run), PostgreSQL (the bench database's backends plus the
 server's WAL writer, checkpointer and background writer) and the Kafka broker's JVM. CPU is kept as
-cumulative series so that :func:`loom_ray.bench.stats.window_delta` can cut out the drain window; a
+cumulative series so that :func:`loom_bench.stats.window_delta` can cut out the drain window; a
 process that exits keeps its last seen CPU time. The whole box's busy CPU is sampled too: what no group
 explains is other work on the machine (noise).
 """

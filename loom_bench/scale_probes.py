@@ -1,4 +1,4 @@
-"""Instruments for the coordinator scale benchmark (:mod:`loom_ray.bench.scale`).
+"""Instruments for the coordinator scale benchmark (:mod:`loom_bench.scale`).
 
 In-process consumer handles that hold claims without reading Kafka, and counters of the Kafka admin
 requests and PostgreSQL statements a :class:`~loom_ray.coordinator.Coordinator` makes. The counters wrap one

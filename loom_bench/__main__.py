@@ -1,4 +1,4 @@
-"""``python -m loom_ray.bench [--quick|--smoke] [--workload W1|W2|all]``: run the benchmark, write the results.
+"""``python -m loom_bench [--quick|--smoke] [--workload W1|W2|all]``: run the benchmark, write the results.
 
 Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN`` (``scripts/bench.sh`` sets them from the local
 stack). Writes ``<output-dir>/latest.json``, a dated copy, and ``BENCHMARKS.md``; raw per-process logs go
@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_ray.bench import database, machine, orchestrate, report
-from loom_ray.bench.config import Mode, loom_env, plan
-from loom_ray.bench.launch import ROOT, SYSTEMS, variants
+from loom_bench import database, machine, orchestrate, report
+from loom_bench.config import Mode, loom_env, plan
+from loom_bench.launch import ROOT, SYSTEMS, variants
 
-log = logging.getLogger("loom_ray.bench")
-SCALE_NOTES = ROOT / "bench-results" / "SCALE.md"  # the coordinator-at-scale section (python -m loom_ray.bench.scale)
+log = logging.getLogger("loom_bench")
+SCALE_NOTES = ROOT / "bench-results" / "SCALE.md"  # the coordinator-at-scale section (python -m loom_bench.scale)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loom_ray.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loom_bench", description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="200k/100k messages, 1 repetition, live for B4_tuned")
     size.add_argument("--smoke", action="store_true", help="a few thousand messages, no live mode (tests)")
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": 0.0,
         "plan": {"reps": chosen.reps, "naive_seconds": chosen.naive_seconds, "live": list(chosen.live_systems)},
         "commands": {
-            "run": "python -m loom_ray.bench " + shlex.join(sys.argv[1:]),
+            "run": "python -m loom_bench " + shlex.join(sys.argv[1:]),
             **orchestrate.commands(selected, args.bench_python, chosen.naive_seconds),
         },
         "config": {"B4": loom_env(tuned=False), "B4_tuned": loom_env(tuned=True), "B5": loom_env(tuned=True)},
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(report.render(results, _shown(args.render), _notes(args), _hand_written(SCALE_NOTES)))
         return 0
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
-        sys.stderr.write("loom_ray.bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")
+        sys.stderr.write("loom_bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")
         return 2
     results = run(args)
     path = _write(results, args, final=True)

@@ -1,6 +1,6 @@
 """The systems under test, one module each, every one run by the harness as its own process.
 
-Each module is a small program (``python -m loom_ray.bench.systems.<name>``) that ends by printing one
+Each module is a small program (``python -m loom_bench.systems.<name>``) that ends by printing one
 ``BENCH-RESULT {json}`` line with what only the process itself can know (B0's client-side timing, B2's
 message count). Standard library only in this file: B3's module runs under the separate bench venv.
 """

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from loom_ray.bench import kafka
-from loom_ray.bench.config import PARTITIONS, Workload
-from loom_ray.bench.launch import ROOT
+from loom_bench import kafka
+from loom_bench.config import PARTITIONS, Workload
+from loom_bench.launch import ROOT
 
 log = logging.getLogger(__name__)
 

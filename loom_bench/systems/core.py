@@ -16,8 +16,8 @@ import signal
 
 import asyncpg
 
+from loom_bench.systems import report_result
 from loom_ray import offsets
-from loom_ray.bench.systems import report_result
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.pipeline import IngestWorker
 from loom_ray.policy.claims import BrokerPartition

@@ -1,4 +1,4 @@
-"""The benchmark harness: ``python -m loom_ray.bench`` (or ``scripts/bench.sh``).
+"""The benchmark harness: ``python -m loom_bench`` (or ``scripts/bench.sh``).
 
 One run preloads each workload's topic once, then drains it with every system (B0 Kafka-only, B1
 COPY-only, B2 naive, B3 quixstreams, B4 loom-ray, B5 loom-ray's worker without Ray), each in its own

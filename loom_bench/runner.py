@@ -18,10 +18,10 @@ from typing import Any
 
 import psutil
 
-from loom_ray.bench import database, kafka, processes
-from loom_ray.bench.launch import Launch, Target, launch
-from loom_ray.bench.measure import Sampler, Series
-from loom_ray.bench.stats import DrainRate, drain_rate, per_million, window_delta
+from loom_bench import database, kafka, processes
+from loom_bench.launch import Launch, Target, launch
+from loom_bench.measure import Sampler, Series
+from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta
 
 log = logging.getLogger(__name__)
 

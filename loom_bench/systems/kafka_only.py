@@ -1,6 +1,6 @@
 """B0, the Kafka-from-Python limit: ``consume(10000, 0.1)`` in a loop, touching each message, nothing else.
 
-Run by the harness as ``python -m loom_ray.bench.systems.kafka_only``; prints one ``BENCH-RESULT`` line.
+Run by the harness as ``python -m loom_bench.systems.kafka_only``; prints one ``BENCH-RESULT`` line.
 No parsing and no database, so the rate is measured on the client: messages after the first batch over
 the time from the first batch to the last. One pass over a quick-size topic takes a fraction of a second,
 too short a window to time (it moved B0 between 155 k and 1.1 M msgs/s from run to run), so the topic is
@@ -17,7 +17,7 @@ import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
-from loom_ray.bench.systems import report_result
+from loom_bench.systems import report_result
 
 
 def drain(bootstrap: str, topic: str, messages: int, min_seconds: float = 3.0) -> dict[str, float | int]:

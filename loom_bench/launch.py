@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from loom_ray.bench.config import loom_env
-from loom_ray.bench.database import Schema
+from loom_bench.config import loom_env
+from loom_bench.database import Schema
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 # Variants measured per workload and repetition, and the name each is reported under.
 SYSTEMS: dict[str, str] = {
@@ -81,7 +81,7 @@ def _shown(env: dict[str, str]) -> dict[str, str]:
 
 
 def _module(python: str, name: str, *args: str) -> list[str]:
-    return [python, "-m", f"loom_ray.bench.systems.{name}", *args]
+    return [python, "-m", f"loom_bench.systems.{name}", *args]
 
 
 def _loom(target: Target, tuned: bool) -> dict[str, str]:
