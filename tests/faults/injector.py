@@ -87,40 +87,55 @@ class Injector:
         return self.record("kill -9 consumer", f"{name} pid={pid}", partitions)
 
     def pause_consumer(self, name: str, pid: int, in_transaction: bool, timeout_s: float = 60) -> None:
-        """SIGSTOP a consumer either between transactions or inside one (after a statement, before COMMIT).
+        """SIGSTOP a consumer either between transactions or inside one (after the offset compare-and-set).
 
-        Its PostgreSQL sessions tell which: the stop is kept only if they show the wanted state (and, inside
-        a transaction, the offset rows of all its partitions are locked), else the process is resumed and
-        the next chance taken.
+        Inside: the job must run with ``LOOM_TEST_STOP_DIR`` (see ``loom_ray.crashpoints``); the consumer stops
+        itself right after the statement that locks its offset rows, and the stop is kept once a flush held
+        all its partitions. Between: its PostgreSQL sessions tell when it is idle; the stop is kept only if
+        they still are once it is stopped, else it is resumed and the next chance taken.
         """
         partitions = self._job.owned_partitions(name)
-        asyncio.run(self._pause(name, pid, partitions, in_transaction, timeout_s))
+        if in_transaction:
+            asyncio.run(self._pause_inside(name, pid, partitions, timeout_s))
+        else:
+            asyncio.run(self._pause_between(name, pid, timeout_s))
 
-    async def _pause(
-        self, name: str, pid: int, partitions: tuple[int, ...], in_transaction: bool, timeout_s: float
-    ) -> None:
+    async def _pause_inside(self, name: str, pid: int, partitions: tuple[int, ...], timeout_s: float) -> None:
+        request = Path(self._job.env_extra["LOOM_TEST_STOP_DIR"]) / f"{pid}.after_offset_cas"
+        conn = await asyncpg.connect(self._job.stack.dsn)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                request.touch()
+                while time.monotonic() < deadline:
+                    if not request.exists() and _stopped(pid):
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    break
+                if all([await _locked(conn, self._job.topic, p) for p in partitions]):
+                    return
+                self._job.resume(pid)  # that flush held only some of its partitions
+        finally:
+            request.unlink(missing_ok=True)
+            await conn.close()
+        raise AssertionError(f"{name} did not stop inside a flush holding all of {partitions} within {timeout_s:.0f}s")
+
+    async def _pause_between(self, name: str, pid: int, timeout_s: float) -> None:
         conn = await asyncpg.connect(self._job.stack.dsn)
         application = f"loom-ray {name} pid={pid}"
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                states = await _states(conn, application)
-                if in_transaction and "idle in transaction" not in states:
-                    continue  # poll as fast as PostgreSQL answers: the window is milliseconds wide
                 self._job.pause(pid)
                 await asyncio.sleep(0.2)  # let bytes it sent just before the stop reach the server
-                states = await _states(conn, application)
-                if not in_transaction and states <= {"idle"}:
+                if await _states(conn, application) <= {"idle"}:
                     return
-                if in_transaction and "idle in transaction" in states:
-                    if all([await _locked(conn, self._job.topic, p) for p in partitions]):
-                        return
                 self._job.resume(pid)
                 await asyncio.sleep(0.2)
         finally:
             await conn.close()
-        where = "inside" if in_transaction else "outside"
-        raise AssertionError(f"could not stop {name} {where} a transaction within {timeout_s:.0f}s")
+        raise AssertionError(f"could not stop {name} outside a transaction within {timeout_s:.0f}s")
 
     def kill_coordinator(self) -> Fault | None:
         """``kill -9`` of the coordinator actor; Ray restarts it, its consumers die with it: all are hit."""
@@ -268,6 +283,12 @@ async def _rewind(dsn: str, topic: str, partition: int) -> None:
             await conn.execute(f"UPDATE loom_offsets SET next_offset = $3 WHERE {where}", topic, partition, start)
     finally:
         await conn.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state ``T`` in /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
 
 
 async def _locked(conn: asyncpg.Connection, topic: str, partition: int) -> bool:

@@ -142,13 +142,15 @@ def test_t4b_zombie_holding_the_row_lock(
     job_factory: Callable[..., Job],
     figures: Figures,
 ) -> None:
-    """SIGSTOP after a statement of the flush transaction (offset rows locked), then hand over.
+    """SIGSTOP right after the flush's offset compare-and-set (offset rows locked), then hand over.
 
     The pipeline's ``idle_in_transaction_session_timeout`` (LOOM_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS, 10 s)
     ends the zombie's session, which frees the rows for the coordinator's claim.
     """
     seed = env_int("LOOM_FAULT_SEED", 6)
-    job = job_factory(settings={**_ZOMBIE, "kafka_batch_timeout": 0.5})
+    stops = tmp_path / "stops"
+    stops.mkdir()
+    job = job_factory(settings={**_ZOMBIE, "kafka_batch_timeout": 0.5}, env_extra={"LOOM_TEST_STOP_DIR": str(stops)})
     producer, started = start_live(job, _UNTIL_STOPPED, seed, rate=2000)
     injector = Injector(seed, job)
     with Monitor(job) as monitor:
