@@ -15,7 +15,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.consumer import ConsumerActor
-from actors.metrics import LagMetrics
+from actors.metrics import LagHealthMetrics, LagMetrics
 from loom_ray.coordinator import ConsumerGone, Coordinator
 from loom_ray.offsets import Claim
 from loom_ray.settings import Settings
@@ -70,7 +70,8 @@ class CoordinatorActor:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._lag = LagMetrics()
-        self._core = Coordinator(settings, lambda name: RayConsumer(settings, name), self._lag.set)
+        self._health = LagHealthMetrics()
+        self._core = Coordinator(settings, lambda name: RayConsumer(settings, name), self._lag.set, self._health.set)
         # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.
         loop = asyncio.get_running_loop()
         self._started = loop.create_task(self._core.start())

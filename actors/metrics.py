@@ -70,3 +70,18 @@ class LagMetrics:
     def set(self, topic: str, partition: int, lag: int) -> None:
         """Publish one partition's lag."""
         self.lag.set(lag, {"topic": topic, "partition": str(partition)})
+
+
+class LagHealthMetrics:
+    """The coordinator's per-partition lag health gauge, ``ray_loom_lag_health``: the
+    :class:`~loom_ray.policy.lag_health.PartitionStatus` value (0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND; 2 and
+    above are errors), set after every lag sample."""
+
+    def __init__(self) -> None:
+        self.health = Gauge(
+            "loom_lag_health", "Lag health: 0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND (Burrow's rules).", _TAGS
+        )
+
+    def set(self, topic: str, partition: int, status: int) -> None:
+        """Publish one partition's status."""
+        self.health.set(status, {"topic": topic, "partition": str(partition)})

@@ -43,6 +43,7 @@ from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.claims import BrokerPartition
+from loom_ray.policy.lag_health import PartitionStatus, evaluate, overall
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.progress import RecordTally, records_per_consumer
 from loom_ray.settings import Settings
@@ -96,11 +97,18 @@ class Coordinator:
     """Maps partitions onto consumers; see the module docstring for the loop."""
 
     def __init__(
-        self, settings: Settings, factory: ConsumerFactory, on_lag: Callable[[str, int, int], None] | None = None
+        self,
+        settings: Settings,
+        factory: ConsumerFactory,
+        on_lag: Callable[[str, int, int], None] | None = None,
+        on_health: Callable[[str, int, PartitionStatus], None] | None = None,
     ) -> None:
         self._settings = settings
         self._factory = factory
         self._on_lag = on_lag
+        self._on_health = on_health
+        # Per partition, its lag health (policy/lag_health.py) as of the last lag sample.
+        self._health: dict[TopicPartition, PartitionStatus] = {}
         self._members: dict[str, _Member] = {}
         self._owners: dict[TopicPartition, str] = {}
         self._partitions: list[TopicPartition] = []
@@ -483,7 +491,19 @@ class Coordinator:
                 for (t, p), row in progress.items()
             ),
         )
+        await self._judge_lag(progress)
         await self.prune_lag_history()
+
+    async def _judge_lag(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
+        """Each partition's lag health over its newest samples, right after a sample (for ``status()`` and the
+        ``loom_lag_health`` gauge); ``sql/007_lag_health.sql`` gives the same from PostgreSQL alone."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            found, now = await lag_history.windows(conn, list(progress))
+        self._health = {tp: evaluate(found.get(tp, []), row["lag"], now) for tp, row in progress.items()}
+        if self._on_health is not None:
+            for (topic, partition), status in self._health.items():
+                self._on_health(topic, partition, status)
 
     async def prune_lag_history(self) -> int:
         """Delete the ``consumer_lag_history`` samples older than ``LOOM_LAG_HISTORY_RETENTION_S``, at most
@@ -536,7 +556,8 @@ class Coordinator:
         """A snapshot for the driver's progress line, from the last round; ``database`` is False while
         PostgreSQL is out of reach. ``committed`` sums the committed offsets; ``records`` counts the rows and
         dead letters the consumers committed (:class:`~loom_ray.progress.RecordTally`), as of the health check
-        ``records_age_s`` ago."""
+        ``records_age_s`` ago. ``lag_health`` is the deployment's status and each partition's that is not OK, by
+        Burrow's rules (:mod:`loom_ray.policy.lag_health`) as of the last lag sample."""
         reachable = self._database
         progress = self._progress
         observed = self._records.observed_at
@@ -556,6 +577,12 @@ class Coordinator:
             and len(self._owners) == len(self._partitions)
             and all(row["lag"] == 0 for row in progress.values()),
             "topic_errors": dict(self._topic_errors),
+            "lag_health": {
+                "status": overall(self._health.values()).name,
+                "partitions": {
+                    f"{t}[{p}]": s.name for (t, p), s in sorted(self._health.items()) if s is not PartitionStatus.OK
+                },
+            },
             "moves": self.moves,
             "reclaims": self.reclaims,
             "target": self._target_count(),

@@ -12,6 +12,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from loom_ray.policy.assignment import TopicPartition
+from loom_ray.policy.lag_health import WINDOW_SAMPLES, Sample
+
 _INSERT_SQL = """
 INSERT INTO consumer_lag_history (topic, "partition", next_offset, high_watermark, owner)
 VALUES ($1, $2, $3, $4, $5)
@@ -26,6 +29,21 @@ WHERE ctid = ANY (ARRAY(
     ORDER BY sampled_at
     LIMIT $2
 ))
+"""
+
+# Each partition's newest samples, read backwards along the primary key (topic, partition, sampled_at).
+_WINDOWS_SQL = """
+SELECT p.topic, p."partition", extract(epoch FROM w.sampled_at)::float8 AS sampled_at, w.next_offset, w.lag,
+       extract(epoch FROM now())::float8 AS now
+FROM unnest($1::text[], $2::int[]) AS p(topic, "partition")
+CROSS JOIN LATERAL (
+    SELECT h.sampled_at, h.next_offset, h.lag
+    FROM consumer_lag_history AS h
+    WHERE h.topic = p.topic AND h."partition" = p."partition"
+    ORDER BY h.sampled_at DESC
+    LIMIT $3
+) AS w
+ORDER BY p.topic, p."partition", w.sampled_at
 """
 
 
@@ -45,3 +63,18 @@ async def prune(conn: asyncpg.Connection, retention_s: float, batch_rows: int, m
         if rows < batch_rows:
             return deleted, True
     return deleted, False
+
+
+async def windows(
+    conn: asyncpg.Connection, partitions: list[TopicPartition], samples: int = WINDOW_SAMPLES
+) -> tuple[dict[TopicPartition, list[Sample]], float]:
+    """Each partition's newest ``samples`` samples, oldest first (a partition without any is left out), and
+    PostgreSQL's clock now (seconds since the epoch: the samples' ``sampled_at`` is PostgreSQL's ``now()``)."""
+    rows = await conn.fetch(_WINDOWS_SQL, [t for t, _ in partitions], [p for _, p in partitions], samples)
+    found: dict[TopicPartition, list[Sample]] = {}
+    for row in rows:
+        found.setdefault((row["topic"], row["partition"]), []).append(
+            Sample(row["sampled_at"], row["next_offset"], row["lag"])
+        )
+    now = rows[0]["now"] if rows else float(await conn.fetchval("SELECT extract(epoch FROM now())::float8"))
+    return found, now

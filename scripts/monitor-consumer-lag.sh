@@ -9,6 +9,15 @@
 # against the brokers' high watermarks now. The mirror trails PostgreSQL by up to
 # LOOM_KAFKA_AUTO_COMMIT_INTERVAL_MS and is never read back.
 #
+# Lag health (Burrow's rules over each partition's newest lag samples, view v_consumer_lag_health; see
+# loom_ray/policy/lag_health.py) sets the exit code, so the script can back a Kubernetes probe or a cron alert:
+#   0  OK     every partition OK
+#   1  WARN   some partition consumes but its lag never went down over the window
+#   2  ERR    some partition STOP (no lag sample lately: the job is not running), STALL (offset not moving,
+#             lag above zero) or REWIND (committed offset went back)
+#   3  the health could not be read (bad arguments, LOOM_DB_DSN unset, PostgreSQL out of reach)
+# With --watch it runs until interrupted and the code is that of the last round.
+#
 # Environment: LOOM_DB_DSN (required; never printed), and for --kafka the LOOM_KAFKA_* settings
 # (LOOM_KAFKA_BOOTSTRAP_SERVERS, LOOM_KAFKA_TOPICS, LOOM_KAFKA_GROUP_ID (default loom-ray), SASL/SSL).
 set -euo pipefail
@@ -29,17 +38,17 @@ while [ $# -gt 0 ]; do
   case $1 in
     --kafka) kafka=1 ;;
     --watch)
-      [ $# -ge 2 ] && [[ $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || { echo "--watch needs a whole number of seconds > 0" >&2; exit 2; }
+      [ $# -ge 2 ] && [[ $2 =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || { echo "--watch needs a whole number of seconds > 0" >&2; exit 3; }
       watch=$2; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 3 ;;
   esac
   shift
 done
 
-[ -n "${LOOM_DB_DSN:-}" ] || { echo "LOOM_DB_DSN is not set (e.g. eval \"\$(scripts/dev-stack.sh env)\")" >&2; exit 2; }
+[ -n "${LOOM_DB_DSN:-}" ] || { echo "LOOM_DB_DSN is not set (e.g. eval \"\$(scripts/dev-stack.sh env)\")" >&2; exit 3; }
 if [ $kafka = 1 ] && [ ! -x "$python" ]; then
-  echo "--kafka needs the project venv at $root/.venv (confluent-kafka)" >&2; exit 2
+  echo "--kafka needs the project venv at $root/.venv (confluent-kafka)" >&2; exit 3
 fi
 
 # Keep the password out of psql's command line (visible in ps): move it from the URI to PGPASSWORD.
@@ -64,6 +73,20 @@ SELECT count(*) AS partitions, sum(lag) AS total_lag, count(*) FILTER (WHERE own
        sum(msgs_per_s) AS msgs_per_s
 FROM v_consumer_performance_monitor;
 SQL
+}
+
+# Prints the partitions that are not OK, then sets $health to 0 (OK), 1 (WARN) or 2 (ERR).
+lag_health() {
+  echo "== Lag health (Burrow's rules, v_consumer_lag_health)"
+  psql -X -q -v ON_ERROR_STOP=1 -P pager=off -P footer=off "$dsn" <<'SQL'
+SELECT topic, "partition", status, lag, samples, detail
+FROM v_consumer_lag_health
+WHERE status <> 'OK'
+ORDER BY topic, "partition";
+SQL
+  health=$(psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" -c \
+    "SELECT coalesce(max(CASE severity WHEN 'ERR' THEN 2 WHEN 'WARN' THEN 1 ELSE 0 END), 0) FROM v_consumer_lag_health") || return
+  echo "lag health: $(case $health in 0) echo OK ;; 1) echo WARN ;; *) echo ERR ;; esac)"
 }
 
 kafka_lag() {
@@ -112,11 +135,14 @@ print(f"total lag (partitions with a committed offset): {total}")
 PY
 }
 
+health=3
 while :; do
   [ "$watch" -gt 0 ] && echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  postgres_lag
-  [ $kafka = 1 ] && kafka_lag
+  postgres_lag || exit 3
+  lag_health || exit 3
+  if [ $kafka = 1 ]; then kafka_lag || exit 3; fi
   [ "$watch" -gt 0 ] || break
   sleep "$watch"
   echo
 done
+exit "$health"

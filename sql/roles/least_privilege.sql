@@ -41,4 +41,4 @@ GRANT SELECT, INSERT, UPDATE ON loom_offsets TO loom_ingest;
 GRANT SELECT, INSERT, UPDATE ON loom_sink_errors TO loom_ingest;
 -- Read only: which migrations are applied, and the monitoring views.
 GRANT SELECT ON loom_migrations, v_consumer_performance_monitor, v_consumer_alerts,
-    v_consumer_activity_monitoring TO loom_ingest;
+    v_consumer_activity_monitoring, v_consumer_lag_health TO loom_ingest;

@@ -17,9 +17,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from loom_ray import lag_history, offsets
 from loom_ray.coordinator import Coordinator
 from loom_ray.migrate import migrate
-from loom_ray.offsets import Claim
 from loom_ray.settings import Settings
 from tests.support.claims import claim_at
+from tests.support.holders import Holder
 from tests.support.services import Endpoints
 
 HOUR_S = 3600.0
@@ -120,36 +120,6 @@ def test_disown_clears_the_owner_only_under_the_released_epoch(in_schema: Callab
     in_schema(body)
 
 
-class _Holder:
-    """An in-process consumer handle: keeps the claims it is given and hands them back at once, except
-    the partitions in ``fenced``, whose release answers as a fenced one does (None)."""
-
-    def __init__(self, name: str, fenced: set[int]) -> None:
-        self.name = name
-        self.claims: dict[tuple[str, int], Claim] = {}
-        self._fenced = fenced
-
-    async def start(self, timeout_s: float) -> None:
-        return None
-
-    async def assign(self, claims: list[Claim], timeout_s: float) -> None:
-        self.claims.update({(claim.topic, claim.partition): claim for claim in claims})
-
-    async def release(self, topic: str, partition: int, timeout_s: float) -> int | None:
-        claim = self.claims.pop((topic, partition))
-        return None if partition in self._fenced else claim.next_offset
-
-    async def stats(self, timeout_s: float) -> dict[str, Any]:
-        held = {f"{t}[{p}]": {"epoch": c.epoch, "committed": c.next_offset} for (t, p), c in self.claims.items()}
-        return {"partitions": held}
-
-    async def stop(self, drain: bool, timeout_s: float) -> None:
-        return None
-
-    def kill(self) -> None:
-        return None
-
-
 def test_partitions_released_cleanly_are_disowned(
     endpoints: Endpoints, in_schema: Callable[[Body], None], topic_name: str
 ) -> None:
@@ -161,10 +131,10 @@ async def _hand_back_deleted_topic(endpoints: Endpoints, name: str, conn: asyncp
     admin = AdminClient({"bootstrap.servers": endpoints.kafka})
     await asyncio.to_thread(admin.create_topics([NewTopic(topic_name, 2, 1)])[topic_name].result, 30)
     settings = _settings(endpoints, name, topic_name, min_actors=1, max_actors=1, scale_catchup_s=0)
-    holders: list[_Holder] = []
+    holders: list[Holder] = []
 
-    def factory(consumer: str) -> _Holder:
-        holders.append(_Holder(consumer, fenced={1}))
+    def factory(consumer: str) -> Holder:
+        holders.append(Holder(consumer, fenced={1}))
         return holders[-1]
 
     coordinator = Coordinator(settings, factory)

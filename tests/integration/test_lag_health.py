@@ -1,0 +1,179 @@
+"""Lag health on the real PostgreSQL and broker: Burrow's rules through ``v_consumer_lag_health`` and
+``v_consumer_alerts`` (the unit-test table, so the SQL and ``loom_ray.policy.lag_health`` agree), the real
+Coordinator's ``status()`` (what ``python -m loom_ray.ctl status`` prints) and the exit code of
+``scripts/monitor-consumer-lag.sh``, for a stalled partition and a healthy one. In-process, without Ray: the
+consumers are :class:`~tests.support.holders.Holder` handles and the test commits for them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+
+import asyncpg
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from loom_ray.coordinator import Coordinator
+from loom_ray.migrate import migrate
+from loom_ray.settings import Settings
+from tests.support.holders import Holder
+from tests.support.lag_health_cases import CASES
+from tests.support.services import ROOT, Endpoints
+
+SCRIPT = ROOT / "scripts" / "monitor-consumer-lag.sh"
+HEALTH_KINDS = ["lag_warn", "lag_stop", "lag_stall", "lag_rewind"]
+SAMPLE_S = 0.5  # LOOM_LAG_SAMPLE_INTERVAL_S here
+
+Body = Callable[[str, asyncpg.Connection], Awaitable[None]]
+
+
+def _monitor(dsn: str, schema: str) -> subprocess.CompletedProcess[str]:
+    """Run the script against ``schema`` (libpq's ``options`` puts it on the search_path)."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LOOM_DB_DSN": urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))),
+    }
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def in_schema(endpoints: Endpoints) -> Iterator[Callable[[Body], None]]:
+    """Runs ``body(schema, conn)`` in a new schema with loom-ray's tables; dropped afterwards."""
+    names: list[str] = []
+
+    async def run(body: Body) -> None:
+        names.append(f"loom_health_{uuid.uuid4().hex[:10]}")
+        conn = await asyncpg.connect(endpoints.dsn, server_settings={"search_path": names[-1]})
+        try:
+            await migrate(conn, schema=names[-1])
+            await body(names[-1], conn)
+        finally:
+            await conn.close()
+
+    yield lambda body: asyncio.run(run(body))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(endpoints.dsn)
+        try:
+            for name in names:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def test_the_view_follows_the_rules_table(endpoints: Endpoints, in_schema: Callable[[Body], None]) -> None:
+    async def body(name: str, conn: asyncpg.Connection) -> None:
+        for partition, (_, samples, current_lag, _) in enumerate(CASES):
+            for age, offset, lag in samples:
+                await conn.execute(
+                    """INSERT INTO consumer_lag_history (sampled_at, topic, "partition", next_offset, high_watermark)
+                       VALUES (now() - make_interval(secs => $1), 'events', $2, $3, $4)""",
+                    float(age),
+                    partition,
+                    offset,
+                    offset + lag,
+                )
+            high = samples[-1][1] + samples[-1][2] if samples else current_lag
+            # The committed offset now: the newest high watermark minus the current lag.
+            await conn.execute(
+                """INSERT INTO loom_offsets (topic, "partition", next_offset, epoch, owner)
+                   VALUES ('events', $1, $2, 1, 'c')""",
+                partition,
+                high - current_lag,
+            )
+        rows = await conn.fetch('SELECT "partition", status, severity, detail FROM v_consumer_lag_health')
+        got = {r["partition"]: r["status"] for r in rows}
+        assert got == {partition: case[3].name for partition, case in enumerate(CASES)}
+        for row in rows:
+            assert row["severity"] == {"STOP": "ERR", "STALL": "ERR", "REWIND": "ERR"}.get(row["status"], row["status"])
+            assert (row["detail"] is None) == (row["status"] == "OK")
+        alerts = await conn.fetch(
+            'SELECT "partition", alert_kind FROM v_consumer_alerts WHERE alert_kind = ANY($1::text[])', HEALTH_KINDS
+        )
+        assert {(a["partition"], a["alert_kind"]) for a in alerts} == {
+            (p, f"lag_{case[3].name.lower()}") for p, case in enumerate(CASES) if case[3].name != "OK"
+        }
+        result = _monitor(endpoints.dsn, name)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "lag health: ERR" in result.stdout and "STALL" in result.stdout
+
+    in_schema(body)
+
+
+def test_a_stalled_and_a_healthy_partition(
+    endpoints: Endpoints, in_schema: Callable[[Body], None], topic_name: str
+) -> None:
+    in_schema(lambda name, conn: _stall_then_recover(endpoints, name, conn, topic_name))
+
+
+async def _stall_then_recover(endpoints: Endpoints, name: str, conn: asyncpg.Connection, topic: str) -> None:
+    """Partition 0 is committed up to its high watermark after each round, partition 1 never: STALL and ERR;
+    then partition 1 catches up (OK); then sampling stops (STOP)."""
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    await asyncio.to_thread(admin.create_topics([NewTopic(topic, 2, 1)])[topic].result, 30)
+    producer = Producer({"bootstrap.servers": endpoints.kafka})
+    for i in range(40):
+        producer.produce(topic, b"{}", partition=i % 2)
+    assert producer.flush(30) == 0
+    settings = Settings.from_env(
+        kafka_bootstrap_servers=endpoints.kafka,
+        db_dsn=endpoints.dsn,
+        db_schema=name,
+        kafka_topics=(topic,),
+        min_actors=1,
+        max_actors=1,
+        scale_catchup_s=0,
+        lag_sample_interval_s=SAMPLE_S,
+    )
+    published: dict[tuple[str, int], int] = {}
+    coordinator = Coordinator(
+        settings,
+        lambda consumer: Holder(consumer, fenced=set()),
+        on_health=lambda t, p, s: published.update({(t, p): s}),
+    )
+    await coordinator.start()
+
+    async def rounds(count: int, committed: tuple[int, ...]) -> None:
+        for _ in range(count):
+            await conn.execute(
+                'UPDATE loom_offsets SET next_offset = 20 WHERE topic = $1 AND "partition" = ANY($2::int[])',
+                topic,
+                list(committed),
+            )
+            await asyncio.sleep(SAMPLE_S)
+            await coordinator.reconcile()
+
+    async def view() -> dict[int, str]:
+        rows = await conn.fetch('SELECT "partition", status FROM v_consumer_lag_health WHERE topic = $1', topic)
+        return {r["partition"]: r["status"] for r in rows}
+
+    try:
+        await rounds(4, committed=(0,))
+        assert (await coordinator.status())["lag_health"] == {"status": "ERR", "partitions": {f"{topic}[1]": "STALL"}}
+        assert published == {(topic, 0): 0, (topic, 1): 3}  # the gauge: OK, STALL
+        assert await view() == {0: "OK", 1: "STALL"}
+        kinds = await conn.fetch(
+            "SELECT alert_kind FROM v_consumer_alerts WHERE alert_kind = ANY($1::text[])", HEALTH_KINDS
+        )
+        assert [k["alert_kind"] for k in kinds] == ["lag_stall"]
+        stalled = await asyncio.to_thread(_monitor, endpoints.dsn, name)
+        assert stalled.returncode == 2, stalled.stdout + stalled.stderr
+        assert "lag health: ERR" in stalled.stdout
+
+        await rounds(2, committed=(0, 1))
+        assert (await coordinator.status())["lag_health"] == {"status": "OK", "partitions": {}}
+        assert await view() == {0: "OK", 1: "OK"}
+        healthy = await asyncio.to_thread(_monitor, endpoints.dsn, name)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert "lag health: OK" in healthy.stdout
+    finally:
+        await coordinator.shutdown()
+        await asyncio.to_thread(admin.delete_topics([topic])[topic].result, 30)
