@@ -1,4 +1,6 @@
-"""The KubeRay manifests, read the way the Ray autoscaler reads them. Offline: no Kubernetes, no Ray cluster.
+"""The KubeRay manifests, read the way the Ray autoscaler reads them and validated against the CRD schemas a
+Kubernetes API server would use (tests/data/crds/, unknown fields rejected). Offline: no Kubernetes, no Ray
+cluster.
 
 The autoscaler sidecar fetches the RayCluster every loop and converts it with
 ``_derive_autoscaling_config_from_ray_cr`` (a private, pure function: these tests pin ray==2.60.0's
@@ -8,6 +10,8 @@ actually do, not just what the YAML says.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -15,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import ray
 import yaml
+from ray import cloudpickle
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
@@ -25,8 +31,20 @@ from loom_ray.main import COORDINATOR_REQUEST, COORDINATOR_RESOURCE, coordinator
 from loom_ray.settings import Settings
 
 KUBERAY = Path(__file__).resolve().parents[2] / "kuberay"
+CRDS = Path(__file__).resolve().parents[1] / "data" / "crds"
 GiB = 1024**3
 SECRET_VARS = ("LOOM_DB_DSN", "LOOM_KAFKA_SASL_PASSWORD")
+# (apiVersion, kind) -> the CRD that defines it (tests/data/crds/README.md names their source and version).
+CRD_FILES = {
+    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
+    ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+}
+# Core kinds have no CRD: their top-level fields only.
+CORE_FIELDS = {
+    ("v1", "ConfigMap"): {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"},
+    ("v1", "Secret"): {"apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +85,123 @@ def _consumers(cluster: dict[str, Any]) -> dict[str, Any]:
     return groups[0]
 
 
+def _pods(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    return [cluster["spec"]["headGroupSpec"]["template"]["spec"], _consumers(cluster)["template"]["spec"]]
+
+
 def _containers(cluster: dict[str, Any]) -> list[dict[str, Any]]:
-    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    return [head, _consumers(cluster)["template"]["spec"]["containers"][0]]
+    return [pod["containers"][0] for pod in _pods(cluster)]
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every object that lists its properties closed to others, as the API server's strict
+    field validation does (except where ``x-kubernetes-preserve-unknown-fields`` keeps it open)."""
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["properties"] = {name: _closed(sub) for name, sub in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = _closed(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [_closed(sub) for sub in schema[key]]
+    return schema
+
+
+@functools.cache
+def _validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
+    with open(CRDS / CRD_FILES[(api_version, kind)], encoding="utf-8") as f:
+        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # C parser: the CRDs are large
+    assert crd["spec"]["names"]["kind"] == kind
+    version = api_version.rsplit("/", 1)[1]
+    (schema,) = [v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft7Validator(_closed(schema))
+
+
+def _schema_errors(doc: dict[str, Any]) -> list[str]:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CORE_FIELDS:
+        return [f"unknown field {name!r}" for name in sorted(set(doc) - CORE_FIELDS[key])]
+    assert key in CRD_FILES, f"no schema for {key}: add its CRD to tests/data/crds/ (and CRD_FILES)"
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(*key).iter_errors(doc)]
+
+
+@pytest.mark.parametrize("path", sorted(KUBERAY.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_manifest_matches_its_schema(path: Path) -> None:
+    with open(path, encoding="utf-8") as f:
+        docs = [doc for doc in yaml.safe_load_all(f) if doc]
+    assert docs
+    for doc in docs:
+        assert _schema_errors(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "headGroupSpec", "template", "spec", "containers", 0, "securityContxt"), {}),
+        (("spec", "authOptions", "mode"), "tokens"),
+        (("spec", "workerGroupSpecs", 0, "minReplica"), 3),
+        (("spec", "autoscalerOptions", "idleTimeoutSeconds"), "120"),
+    ],
+    ids=["misspelt field", "bad enum value", "unknown field", "wrong type"],
+)
+def test_the_schema_check_rejects_a_broken_cluster(
+    cluster: dict[str, Any], path: tuple[str | int, ...], value: Any
+) -> None:
+    doc = copy.deepcopy(cluster)
+    parent: Any = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    assert _schema_errors(doc) != []
+
+
+def test_podmonitor_scrapes_named_ports_of_the_cluster(cluster: dict[str, Any]) -> None:
+    monitor = _load("podmonitor.yaml")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    head, worker = _containers(cluster)
+    scraped = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert scraped == {p["name"] for p in head["ports"]} - {"gcs-server", "dashboard", "client"}
+    assert {p["name"] for p in worker["ports"]} <= scraped
+
+
+def test_rayjob_runs_the_driver_on_this_cluster(cluster: dict[str, Any]) -> None:
+    job = _load("rayjob.yaml")
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert job["spec"]["entrypoint"] == "python -m loom_ray.main"
+    assert job["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+
+
+def test_token_authentication(cluster: dict[str, Any]) -> None:
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+
+
+def test_pods_run_unprivileged_on_a_read_only_root(cluster: dict[str, Any]) -> None:
+    for pod in _pods(cluster):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        container = pod["containers"][0]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert set(mounts) == {"/tmp", "/dev/shm"}  # Ray's session directory, its object store
+        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+
+
+def test_settings_reach_the_actors_with_their_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Actors get Settings as an argument (pickled by Ray with cloudpickle), never from their pod's environment.
+    for name in [n for n in os.environ if n.upper().startswith("LOOM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOOM_DB_DSN", "postgresql://u:s3cret@db/loom")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_PASSWORD", "kafka-s3cret")
+    settings = Settings.from_env()
+    copied = cloudpickle.loads(cloudpickle.dumps(settings))
+    assert copied.db_dsn.get_secret_value() == "postgresql://u:s3cret@db/loom"
+    assert copied.kafka_sasl_password is not None
+    assert copied.kafka_sasl_password.get_secret_value() == "kafka-s3cret"
 
 
 def test_consumers_keep_the_seed_hpa_bounds(autoscaling: dict[str, Any]) -> None:
@@ -136,23 +268,23 @@ def test_consumers_resources_match_the_seed_helm_values(cluster: dict[str, Any])
     assert resources["requests"] == {"cpu": "1", "memory": "1Gi"}
 
 
-def test_secrets_are_referenced_never_inlined(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
-    for container in _containers(cluster):
-        env = {e["name"]: e for e in container["env"]}
-        for name in SECRET_VARS:
-            assert "value" not in env[name], f"{container['name']}: {name} inlined"
-            ref = env[name]["valueFrom"]["secretKeyRef"]
-            assert (ref["name"], ref["key"]) == ("loom-ray-secrets", name)
-        assert env["LOOM_DB_DSN"]["valueFrom"]["secretKeyRef"].get("optional", False) is False
-        assert container["envFrom"] == [{"configMapRef": {"name": "loom-ray-config"}}]
+def test_secrets_only_on_the_head_and_referenced_never_inlined(
+    cluster: dict[str, Any], configmap: dict[str, str]
+) -> None:
+    head, worker = _containers(cluster)
+    env = {e["name"]: e for e in head["env"]}
+    for name in SECRET_VARS:
+        assert "value" not in env[name], f"{head['name']}: {name} inlined"
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("loom-ray-secrets", name)
+    assert env["LOOM_DB_DSN"]["valueFrom"]["secretKeyRef"].get("optional", False) is False
+    assert head["envFrom"] == [{"configMapRef": {"name": "loom-ray-config"}}]
+    # The driver (on the head) passes Settings to the actors: the consumer pods get no LOOM_* and no Secret.
+    assert "env" not in worker and "envFrom" not in worker
     assert not set(SECRET_VARS) & set(configmap)
 
 
-def test_grace_period_outlasts_the_drain(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
-    grace = _consumers(cluster)["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace == 30
-    assert Settings.model_fields["shutdown_timeout_s"].default < grace
-    assert float(configmap["LOOM_SHUTDOWN_TIMEOUT_S"]) < grace
+def test_job_stop_outlasts_the_drain(cluster: dict[str, Any], configmap: dict[str, str]) -> None:
     # `ray job stop`: SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S; the driver may wait the drain + 5 s.
     head_env = {e["name"]: e for e in _containers(cluster)[0]["env"]}
     assert int(head_env["RAY_JOB_STOP_WAIT_TIME_S"]["value"]) > float(configmap["LOOM_SHUTDOWN_TIMEOUT_S"]) + 5
@@ -169,6 +301,8 @@ def test_named_ports(cluster: dict[str, Any]) -> None:
         "dashboard": 8265,
         "client": 10001,
         "metrics": 8080,
+        "as-metrics": 44217,
+        "dash-metrics": 44227,
     }
     assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"metrics": 8080}
 
