@@ -1,11 +1,14 @@
-"""Crashes and outages mid-run: consumer and coordinator kill -9, job restarts, PostgreSQL cut off."""
+"""Crashes and outages mid-run: consumer and coordinator kill -9, a consumer SIGTERM (pod eviction), job restarts,
+PostgreSQL cut off."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.pipeline import (
@@ -15,6 +18,7 @@ from tests.support.pipeline import (
     fill,
     pids_of,
     pipeline_env,
+    scalar,
     start_main,
     stop_group,
     wait_until,
@@ -22,10 +26,26 @@ from tests.support.pipeline import (
 from tests.support.services import Endpoints
 from tests.support.tcp_proxy import proxy
 
+GRACE_S = 30  # kuberay/raycluster.yaml, consumers: terminationGracePeriodSeconds
+_OWNERS_SQL = """
+SELECT coalesce(jsonb_object_agg("partition", jsonb_build_array(owner, epoch)), '{}')::text
+FROM loom_offsets WHERE topic = $1
+"""
+_APPLICATION_SQL = "SELECT min(application_name) FROM pg_stat_activity WHERE application_name LIKE $1"
 
-def kill_9_mid_run(endpoints: Endpoints, topic: str, tmp_path: Path, application: str) -> tuple[Accounting, str]:
-    """Run the job over 200 000 messages and, once a fifth is committed, kill -9 the first process whose
-    PostgreSQL connections are named ``<application> ... pid=N``; return the accounting and the job's log."""
+
+def kill_9_mid_run(
+    endpoints: Endpoints,
+    topic: str,
+    tmp_path: Path,
+    application: str,
+    sig: int = signal.SIGKILL,
+    watch: Callable[[int], Callable[[], None]] | None = None,
+) -> tuple[Accounting, str]:
+    """Run the job over 200 000 messages and, once a fifth is committed, send ``sig`` (kill -9 unless told) to
+    the first process whose PostgreSQL connections are named ``<application> ... pid=N``; return the
+    accounting and the job's log. ``watch(pid)`` runs just before the signal and returns what to check just
+    after it, while the job runs on."""
     messages = 200_000
     fill(endpoints, topic, messages)
     log = tmp_path / "main.log"
@@ -36,7 +56,10 @@ def kill_9_mid_run(endpoints: Endpoints, topic: str, tmp_path: Path, application
         )
         victims = pids_of(endpoints, application)
         assert victims, f"no {application} connections found in pg_stat_activity"
-        os.kill(victims[0], signal.SIGKILL)
+        check = watch(victims[0]) if watch is not None else None
+        os.kill(victims[0], sig)
+        if check is not None:
+            check()
         assert process.wait(600) == 0, log.read_text()[-3000:]
     finally:
         stop_group(process)
@@ -47,6 +70,32 @@ def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: st
     result, log = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-ray")
     assert result.exact, str(result)
     assert result.max_epoch >= 2, "the killed actor's partitions were never reclaimed"
+    assert "is gone" in log
+
+
+def _owners(endpoints: Endpoints, topic: str) -> dict[int, tuple[str | None, int]]:
+    rows = json.loads(scalar(endpoints, _OWNERS_SQL, topic))
+    return {int(partition): (owner, epoch) for partition, (owner, epoch) in rows.items()}
+
+
+def test_sigterm_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    """A consumer pod evicted: SIGTERM to its worker process. Within the pod's grace period every partition it
+    held is owned by another consumer under a newer epoch, and every message is stored once."""
+
+    def watch(pid: int) -> Callable[[], None]:
+        # The actor's connections are named "loom-ray <name> pid=N"; loom_offsets.owner is <name>.
+        name = scalar(endpoints, _APPLICATION_SQL, f"loom-ray % pid={pid}").split(" ")[1]
+        held = {p: epoch for p, (owner, epoch) in _owners(endpoints, topic_name).items() if owner == name}
+        assert held, f"{name} holds no partition"
+
+        def reowned() -> bool:
+            now = _owners(endpoints, topic_name)
+            return all(now[p][0] not in (None, name) and now[p][1] > epoch for p, epoch in held.items())
+
+        return lambda: wait_until(reowned, GRACE_S, f"{name}'s partitions {sorted(held)} owned by others")
+
+    result, log = kill_9_mid_run(endpoints, topic_name, tmp_path, "loom-ray", signal.SIGTERM, watch)
+    assert result.exact, str(result)
     assert "is gone" in log
 
 
