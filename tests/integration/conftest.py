@@ -26,11 +26,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.integration)
 
 
-def _start_head(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _start_head(
+    log: Path, *args: str, env: dict[str, str] | None = None, port: int = GCS_PORT
+) -> subprocess.Popen[bytes]:
     """`ray start --head --block` in its own process group (so it is stopped with everything it spawned)."""
     temp_dir = tempfile.mkdtemp(prefix="lr-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     return subprocess.Popen(
-        [str(RAY_BIN), "start", "--head", "--block", f"--port={GCS_PORT}", f"--temp-dir={temp_dir}", *args],
+        [str(RAY_BIN), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}", *args],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

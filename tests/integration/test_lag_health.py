@@ -7,10 +7,19 @@ consumers are :class:`~tests.support.holders.Holder` handles and the test commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import re
+import signal
+import socket
 import subprocess
+import sys
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,8 +29,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from loom_ray.coordinator import Coordinator
 from loom_ray.migrate import migrate
 from loom_ray.settings import Settings
+from tests.integration.conftest import _start_head, _stop_head
 from tests.support.holders import Holder
 from tests.support.lag_health_cases import CASES
+from tests.support.pipeline import pipeline_env, scalar, start_main, stop_group, wait_until
 from tests.support.services import ROOT, Endpoints
 
 SCRIPT = ROOT / "scripts" / "monitor-consumer-lag.sh"
@@ -40,6 +51,41 @@ def _monitor(dsn: str, schema: str) -> subprocess.CompletedProcess[str]:
         "LOOM_DB_DSN": urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))),
     }
     return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def own_head(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A ``ray start --head`` on free ports of its own (Ray's defaults for the client server and the agents
+    collide with any other head on the machine); yields its GCS and metrics ports."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(7)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        gcs, metrics, agent, agent_grpc, runtime_env, client, node_manager = (s.getsockname()[1] for s in sockets)
+    log = tmp_path / "head.log"
+    head = _start_head(
+        log,
+        "--num-cpus=4",
+        "--object-store-memory=200000000",
+        "--include-dashboard=false",
+        f"--metrics-export-port={metrics}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--ray-client-server-port={client}",
+        f"--node-manager-port={node_manager}",
+        port=gcs,
+    )
+
+    def up() -> bool:
+        assert head.poll() is None, log.read_text()[-3000:]
+        return "Ray runtime started" in log.read_text()
+
+    try:
+        wait_until(up, 180, "the Ray head", interval_s=2)
+        yield gcs, metrics
+    finally:
+        _stop_head(head)
 
 
 @pytest.fixture
@@ -177,3 +223,128 @@ async def _stall_then_recover(endpoints: Endpoints, name: str, conn: asyncpg.Con
     finally:
         await coordinator.shutdown()
         await asyncio.to_thread(admin.delete_topics([topic])[topic].result, 30)
+
+
+def test_a_running_job_shows_a_stalled_partition_everywhere(
+    endpoints: Endpoints, topic_name: str, own_head: tuple[int, int], tmp_path: Path
+) -> None:
+    """The real pipeline on a ``ray start --head``, two partitions. The test holds partition 1's offset row
+    locked, so its consumer's flushes wait while messages arrive: STALL in the view,
+    in ``python -m loom_ray.ctl status``, in the ``ray_loom_lag_health`` gauge (3) and as the script's exit
+    code (2); partition 0 stays OK. Unlocked, everything is OK again and the script exits 0."""
+    topic = topic_name
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    _produce(endpoints, topic, partition=0, count=50)
+    schema = f"loom_health_{uuid.uuid4().hex[:10]}"  # the job's own tables: the script sees only its partitions
+    env = pipeline_env(endpoints, topic, min_actors=2, max_actors=2, db_schema=schema)
+    gcs_port, metrics_port = own_head
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+    log = tmp_path / "main.log"
+    process = start_main(env, "--actors", "2", log=log)
+    loop = asyncio.new_event_loop()
+    lock = loop.run_until_complete(asyncpg.connect(endpoints.dsn))
+    try:
+        owned = f"SELECT count(*) FROM {schema}.loom_offsets WHERE topic = $1 AND owner IS NOT NULL"
+        wait_until(
+            lambda: _ready(endpoints, schema) and scalar(endpoints, owned, topic) == 2,
+            180,
+            "both partitions claimed",
+            running=(process, log),
+        )
+        wait_until(
+            lambda: _statuses(endpoints, schema, topic) == {0: "OK", 1: "OK"}, 60, "lag samples", running=(process, log)
+        )
+        # The consumer of partition 1 can read but no longer commit (its compare-and-set waits on the row).
+        loop.run_until_complete(
+            lock.execute(
+                f"""BEGIN; SELECT 1 FROM {schema}.loom_offsets WHERE topic = '{topic}' AND "partition" = 1 FOR UPDATE"""
+            )
+        )
+        _produce(endpoints, topic, partition=1, count=50)
+        wait_until(
+            lambda: _statuses(endpoints, schema, topic) == {0: "OK", 1: "STALL"},
+            120,
+            "STALL in the view",
+            running=(process, log),
+        )
+        wait_until(
+            lambda: _ctl_health(env) == {"status": "ERR", "partitions": {f"{topic}[1]": "STALL"}},
+            60,
+            "STALL in ctl status",
+            running=(process, log),
+        )
+        wait_until(
+            lambda: _gauge(metrics_port, topic) == {0: 0.0, 1: 3.0},
+            60,
+            "the ray_loom_lag_health gauge",
+            running=(process, log),
+        )
+        stalled = _monitor(endpoints.dsn, schema)
+        assert stalled.returncode == 2, stalled.stdout + stalled.stderr
+
+        loop.run_until_complete(lock.execute("ROLLBACK"))
+        wait_until(
+            lambda: _statuses(endpoints, schema, topic) == {0: "OK", 1: "OK"},
+            120,
+            "OK again in the view",
+            running=(process, log),
+        )
+        wait_until(
+            lambda: _ctl_health(env) == {"status": "OK", "partitions": {}},
+            60,
+            "OK in ctl status",
+            running=(process, log),
+        )
+        healthy = _monitor(endpoints.dsn, schema)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        loop.run_until_complete(lock.close())
+        loop.close()
+        stop_group(process)
+        admin.delete_topics([topic])[topic].result(30)
+        scalar(endpoints, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _ready(endpoints: Endpoints, schema: str) -> bool:
+    """Whether the driver has applied the migrations in ``schema``."""
+    return scalar(endpoints, "SELECT to_regclass($1) IS NOT NULL", f"{schema}.v_consumer_lag_health") is True
+
+
+def _produce(endpoints: Endpoints, topic: str, partition: int, count: int) -> None:
+    producer = Producer({"bootstrap.servers": endpoints.kafka})
+    for _ in range(count):
+        producer.produce(topic, b"{}", partition=partition)
+    assert producer.flush(30) == 0
+
+
+def _statuses(endpoints: Endpoints, schema: str, topic: str) -> dict[int, str]:
+    rows = scalar(
+        endpoints,
+        f"""SELECT coalesce(jsonb_object_agg("partition", status), '{{}}')::text FROM {schema}.v_consumer_lag_health
+            WHERE topic = $1""",
+        topic,
+    )
+    return {int(p): s for p, s in json.loads(rows).items()}
+
+
+def _ctl_health(env: dict[str, str]) -> Any:
+    ctl = subprocess.run(
+        [sys.executable, "-m", "loom_ray.ctl", "status"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert ctl.returncode == 0, ctl.stderr[-2000:]
+    return json.loads(ctl.stdout[ctl.stdout.index("{") :])["lag_health"]
+
+
+def _gauge(port: int, topic: str) -> dict[int, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("ray_loom_lag_health{") and f'topic="{topic}"' in line:
+            partition = re.search(r'partition="(\d+)"', line)
+            assert partition is not None, line
+            found[int(partition.group(1))] = float(line.rsplit(" ", 1)[1])
+    return found
