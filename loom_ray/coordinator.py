@@ -30,8 +30,9 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -43,7 +44,7 @@ from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.claims import BrokerPartition
-from loom_ray.policy.lag_health import PartitionStatus, evaluate, overall
+from loom_ray.policy.lag_health import WINDOW_SAMPLES, PartitionStatus, Sample, evaluate, overall
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.progress import RecordTally, records_per_consumer
 from loom_ray.settings import Settings
@@ -107,7 +108,9 @@ class Coordinator:
         self._factory = factory
         self._on_lag = on_lag
         self._on_health = on_health
-        # Per partition, its lag health (policy/lag_health.py) as of the last lag sample.
+        # Per partition, its newest lag samples (None until read at the first sample) and its lag health
+        # (policy/lag_health.py) over them, as of the last sample.
+        self._windows: dict[TopicPartition, deque[Sample]] | None = None
         self._health: dict[TopicPartition, PartitionStatus] = {}
         self._members: dict[str, _Member] = {}
         self._owners: dict[TopicPartition, str] = {}
@@ -496,11 +499,26 @@ class Coordinator:
 
     async def _judge_lag(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         """Each partition's lag health over its newest samples, right after a sample (for ``status()`` and the
-        ``loom_lag_health`` gauge); ``sql/007_lag_health.sql`` gives the same from PostgreSQL alone."""
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
-            found, now = await lag_history.windows(conn, list(progress))
-        self._health = {tp: evaluate(found.get(tp, []), row["lag"], now) for tp, row in progress.items()}
+        ``loom_lag_health`` gauge); ``sql/007_lag_health.sql`` gives the same from PostgreSQL alone.
+
+        The windows live in memory: read from ``consumer_lag_history`` once, at the first sample (they then
+        hold the samples of earlier coordinators too, their times moved onto this process's clock), and
+        extended with each sample this coordinator writes, so a round reads nothing more from PostgreSQL."""
+        now = time.time()
+        if self._windows is None:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                found, db_now = await lag_history.windows(conn, list(progress))
+            self._windows = {
+                tp: deque((replace(s, sampled_at=s.sampled_at - db_now + now) for s in window), WINDOW_SAMPLES)
+                for tp, window in found.items()
+            }
+        else:
+            for tp, row in progress.items():
+                window = self._windows.setdefault(tp, deque(maxlen=WINDOW_SAMPLES))
+                window.append(Sample(now, row["next_offset"], row["lag"]))
+        self._windows = {tp: w for tp, w in self._windows.items() if tp in progress}
+        self._health = {tp: evaluate(self._windows.get(tp, ()), row["lag"], now) for tp, row in progress.items()}
         if self._on_health is not None:
             for (topic, partition), status in self._health.items():
                 self._on_health(topic, partition, status)

@@ -70,10 +70,11 @@ def evaluate(window: Sequence[Sample], current_lag: int, now: float) -> Partitio
     now and the time now (seconds since the epoch); see the module docstring for the rules."""
     if len(window) < MIN_SAMPLES or current_lag == 0 or any(s.lag == 0 for s in window):
         return PartitionStatus.OK
-    pairs = list(zip(window, window[1:], strict=False))
+    samples = list(window)
+    pairs = list(zip(samples, samples[1:], strict=False))
     if any(b.next_offset < a.next_offset for a, b in pairs):
         return PartitionStatus.REWIND
-    if now - window[-1].sampled_at > window[-1].sampled_at - window[0].sampled_at:
+    if now - samples[-1].sampled_at > samples[-1].sampled_at - samples[0].sampled_at:
         return PartitionStatus.STOP
     if all(b.next_offset == a.next_offset for a, b in pairs):
         return PartitionStatus.STALL

@@ -161,8 +161,8 @@ def test_a_stalled_and_a_healthy_partition(
 
 
 async def _stall_then_recover(endpoints: Endpoints, name: str, conn: asyncpg.Connection, topic: str) -> None:
-    """Partition 0 is committed up to its high watermark after each round, partition 1 never: STALL and ERR;
-    then partition 1 catches up (OK); then sampling stops (STOP)."""
+    """Partition 0 is committed up to its high watermark after each round, partition 1 never: STALL and ERR
+    (at once, from an earlier coordinator's samples, and from this one's); then partition 1 catches up (OK)."""
     admin = AdminClient({"bootstrap.servers": endpoints.kafka})
     await asyncio.to_thread(admin.create_topics([NewTopic(topic, 2, 1)])[topic].result, 30)
     producer = Producer({"bootstrap.servers": endpoints.kafka})
@@ -202,8 +202,17 @@ async def _stall_then_recover(endpoints: Endpoints, name: str, conn: asyncpg.Con
         return {r["partition"]: r["status"] for r in rows}
 
     try:
-        await rounds(4, committed=(0,))
-        assert (await coordinator.status())["lag_health"] == {"status": "ERR", "partitions": {f"{topic}[1]": "STALL"}}
+        # Samples an earlier coordinator wrote: partition 1 stalled for 30 s. The first round reads them back.
+        await conn.execute(
+            """INSERT INTO consumer_lag_history (sampled_at, topic, "partition", next_offset, high_watermark)
+               SELECT now() - make_interval(secs => age), $1, 1, 0, 20 FROM unnest(ARRAY[30, 20, 10]) AS age""",
+            topic,
+        )
+        await rounds(1, committed=(0,))
+        stalled_status = {"status": "ERR", "partitions": {f"{topic}[1]": "STALL"}}
+        assert (await coordinator.status())["lag_health"] == stalled_status
+        await rounds(3, committed=(0,))
+        assert (await coordinator.status())["lag_health"] == stalled_status
         assert published == {(topic, 0): 0, (topic, 1): 3}  # the gauge: OK, STALL
         assert await view() == {0: "OK", 1: "STALL"}
         kinds = await conn.fetch(
