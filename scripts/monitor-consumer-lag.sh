@@ -75,17 +75,19 @@ FROM v_consumer_performance_monitor;
 SQL
 }
 
-# Prints the partitions that are not OK, then sets $health to 0 (OK), 1 (WARN) or 2 (ERR).
+# Prints the partitions that are not OK, then sets $health to 0 (OK), 1 (WARN) or 2 (ERR). One read of the view
+# (it evaluates every partition's window).
 lag_health() {
   echo "== Lag health (Burrow's rules, v_consumer_lag_health)"
-  psql -X -q -v ON_ERROR_STOP=1 -P pager=off -P footer=off "$dsn" <<'SQL'
-SELECT topic, "partition", status, lag, samples, detail
-FROM v_consumer_lag_health
-WHERE status <> 'OK'
-ORDER BY topic, "partition";
-SQL
-  health=$(psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" -c \
-    "SELECT coalesce(max(CASE severity WHEN 'ERR' THEN 2 WHEN 'WARN' THEN 1 ELSE 0 END), 0) FROM v_consumer_lag_health") || return
+  local rows
+  rows=$(psql -X -q -At -F $'\t' -v ON_ERROR_STOP=1 "$dsn" -c "
+    SELECT topic, \"partition\", status, severity, lag, samples, detail
+    FROM v_consumer_lag_health WHERE status <> 'OK' ORDER BY topic, \"partition\"") || return
+  health=0
+  if [ -n "$rows" ]; then
+    printf 'topic\tpartition\tstatus\tseverity\tlag\tsamples\tdetail\n%s\n' "$rows"
+    case $rows in *$'\tERR\t'*) health=2 ;; *) health=1 ;; esac
+  fi
   echo "lag health: $(case $health in 0) echo OK ;; 1) echo WARN ;; *) echo ERR ;; esac)"
 }
 
