@@ -23,6 +23,11 @@ class FlushMetrics:
         self.gap_offsets = Counter(
             "loom_gap_offsets", "Offsets skipped because the broker no longer had them (loom_gaps).", _TAGS
         )
+        self.route_records = Counter(
+            "loom_route_records",
+            "Records of a routed topic committed, by route and outcome: inserted, upserted, deleted, dead_letter.",
+            ("route", "outcome"),
+        )
         self.flush_seconds = Histogram(
             "loom_flush_seconds",
             "Seconds per flush transaction.",
@@ -47,6 +52,15 @@ class FlushMetrics:
             ):
                 if value:
                     counter.inc(value, tags)
+        for (route, _, _), counts in result.routes.items():
+            for outcome, value in (
+                ("inserted", counts.inserted),
+                ("upserted", counts.upserted),
+                ("deleted", counts.deleted),
+                ("dead_letter", counts.dead_letters),
+            ):
+                if value:
+                    self.route_records.inc(value, {"route": route, "outcome": outcome})
         for batch in result.fenced:
             self.fenced.inc(1, {"topic": batch.topic, "partition": str(batch.partition)})
         if result.committed:

@@ -11,10 +11,13 @@ from ``start`` to ``end`` in the same transaction as the rows, dead letters and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loom_ray.routes.model import Route
 
 # A loom_messages record, in sink.postgres.MESSAGE_COLUMNS order; kafka_ts is an int, microseconds since
-# 2000-01-01 UTC (sink.codecs), or None.
+# 2000-01-01 UTC (sink.codecs), or None. In a routed batch, a loom_ray.routes.convert.RoutedRecord.
 Row = tuple[Any, ...]
 DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
 
@@ -50,6 +53,7 @@ class PartitionBatch:
     start: int
     end: int = -1
     incarnation: int = 0  # of the topic (loom_offsets.incarnation), stored with every record
+    route: Route | None = None  # the topic's route (LOOM_ROUTES_FILE); None: rows go to loom_messages
     rows: list[Row] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -72,7 +76,9 @@ class PartitionBatch:
 
     def after(self) -> PartitionBatch:
         """An empty batch that starts where this one ends, with the same claim."""
-        return PartitionBatch(self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation)
+        return PartitionBatch(
+            self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation, route=self.route
+        )
 
     def skip_to(self, offset: int, now: float) -> None:
         """Account for offsets up to ``offset`` that hold no record for a read_committed consumer."""

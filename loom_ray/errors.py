@@ -36,3 +36,13 @@ class ColumnTypeChangedError(LoomError):
 
 class TransientError(LoomError):
     """A database or broker outage: retry with backoff, keep the buffers."""
+
+
+class RoutesFileError(ConfigError):
+    """The routes file (LOOM_ROUTES_FILE) cannot be read or declares something invalid, found at start; the
+    message names the file, the route and what to change."""
+
+
+class RouteTableError(ConfigError):
+    """A route's table exists but does not fit the route (a column missing, a type that differs, no unique
+    key for an upsert), found at start; the message names the table, the column and the fix."""

@@ -28,7 +28,9 @@ from loom_ray.errors import ConfigError
 from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
 from loom_ray.progress import MIN_RATE_WINDOW_S, IngestWindow
+from loom_ray.routes.tables import prepare_tables, route_counts, summary_lines
 from loom_ray.settings import SECRET_FIELDS, Settings, env_name
+from loom_ray.sink.routed import RouteCounts
 
 log = logging.getLogger("loom_ray.main")
 
@@ -81,6 +83,7 @@ class Counts:
     rows: int
     dead_letters: int
     gap_offsets: int = 0  # offsets of recorded gaps (loom_gaps) with a known end
+    routes: dict[str, RouteCounts] | None = None  # per route (LOOM_ROUTES_FILE); rows includes what they applied
 
 
 async def prepare(settings: Settings) -> Counts:
@@ -88,6 +91,7 @@ async def prepare(settings: Settings) -> Counts:
     conn = await db.connect(settings, f"loom-driver pid={os.getpid()}")
     try:
         await migrate(conn, schema=settings.db_schema)
+        await prepare_tables(conn, settings.routes, settings.db_schema)
         await db.check_capacity(conn, settings)
         return await counts(conn, settings)
     finally:
@@ -105,7 +109,11 @@ async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
         topics,
     )
     assert row is not None
-    return Counts(int(row["committed"]), int(row["rows"]), int(row["dead_letters"]), int(row["gap_offsets"]))
+    routes = await route_counts(conn, topics) if settings.routes.routes else None
+    routed = sum(c.written for c in routes.values()) if routes else 0
+    return Counts(
+        int(row["committed"]), int(row["rows"]) + routed, int(row["dead_letters"]), int(row["gap_offsets"]), routes
+    )
 
 
 async def final_counts(settings: Settings) -> Counts:
@@ -201,6 +209,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     drain(coordinator, settings)
     after = asyncio.run(final_counts(settings))
     print(summary(before, after, time.monotonic() - started, window), flush=True)
+    for line in summary_lines(settings.routes, before.routes or {}, after.routes or {}):
+        print(line, flush=True)
     return 0
 
 

@@ -27,12 +27,13 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from loom_ray import db
 from loom_ray.batch import OFFSET_OUT_OF_RANGE, FlushLimits, PartitionBatch, flush_due
 from loom_ray.crashpoints import crash_point
-from loom_ray.decode import Rejection, capped, decode_value, sha256
+from loom_ray.decode import Rejection, capped, decode_document, decode_value, sha256
 from loom_ray.fields import UNSTORABLE, UnreadableHeaders, diagnose, read_headers, unencodable_headers
 from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.sink_errors import Blocker, Kind, Verdict, classify
+from loom_ray.routes.convert import RoutedRecord, RoutePlan, convert, plan, tombstone
 from loom_ray.settings import Settings
 from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
 from loom_ray.sink.postgres import FlushResult, PostgresSink
@@ -65,6 +66,7 @@ class _Partition:
     committed: int  # next_offset as committed in PostgreSQL
     open: PartitionBatch  # the batch messages are added to now
     assigned: int  # IngestWorker._assignments when this claim was taken: older consume() results are stale
+    plan: RoutePlan | None = None  # the topic's route (LOOM_ROUTES_FILE), or None for loom_messages
     stats: PartitionStats = field(default_factory=PartitionStats)
 
 
@@ -147,7 +149,13 @@ class IngestWorker:
         self._pool = await db.create_pool(
             self._settings, f"loom-ray {self.name} pid={os.getpid()}", init=install_codecs
         )
-        self._sink = PostgresSink(self._pool, self.name, self._settings.dead_letter_max_bytes, self._settings.audit)
+        self._sink = PostgresSink(
+            self._pool,
+            self.name,
+            self._settings.dead_letter_max_bytes,
+            self._settings.audit,
+            self._settings.db_schema,
+        )
         self._kafka = PartitionConsumer(self._settings, self.name)
         _tune_gc()
 
@@ -165,11 +173,13 @@ class IngestWorker:
         pending = self._unassigning.pop(tp, None)
         if pending is not None:
             await pending  # the unassign after a fence must not land after this assign
+        route = self._settings.routes.route_for(claim.topic)
         batch = PartitionBatch(
-            claim.topic, claim.partition, claim.epoch, claim.next_offset, incarnation=claim.incarnation
+            claim.topic, claim.partition, claim.epoch, claim.next_offset, incarnation=claim.incarnation, route=route
         )
         self._assignments += 1
-        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments)
+        route_plan = None if route is None else plan(route)
+        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route_plan)
         await self._kafka.assign(claim.topic, claim.partition, claim.next_offset, paused=self._paused)
         log.info(
             "%s assigned %s[%d] epoch=%d incarnation=%d from offset %d",
@@ -253,11 +263,15 @@ class IngestWorker:
                 if part is not None and part.assigned > assignments:
                     part = None
                 incarnation = 0 if part is None else part.open.incarnation
+                route_plan = None if part is None else part.plan
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
             part.stats.messages += 1
             try:
+                if route_plan is not None:
+                    self._add_routed(part, route_plan, message, offset, raw_headers, now)
+                    continue
                 value = message.value()
                 headers = encode_headers(raw_headers) if raw_headers else None
                 decoded = decode_value(value, max_message_bytes)
@@ -270,6 +284,31 @@ class IngestWorker:
                     self._add_dead_letter(part, message, offset, headers, decoded, now)
             except Exception as exc:  # some field cannot be stored: the slow path finds which
                 self._add_unstorable(part, message, offset, raw_headers, exc, now)
+
+    def _add_routed(
+        self, part: _Partition, route_plan: RoutePlan, message: Message, offset: int, raw_headers: Any, now: float
+    ) -> None:
+        """Convert a record of a routed topic into its route's columns (:mod:`loom_ray.routes.convert`): a
+        row, a delete by key for a tombstone, or a dead letter naming the route, the column and the reason."""
+        value = message.value()
+        key = message.key()
+        headers = encode_headers(raw_headers) if raw_headers else None
+        if value is None:
+            values = tombstone(route_plan, key)
+        else:
+            document = decode_document(value, self._settings.max_message_bytes)
+            if isinstance(document, Rejection):
+                self._add_dead_letter(part, message, offset, headers, document, now)
+                return
+            batch = part.open
+            values = convert(
+                route_plan, document, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
+            )
+        if isinstance(values, Rejection):
+            self._add_dead_letter(part, message, offset, headers, values, now)
+            return
+        record = RoutedRecord(offset, value is None, values, key, value, headers)
+        part.open.add_row(offset, record, 0 if value is None else len(value), now)
 
     def _add_unstorable(
         self, part: _Partition, message: Message, offset: int, raw_headers: Any, exc: Exception, now: float

@@ -8,12 +8,14 @@ Names and meanings follow the seed system (``LOOM_KAFKA_BATCH_SIZE``, ``LOOM_DB_
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from loom_ray.errors import ConfigError
+from loom_ray.errors import ConfigError, RoutesFileError
+from loom_ray.routes.model import RouteSet, load_routes
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -149,6 +151,14 @@ class Settings(BaseSettings):
     )
     audit: bool = Field(False, description="Also append every committed offset to loom_audit (fault tests).")
 
+    # Routes: topics into the user's own tables.
+    routes_file: Path | None = Field(
+        None,
+        description="TOML file routing topics into your own tables (README, Routes); read at start. Unset: "
+        "every topic goes to loom_messages.",
+    )
+    _routes: RouteSet = PrivateAttr(default_factory=lambda: RouteSet(route=()))
+
     @field_validator("kafka_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
@@ -191,6 +201,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _load_routes(self) -> Settings:
+        if self.routes_file is not None:
+            try:
+                self._routes = load_routes(self.routes_file)
+            except RoutesFileError as exc:
+                raise ValueError(f"LOOM_ROUTES_FILE: {str(exc).replace(chr(10), chr(10) + '  ')}") from None
+        return self
+
+    @model_validator(mode="after")
     def _check_relations(self) -> Settings:
         if self.db_min_pool_size > self.db_max_pool_size:
             raise ValueError(
@@ -220,6 +239,11 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_errors(exc)) from None
+
+    @property
+    def routes(self) -> RouteSet:
+        """The routes of LOOM_ROUTES_FILE, parsed at start (none without the file)."""
+        return self._routes
 
     @property
     def dsn(self) -> str:

@@ -7,7 +7,9 @@ Called by the pipeline with the batches that are due. Step by step, inside one t
    report it fenced, and retry the other partitions' batches;
 2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) or asyncpg
    cannot encode is found by bisecting under savepoints and becomes a dead letter (stage ``db_row``), the
-   rest still commit;
+   rest still commit; the batches of routed topics go to their routes' tables instead
+   (:mod:`loom_ray.sink.routed`: a staging COPY and one set-based statement per route, refused rows
+   isolated the same way);
 3. COPY the dead letters into ``loom_dead_letters``, the recorded gaps into ``loom_gaps`` (and the batch
    ranges into ``loom_audit`` if asked);
 4. commit.
@@ -22,7 +24,6 @@ Outages (:data:`loom_ray.db.TRANSIENT_ERRORS`) propagate; the caller resolves an
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ from loom_ray.batch import DeadLetter, PartitionBatch, Row
 from loom_ray.crashpoints import crash_point
 from loom_ray.decode import DB_ROW, capped, sha256
 from loom_ray.errors import ColumnTypeChangedError, FencedError
+from loom_ray.routes.convert import RoutedRecord
+from loom_ray.sink.isolate import copy_isolating
+from loom_ray.sink.routed import RouteCounts, RoutedWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +68,6 @@ _AUDIT_COLUMNS = (
     "incarnation",
 )
 
-# Errors about one row's content: isolate the row, dead-letter it, commit the rest. From PostgreSQL: a value
-# it cannot take (class 22), a constraint on the row itself (CHECK, NOT NULL, a foreign key), a limit one row
-# exceeds (54000, e.g. an index entry too large). From asyncpg's binary COPY encoder, a value it cannot encode
-# (a str that is not UTF-8, an int wider than its column): it aborts the COPY, and the savepoint rolls that
-# back as it does a server error.
-# Not among them: a unique violation (after a successful offset CAS it would mean a duplicate write, which must
-# stop the flush loudly rather than hide in the dead-letter table); a TypeError from the encoder (a value of
-# the wrong type means a column's type changed: the same for every row, raised as ColumnTypeChangedError, a
-# blocker the caller retries and reports); and whatever is
-# about the database rather than the row (permissions, a missing table, an outage): it fails every row alike
-# and is the caller's (loom_ray.policy.sink_errors).
-_ROW_ERRORS = (
-    asyncpg.DataError,
-    asyncpg.CheckViolationError,
-    asyncpg.NotNullViolationError,
-    asyncpg.ForeignKeyViolationError,
-    asyncpg.ProgramLimitExceededError,
-)
-_ENCODE_ERRORS = (ValueError, OverflowError, struct.error)
 
 _CAS_SQL = """
 UPDATE loom_offsets AS o SET next_offset = b.end_offset, updated_at = now()
@@ -100,18 +85,27 @@ class FlushResult:
 
     committed: list[PartitionBatch] = field(default_factory=list)
     fenced: list[PartitionBatch] = field(default_factory=list)
-    rows: int = 0
+    rows: int = 0  # rows into loom_messages, plus records applied to routes' tables
     dead_letters: int = 0
+    routes: dict[tuple[str, str, int], RouteCounts] = field(default_factory=dict)  # (route, topic, partition)
 
 
 class PostgresSink:
     """Writes due batches of one consumer actor; one transaction per call (plus retries after a fence)."""
 
-    def __init__(self, pool: asyncpg.Pool, owner: str, dead_letter_max_bytes: int, audit: bool = False) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        owner: str,
+        dead_letter_max_bytes: int,
+        audit: bool = False,
+        default_schema: str = "public",
+    ) -> None:
         self._pool = pool
         self._owner = owner
         self._dead_letter_max_bytes = dead_letter_max_bytes
         self._audit = audit
+        self._routed = RoutedWriter(default_schema)
 
     async def write(self, batches: Sequence[PartitionBatch]) -> FlushResult:
         """Commit ``batches``; fenced ones are returned, not written. Outages raise."""
@@ -119,7 +113,7 @@ class PostgresSink:
         pending = [b for b in batches if b.advances]
         while pending:
             try:
-                result.rows, result.dead_letters = await self._write_once(pending)
+                result.rows, result.dead_letters, result.routes = await self._write_once(pending)
             except TypeError as exc:
                 raise ColumnTypeChangedError(f"a column's type is not the one sql/ defines: {exc}") from exc
             except FencedError as exc:
@@ -132,7 +126,9 @@ class PostgresSink:
             break
         return result
 
-    async def _write_once(self, batches: list[PartitionBatch]) -> tuple[int, int]:
+    async def _write_once(
+        self, batches: list[PartitionBatch]
+    ) -> tuple[int, int, dict[tuple[str, str, int], RouteCounts]]:
         async with self._pool.acquire() as conn, conn.transaction():
             matched = await conn.fetch(
                 _CAS_SQL,
@@ -146,11 +142,15 @@ class PostgresSink:
                 won = {(r["topic"], r["partition"]) for r in matched}
                 raise FencedError([(b.topic, b.partition) for b in batches if (b.topic, b.partition) not in won])
             crash_point("after_offset_cas")
-            rows = [row for b in batches for row in b.rows]
-            refused = await self._copy_isolating(conn, rows)
+            rows = [row for b in batches if b.route is None for row in b.rows]
+            refused = await copy_isolating(conn, "loom_messages", rows, MESSAGE_COLUMNS)
+            routed = [b for b in batches if b.route is not None]
+            outcome = await self._routed.write(conn, routed) if routed else None
             crash_point("after_data_copy")
             dead_letters = [dl for b in batches for dl in b.dead_letters]
             dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
+            if outcome is not None:
+                dead_letters.extend(self._refused_record(b, record, exc) for b, record, exc in outcome.refused)
             if dead_letters:
                 await conn.copy_records_to_table("loom_dead_letters", records=dead_letters, columns=DEAD_LETTER_COLUMNS)
             gaps = [
@@ -165,33 +165,49 @@ class PostgresSink:
                     "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
                 )
         crash_point("after_commit")
-        return len(rows) - len(refused), len(dead_letters)
-
-    async def _copy_isolating(self, conn: asyncpg.Connection, rows: list[Row]) -> list[tuple[Row, Exception]]:
-        """COPY ``rows`` under a savepoint; on a row error, bisect to find and return the refused rows."""
-        if not rows:
-            return []
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("loom_messages", records=rows, columns=MESSAGE_COLUMNS)
-            return []
-        except (*_ROW_ERRORS, *_ENCODE_ERRORS) as exc:
-            if len(rows) == 1:
-                return [(rows[0], exc)]
-        middle = len(rows) // 2
-        return await self._copy_isolating(conn, rows[:middle]) + await self._copy_isolating(conn, rows[middle:])
+        if outcome is None:
+            return len(rows) - len(refused), len(dead_letters), {}
+        return len(rows) - len(refused) + outcome.written, len(dead_letters), outcome.counts
 
     def _refused_row(self, row: Row, exc: Exception) -> DeadLetter:
         topic, partition, offset, key, payload, headers, _, incarnation = row
         raw = payload.encode("utf-8", "surrogatepass")
-        error_class, error_message, sqlstate = _refusal(exc)
+        return self._db_row_dead_letter(topic, partition, offset, key, raw, headers, incarnation, _refusal(exc))
+
+    def _refused_record(self, batch: PartitionBatch, record: RoutedRecord, exc: Exception) -> DeadLetter:
+        assert batch.route is not None
+        error_class, error_message, sqlstate = _refusal(exc, f"the staging table of {batch.route.table}")
+        refusal = (error_class, f"route {batch.route.name!r}: {error_message}", sqlstate)
+        return self._db_row_dead_letter(
+            batch.topic,
+            batch.partition,
+            record.offset,
+            record.key,
+            record.value,
+            record.headers,
+            batch.incarnation,
+            refusal,
+        )
+
+    def _db_row_dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        raw: bytes | None,
+        headers: str | None,
+        incarnation: int,
+        refusal: tuple[str, str, str | None],
+    ) -> DeadLetter:
+        error_class, error_message, sqlstate = refusal
         return (
             topic,
             partition,
             offset,
             key,
             capped(raw, self._dead_letter_max_bytes),
-            len(raw),
+            None if raw is None else len(raw),
             sha256(raw),
             headers,
             error_class,
@@ -238,7 +254,7 @@ class PostgresSink:
         return done, fenced
 
 
-def _refusal(exc: Exception) -> tuple[str, str, str | None]:
+def _refusal(exc: Exception, table: str = "loom_messages") -> tuple[str, str, str | None]:
     """A refused row's ``error_class``, ``error_message`` and ``sqlstate``; the message starts with where
     PostgreSQL says the row failed (``COPY loom_messages, line 1, column kafka_ts``), which names the field."""
     if isinstance(exc, asyncpg.PostgresError):
@@ -246,6 +262,6 @@ def _refusal(exc: Exception) -> tuple[str, str, str | None]:
         return type(exc).__name__, f"{where}{exc}", exc.sqlstate
     return (
         "Unencodable",
-        f"COPY loom_messages: asyncpg cannot encode a value of the row ({type(exc).__name__}: {exc})",
+        f"COPY {table}: asyncpg cannot encode a value of the row ({type(exc).__name__}: {exc})",
         None,
     )

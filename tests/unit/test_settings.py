@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from pydantic import SecretStr, ValidationError
 from loom_ray.db import session_settings
 from loom_ray.errors import ConfigError
 from loom_ray.settings import Settings, env_name
+
+EXAMPLE_ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
 
 MiB = 1024**2
 SECRET = "hunter2"
@@ -113,6 +116,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "shutdown_timeout_s": ("12.5", 12.5),
     "scale_catchup_s": ("30", 30.0),
     "audit": ("true", True),
+    "routes_file": (str(EXAMPLE_ROUTES), EXAMPLE_ROUTES),
 }
 
 

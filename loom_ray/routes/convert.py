@@ -1,0 +1,185 @@
+"""A routed record into the typed values of its route's columns, or the rejection that becomes its dead letter.
+
+Pure; runs on the consumer actor for every record of a routed topic (``IngestWorker._add_routed``), after
+the value is parsed once (:func:`loom_ray.decode.decode_document`). Each column's value is looked up at its
+source and converted by :mod:`loom_ray.routes.types`; the first column that does not fit rejects the record
+with a message naming the route, the column and the reason (stage ``validate``). A tombstone (no value)
+is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from loom_ray.decode import DECODE, VALIDATE, Rejection
+from loom_ray.routes.model import Column, Route
+from loom_ray.routes.types import FROM_BYTES, FROM_JSON, Converter, Unfit
+from loom_ray.sink.codecs import kafka_ts_micros
+
+_MISSING = object()
+KafkaHeaders = list[tuple[str, bytes | str | None]] | None
+
+
+class RoutedRecord(NamedTuple):
+    """What a batch holds for one routed record (a tuple, as a batch's rows are): its values in the route's
+    column order (key columns only for a delete), and the raw record for a dead letter should PostgreSQL
+    refuse the row at write time."""
+
+    offset: int
+    delete: bool
+    values: tuple[Any, ...]
+    key: bytes | None
+    value: bytes | None
+    headers: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ColumnPlan:
+    name: str
+    source: str
+    path: tuple[str, ...]
+    header: str | None
+    required: bool
+    convert: Converter
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """A route made ready for the hot path: a converter per column (built once per partition assigned)."""
+
+    route: Route
+    columns: tuple[_ColumnPlan, ...]
+
+
+def plan(route: Route) -> RoutePlan:
+    """The conversion plan of ``route``."""
+    return RoutePlan(route, tuple(_column_plan(c) for c in route.columns))
+
+
+def _column_plan(column: Column) -> _ColumnPlan:
+    convert: Converter
+    if column.source == "timestamp":
+        convert = _record_timestamp
+    elif column.source in ("topic", "partition", "offset"):
+        convert = _same
+    else:
+        convert = FROM_BYTES[column.type] if column.reads_bytes else FROM_JSON[column.type]
+    path = column.json_path if column.source == "value" else column.path
+    required = column.required
+    return _ColumnPlan(column.name, column.source, path, column.header, required, convert)
+
+
+def tombstone(plan: RoutePlan, key: bytes | None) -> tuple[Any, ...] | Rejection:
+    """The key values a tombstone deletes by, or why it is a dead letter."""
+    route = plan.route
+    if route.on_tombstone != "delete":
+        return Rejection(
+            "NullValue",
+            f"route {route.name!r}: value: null (a tombstone); the route does not delete "
+            '(set on_tombstone = "delete" with a key read from = "key")',
+            DECODE,
+        )
+    values: list[Any] = [None] * len(plan.columns)
+    for index, column in enumerate(plan.columns):
+        if column.name in route.key:
+            try:
+                values[index] = _convert(plan, column, _from_key(column, key))
+            except Unfit as unfit:
+                return _reject(plan, column, unfit)
+    return tuple(values)
+
+
+def convert(
+    plan: RoutePlan,
+    document: Any,
+    key: bytes | None,
+    headers: KafkaHeaders,
+    timestamp: tuple[int, int],
+    topic: str,
+    partition: int,
+    offset: int,
+) -> tuple[Any, ...] | Rejection:
+    """The record's values in column order, or the rejection naming the first column that does not fit.
+
+    ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL).
+    """
+    values = []
+    for column in plan.columns:
+        source = column.source
+        try:
+            if source == "value":
+                raw = _lookup(document, column.path)
+            elif source == "key":
+                raw = _from_key(column, key)
+            elif source == "header":
+                raw = _header(headers, column.header)
+            elif source == "timestamp":
+                raw = None if timestamp[0] == 0 else timestamp[1]
+            else:
+                raw = {"topic": topic, "partition": partition, "offset": offset}[source]
+            values.append(_convert(plan, column, raw))
+        except Unfit as unfit:
+            return _reject(plan, column, unfit)
+    return tuple(values)
+
+
+def _convert(plan: RoutePlan, column: _ColumnPlan, raw: Any) -> Any:
+    """``raw`` converted for the column; raises Unfit."""
+    if raw is None or raw is _MISSING:
+        if column.required or column.name in plan.route.key:
+            what = "missing" if raw is _MISSING else "null"
+            where = ".".join(column.path) if column.path else column.source
+            raise Unfit("MissingField", f"required, but {where} is {what}")
+        return None
+    return column.convert(raw)
+
+
+def _reject(plan: RoutePlan, column: _ColumnPlan, unfit: Unfit) -> Rejection:
+    return Rejection(unfit.error_class, f"route {plan.route.name!r}, column {column.name!r}: {unfit.reason}", VALIDATE)
+
+
+def _lookup(document: Any, path: tuple[str, ...]) -> Any:
+    """The JSON value at ``path``, or _MISSING where a step finds nothing."""
+    for step in path:
+        if type(document) is dict:
+            document = document.get(step, _MISSING)
+        elif type(document) is list and step.isdigit() and int(step) < len(document):
+            document = document[int(step)]
+        else:
+            return _MISSING
+    return document
+
+
+def _from_key(column: _ColumnPlan, key: bytes | None) -> Any:
+    """The whole key (bytes), or with a path the JSON value at it; raises Unfit for a key that is not JSON."""
+    if key is None or not column.path:
+        return key
+    try:
+        document = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        raise Unfit("WrongType", f"the key {key[:40]!r} is not JSON, and the column reads a path in it") from None
+    return _lookup(document, column.path)
+
+
+def _header(headers: KafkaHeaders, name: str | None) -> bytes | None:
+    """The last value of header ``name`` (Kafka allows repeats), as bytes."""
+    found: bytes | str | None = None
+    for key, value in headers or ():
+        if key == name:
+            found = value
+    return found.encode("utf-8") if isinstance(found, str) else found
+
+
+def _same(value: Any) -> Any:
+    """topic, partition and offset: already what their column holds."""
+    return value
+
+
+def _record_timestamp(ts_ms: int) -> int:
+    try:
+        return kafka_ts_micros(ts_ms)
+    except ValueError as exc:
+        raise Unfit("BadTimestamp", f"the record's timestamp: {exc}") from None

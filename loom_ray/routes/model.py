@@ -1,0 +1,280 @@
+"""The routes file (``LOOM_ROUTES_FILE``, TOML): parsed and validated once, at start, into frozen models.
+
+Read by :class:`loom_ray.settings.Settings` when it is built, so a bad file stops the start before anything
+connects, with a :class:`~loom_ray.errors.RoutesFileError` naming the file, the route and what to change;
+the parsed routes travel to the consumer actors inside the settings (the file is needed on the driver's
+machine only). The format, with every key::
+
+    [[route]]
+    name = "orders"                 # names the route in dead letters, metrics and loom_route_counts
+    topic = "orders"                # or topic_pattern = "orders\\\\..*" (a regular expression, whole name)
+    table = "shop.orders"           # schema.table, or table (then in LOOM_DB_SCHEMA)
+    mode = "upsert"                 # or "insert" (the default): append every record
+    key = ["order_id"]              # columns of the unique key; required for upsert
+    on_tombstone = "delete"         # or "dead_letter" (the default); delete needs every key column from the key
+    auto_create = true              # create the table (and schema) when missing; default false
+
+    [route.columns]                 # in table order
+    order_id = { type = "bigint", from = "key" }              # the whole Kafka key, as decimal digits
+    customer = { type = "text", path = "customer.name", required = true }
+    amount   = { type = "numeric" }                            # path defaults to the column's name
+    placed   = { type = "timestamptz", path = "placed_at" }
+    source   = { type = "text", from = "header", header = "source" }
+    kafka_ts = { type = "timestamptz", from = "timestamp" }
+    src_off  = { type = "bigint", from = "offset" }           # also from = "topic" (text), "partition"
+
+``from`` is ``value`` (default: a JSON path into the value), ``key`` (the whole key as bytes, or with a
+``path`` the key as JSON), ``header``, ``timestamp``, ``topic``, ``partition`` or ``offset``. A path is
+dotted names, with a number for a list's element (``items.0.sku``). Types: :mod:`loom_ray.routes.types`.
+A topic no route matches is stored in ``loom_messages``, as without a routes file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loom_ray.errors import RoutesFileError
+from loom_ray.routes.types import BYTES_TYPES, TYPE_ALIASES
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+Source = Literal["value", "key", "header", "timestamp", "topic", "partition", "offset"]
+# The type a metadata source gives, and the types its column may have.
+_METADATA_TYPES = {
+    "timestamp": frozenset({"timestamp with time zone"}),
+    "topic": frozenset({"text"}),
+    "partition": frozenset({"integer", "bigint"}),
+    "offset": frozenset({"bigint"}),
+}
+
+
+def _identifier(value: str, what: str) -> str:
+    if not _IDENTIFIER.match(value) or value.startswith("pg_") or value.startswith("_loom"):
+        raise ValueError(
+            f"{what} {value!r} must be a lower-case SQL identifier: a letter or _, then letters, digits or _, "
+            "at most 63, not starting with pg_ or _loom"
+        )
+    return value
+
+
+class Column(BaseModel):
+    """One column of a route's table and where its value comes from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str = ""  # set from the key of [route.columns]
+    type: str
+    source: Source = Field("value", alias="from")
+    path: tuple[str, ...] = ()
+    header: str | None = None
+    required: bool = False
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        canonical = TYPE_ALIASES.get(" ".join(value.lower().split()))
+        if canonical is None:
+            raise ValueError(f"unknown type {value!r}; use one of: {', '.join(sorted(set(TYPE_ALIASES)))}")
+        return canonical
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _split_path(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = tuple(value.removeprefix("$.").split("."))
+            if not all(parts):
+                raise ValueError(f"path {value!r} has an empty step; write dotted names, e.g. customer.name")
+            return parts
+        return value
+
+    @model_validator(mode="after")
+    def _fits_source(self) -> Column:
+        if self.source == "header" and not self.header:
+            raise ValueError('from = "header" needs header = "<header name>"')
+        if self.source != "header" and self.header is not None:
+            raise ValueError(f'header = {self.header!r} is only read with from = "header"')
+        if self.path and self.source not in ("value", "key"):
+            raise ValueError(f'path is only read with from = "value" or "key", not from = "{self.source}"')
+        allowed = _METADATA_TYPES.get(self.source)
+        if allowed is not None and self.type not in allowed:
+            raise ValueError(f'from = "{self.source}" gives {" or ".join(sorted(allowed))}, not {self.type}')
+        if self.reads_bytes and self.type not in BYTES_TYPES:
+            raise ValueError(
+                f'from = "{self.source}" without a path reads bytes, which fit {", ".join(sorted(BYTES_TYPES))}; '
+                f"for {self.type}, give a path into a JSON key" + (" (or use a value field)" if self.header else "")
+            )
+        return self
+
+    @property
+    def reads_bytes(self) -> bool:
+        """Whether the value is the raw bytes of the key or a header (not a JSON path)."""
+        return self.source == "header" or (self.source == "key" and not self.path)
+
+    @property
+    def json_path(self) -> tuple[str, ...]:
+        """The path into the value (or JSON key): the given one, else the column's name."""
+        return self.path or (self.name,)
+
+
+class Route(BaseModel):
+    """One ``[[route]]``: which topics go to which table, and how."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    topic: str | None = None
+    topic_pattern: str | None = None
+    table: str
+    mode: Literal["insert", "upsert"] = "insert"
+    key: tuple[str, ...] = ()
+    on_tombstone: Literal["delete", "dead_letter"] = "dead_letter"
+    auto_create: bool = False
+    columns: tuple[Column, ...]
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._-]{1,100}$", value):
+            raise ValueError(f"name {value!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+        return value
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"topic_pattern {value!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2:
+            raise ValueError(f"table {value!r}: write schema.table or table")
+        for part in parts:
+            _identifier(part, "table" if part is parts[-1] else "schema")
+        return value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _named_columns(cls, value: object) -> object:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("declare at least one column under [route.columns]")
+            named = []
+            for name, spec in value.items():
+                _identifier(name, "column")
+                if not isinstance(spec, dict):
+                    raise ValueError(f'column {name}: write {name} = {{ type = "text", ... }}')
+                named.append({**spec, "name": name})
+            return named
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Route:
+        if (self.topic is None) == (self.topic_pattern is None):
+            raise ValueError("give exactly one of topic or topic_pattern")
+        by_name = {c.name: c for c in self.columns}
+        unknown = [k for k in self.key if k not in by_name]
+        if unknown:
+            raise ValueError(f"key names {', '.join(unknown)}, not among the columns; declare it under [route.columns]")
+        if len(set(self.key)) != len(self.key):
+            raise ValueError("key names a column twice")
+        if self.mode == "upsert" and not self.key:
+            raise ValueError('mode = "upsert" needs key = ["<column>", ...]: the columns that identify a row')
+        if self.on_tombstone == "delete":
+            if self.mode != "upsert":
+                raise ValueError('on_tombstone = "delete" needs mode = "upsert" (a key to delete by)')
+            from_value = [k for k in self.key if by_name[k].source != "key"]
+            if from_value:
+                raise ValueError(
+                    f'on_tombstone = "delete": a tombstone has no value, so key column {from_value[0]} must be '
+                    'read from = "key"'
+                )
+        return self
+
+    @property
+    def schema_name(self) -> str | None:
+        """The table's schema, or None for LOOM_DB_SCHEMA."""
+        return self.table.split(".")[0] if "." in self.table else None
+
+    @property
+    def table_name(self) -> str:
+        return self.table.split(".")[-1]
+
+    def matches(self, topic: str) -> bool:
+        """Whether ``topic`` goes to this route."""
+        if self.topic is not None:
+            return topic == self.topic
+        assert self.topic_pattern is not None
+        return re.fullmatch(self.topic_pattern, topic) is not None
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+class RouteSet(BaseModel):
+    """Every route of the file, in order: a topic takes the first route that matches it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    routes: tuple[Route, ...] = Field((), alias="route")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RouteSet:
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two routes are named {next(n for n in names if names.count(n) > 1)!r}")
+        return self
+
+    def route_for(self, topic: str) -> Route | None:
+        """The route of ``topic``: the first that matches, or None (the topic goes to loom_messages)."""
+        return next((r for r in self.routes if r.matches(topic)), None)
+
+
+def load_routes(path: Path) -> RouteSet:
+    """Read and validate the routes file; raise :class:`RoutesFileError` naming the file, route and fix."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RoutesFileError(f"routes file {path}: cannot be read ({exc.strerror}); check LOOM_ROUTES_FILE") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RoutesFileError(f"routes file {path}: not valid TOML: {exc}") from None
+    if not data.get("route"):
+        raise RoutesFileError(f'routes file {path}: declares no route; add a [[route]] table (see README "Routes")')
+    try:
+        return RouteSet.model_validate(data)
+    except ValidationError as exc:
+        raise RoutesFileError(_describe(path, data, exc)) from None
+
+
+def _describe(path: Path, data: dict[str, object], exc: ValidationError) -> str:
+    """One line per error: the file, the route (by name), the key at fault and what to change."""
+    lines = []
+    routes = data.get("route")
+    for error in exc.errors():
+        location = list(error["loc"])
+        where = ""
+        if location[:1] == ["route"] and len(location) > 1 and isinstance(location[1], int):
+            index = location[1]
+            entry = routes[index] if isinstance(routes, list) and index < len(routes) else {}
+            name = entry.get("name") if isinstance(entry, dict) else None
+            where = f"route {name!r}" if name else f"route #{index + 1}"
+            rest = location[2:]
+            if rest[:1] == ["columns"] and len(rest) > 1 and isinstance(rest[1], int) and isinstance(entry, dict):
+                columns = list(entry.get("columns", {}))
+                rest = ["column", columns[rest[1]] if rest[1] < len(columns) else rest[1], *rest[2:]]
+            if rest:
+                where += ": " + " ".join(str(part) for part in rest)
+        elif location:
+            where = ".".join(str(part) for part in location)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return f"routes file {path}:\n  " + "\n  ".join(lines)
