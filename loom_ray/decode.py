@@ -39,26 +39,6 @@ EMPTY_VALUE = Rejection("EmptyValue", "value: empty, not a JSON document", DECOD
 
 def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
     """The value as JSON text ready for jsonb, or why it cannot be."""
-    parsed = _parse(value, max_bytes)
-    if isinstance(parsed, Rejection):
-        return parsed
-    text, document = parsed
-    if "\\u0000" in text and contains_nul(document):
-        return Rejection(
-            "NulCharacter", "value: a JSON string holds \\u0000, which PostgreSQL jsonb cannot store", VALIDATE
-        )
-    return text
-
-
-def decode_document(value: bytes | None, max_bytes: int) -> Any:
-    """The parsed JSON value of a routed record (:mod:`loom_ray.routes`), or the :class:`Rejection` saying why
-    there is none. Strings holding U+0000 are left to the column conversions, which refuse them."""
-    parsed = _parse(value, max_bytes)
-    return parsed if isinstance(parsed, Rejection) else parsed[1]
-
-
-def _parse(value: bytes | None, max_bytes: int) -> tuple[str, Any] | Rejection:
-    """The value's text and parsed JSON, or why it has none."""
     if value is None:
         return NULL_VALUE
     size = len(value)
@@ -71,9 +51,22 @@ def _parse(value: bytes | None, max_bytes: int) -> tuple[str, Any] | Rejection:
     except UnicodeDecodeError as exc:
         return Rejection("InvalidUtf8", f"value: not UTF-8: {exc}", DECODE)
     try:
-        return text, orjson.loads(text)
+        document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return Rejection("InvalidJson", f"value: not JSON: {exc}", DECODE)
+    if "\\u0000" in text and contains_nul(document):
+        return Rejection(
+            "NulCharacter", "value: a JSON string holds \\u0000, which PostgreSQL jsonb cannot store", VALIDATE
+        )
+    return text
+
+
+def decode_document(value: bytes | None, max_bytes: int) -> Any:
+    """The parsed JSON value of a routed record (:mod:`loom_ray.routes`), or the :class:`Rejection` saying why
+    there is none: :func:`decode_value`'s checks, then a second parse of the text it accepted (the routed path
+    pays for it; the default path stays one parse)."""
+    text = decode_value(value, max_bytes)
+    return text if isinstance(text, Rejection) else orjson.loads(text)
 
 
 def contains_nul(document: Any) -> bool:
