@@ -216,9 +216,6 @@ class Route(BaseModel):
         assert self.topic_pattern is not None
         return re.fullmatch(self.topic_pattern, topic) is not None
 
-    def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
-
 
 class RouteSet(BaseModel):
     """Every route of the file, in order: a topic takes the first route that matches it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -34,6 +34,7 @@ ROW_ERRORS = (
 ENCODE_ERRORS = (ValueError, OverflowError, struct.error)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=tuple[Any, ...])
 
 
 async def isolate(
@@ -55,11 +56,11 @@ async def isolate(
 
 
 async def copy_isolating(
-    conn: asyncpg.Connection, table: str, rows: Sequence[tuple[object, ...]], columns: Sequence[str]
-) -> list[tuple[tuple[object, ...], Exception]]:
+    conn: asyncpg.Connection, table: str, rows: Sequence[R], columns: Sequence[str]
+) -> list[tuple[R, Exception]]:
     """Binary COPY ``rows`` into ``table``; the rows it refused, with their errors."""
 
-    async def copy(part: Sequence[tuple[object, ...]]) -> object:
+    async def copy(part: Sequence[R]) -> object:
         return await conn.copy_records_to_table(table, records=part, columns=columns)
 
     return await isolate(conn, rows, copy)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import asyncpg
 
@@ -107,13 +108,15 @@ class RoutedWriter:
         route = batches[0].route
         assert route is not None
         create_stage, stage, apply, columns = self._statements(route)
-        records: list[tuple[PartitionBatch, RoutedRecord]] = [(b, r) for b in batches for r in b.rows]  # type: ignore[misc]
+        records = [(b, cast(RoutedRecord, r)) for b in batches for r in b.rows]
         refused: list[tuple[int, Exception]] = []
         if records:
             await conn.execute(create_stage)
-            staged = [(ord_, record.delete, *record.values) for ord_, (_, record) in enumerate(records)]
+            staged: list[tuple[Any, ...]] = [
+                (ord_, record.delete, *record.values) for ord_, (_, record) in enumerate(records)
+            ]
             refused_copy = await copy_isolating(conn, stage, staged, columns)
-            refused += [(int(row[0]), exc) for row, exc in refused_copy]  # type: ignore[call-overload]
+            refused += [(row[0], exc) for row, exc in refused_copy]
             skipped = {ord_ for ord_, _ in refused}
             ords = [ord_ for ord_ in range(len(records)) if ord_ not in skipped]
 

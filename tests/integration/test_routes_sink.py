@@ -115,12 +115,19 @@ async def _scenario(dsn: str, topic: str) -> dict[str, Any]:
             counts = tuple(
                 await conn.fetchrow("SELECT inserted, upserted, deleted, dead_letters FROM loom_route_counts") or ()
             )
+            view = tuple(
+                await conn.fetchrow(
+                    "SELECT route, topics, inserted, upserted, deleted, dead_letters FROM v_route_counts"
+                )
+                or ()
+            )
             next_offset = await conn.fetchval("SELECT next_offset FROM loom_offsets WHERE topic = $1", topic)
             await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         return {
             "rows": rows,
             "dead": dead,
             "counts": counts,
+            "view": view,
             "next_offset": next_offset,
             "results": [(r.rows, r.dead_letters) for r in (first_result, second_result)],
         }
@@ -140,5 +147,6 @@ def test_last_writer_wins_deletes_and_refused_rows(endpoints: Endpoints, topic_n
     assert all(m.startswith("route 'accounts': ") and "no_overdraft" in m for *_, m in found["dead"])
     # Records, not rows: 12 = 6 upserts + 4 deletes applied + 2 dead letters.
     assert found["counts"] == (0, 6, 4, 2)
+    assert found["view"] == ("accounts", 1, 0, 6, 4, 2)
     assert found["results"] == [(7, 2), (3, 0)]
     assert found["next_offset"] == 12

@@ -75,9 +75,10 @@ def test_columns_keep_their_order_types_and_sources(tmp_path: Path) -> None:
         ("customer", "text", "value"),
         ("amount", "numeric", "value"),
     ]
-    assert route.column("customer").json_path == ("customer", "name")
-    assert route.column("amount").json_path == ("amount",)  # the column's name by default
-    assert route.column("ts").type == "timestamp with time zone"
+    columns = {c.name: c for c in route.columns}
+    assert columns["customer"].json_path == ("customer", "name")
+    assert columns["amount"].json_path == ("amount",)  # the column's name by default
+    assert columns["ts"].type == "timestamp with time zone"
     assert (route.schema_name, route.table_name) == ("shop", "orders")
 
 
