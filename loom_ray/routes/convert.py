@@ -41,8 +41,9 @@ class _ColumnPlan:
     name: str
     source: str
     path: tuple[str, ...]
+    field: str | None  # the path's only step, for the common one-step lookup into a JSON object
     header: str | None
-    required: bool
+    refuses_null: bool  # required, or part of the key
     convert: Converter
 
 
@@ -56,10 +57,10 @@ class RoutePlan:
 
 def plan(route: Route) -> RoutePlan:
     """The conversion plan of ``route``."""
-    return RoutePlan(route, tuple(_column_plan(c) for c in route.columns))
+    return RoutePlan(route, tuple(_column_plan(c, c.name in route.key) for c in route.columns))
 
 
-def _column_plan(column: Column) -> _ColumnPlan:
+def _column_plan(column: Column, in_key: bool) -> _ColumnPlan:
     convert: Converter
     if column.source == "timestamp":
         convert = _record_timestamp
@@ -68,8 +69,8 @@ def _column_plan(column: Column) -> _ColumnPlan:
     else:
         convert = FROM_BYTES[column.type] if column.reads_bytes else FROM_JSON[column.type]
     path = column.json_path if column.source == "value" else column.path
-    required = column.required
-    return _ColumnPlan(column.name, column.source, path, column.header, required, convert)
+    field = path[0] if column.source == "value" and len(path) == 1 else None
+    return _ColumnPlan(column.name, column.source, path, field, column.header, column.required or in_key, convert)
 
 
 def tombstone(plan: RoutePlan, key: bytes | None) -> tuple[Any, ...] | Rejection:
@@ -86,7 +87,7 @@ def tombstone(plan: RoutePlan, key: bytes | None) -> tuple[Any, ...] | Rejection
     for index, column in enumerate(plan.columns):
         if column.name in route.key:
             try:
-                values[index] = _convert(plan, column, _from_key(column, key))
+                values[index] = _convert(column, _from_key(column, key))
             except Unfit as unfit:
                 return _reject(plan, column, unfit)
     return tuple(values)
@@ -106,12 +107,17 @@ def convert(
 
     ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL).
     """
-    values = []
-    for column in plan.columns:
-        source = column.source
-        try:
+    values: list[Any] = []
+    column = plan.columns[0]
+    try:
+        for column in plan.columns:
+            source = column.source
             if source == "value":
-                raw = _lookup(document, column.path)
+                field = column.field
+                if field is not None and type(document) is dict:
+                    raw = document.get(field, _MISSING)
+                else:
+                    raw = _lookup(document, column.path)
             elif source == "key":
                 raw = _from_key(column, key)
             elif source == "header":
@@ -120,21 +126,30 @@ def convert(
                 raw = None if timestamp[0] == 0 else timestamp[1]
             else:
                 raw = {"topic": topic, "partition": partition, "offset": offset}[source]
-            values.append(_convert(plan, column, raw))
-        except Unfit as unfit:
-            return _reject(plan, column, unfit)
+            if raw is None or raw is _MISSING:
+                _check_null(column, raw)
+                values.append(None)
+            else:
+                values.append(column.convert(raw))
+    except Unfit as unfit:
+        return _reject(plan, column, unfit)
     return tuple(values)
 
 
-def _convert(plan: RoutePlan, column: _ColumnPlan, raw: Any) -> Any:
+def _convert(column: _ColumnPlan, raw: Any) -> Any:
     """``raw`` converted for the column; raises Unfit."""
     if raw is None or raw is _MISSING:
-        if column.required or column.name in plan.route.key:
-            what = "missing" if raw is _MISSING else "null"
-            where = ".".join(column.path) if column.path else column.source
-            raise Unfit("MissingField", f"required, but {where} is {what}")
+        _check_null(column, raw)
         return None
     return column.convert(raw)
+
+
+def _check_null(column: _ColumnPlan, raw: Any) -> None:
+    """A missing or null field is NULL, unless the column refuses it: raises Unfit then."""
+    if column.refuses_null:
+        what = "missing" if raw is _MISSING else "null"
+        where = ".".join(column.path) if column.path else column.source
+        raise Unfit("MissingField", f"required, but {where} is {what}")
 
 
 def _reject(plan: RoutePlan, column: _ColumnPlan, unfit: Unfit) -> Rejection:
