@@ -562,3 +562,36 @@ def test_kafka_client_config_ssl_without_sasl_has_no_sasl_keys(monkeypatch: pyte
     assert config["ssl.ca.location"] == "/etc/ca.pem"
     assert not [key for key in config if key.startswith("sasl.")]
     assert "ssl.key.password" not in config
+
+
+# --- routes -----------------------------------------------------------------------------------------------------
+
+
+def test_routes_file_is_parsed_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(monkeypatch, LOOM_ROUTES_FILE=str(EXAMPLE_ROUTES))
+    assert [r.name for r in settings.routes.routes] == ["orders", "clicks"]
+
+
+def test_no_routes_file_means_no_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOOM_ROUTES_FILE", raising=False)
+    assert Settings.from_env().routes.routes == ()
+
+
+def test_a_bad_routes_file_fails_at_start_naming_variable_file_and_route(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bad = tmp_path / "routes.toml"
+    bad.write_text(EXAMPLE_ROUTES.read_text().replace('mode = "upsert"', 'mode = "merge"'))
+    message = str(_error(monkeypatch, LOOM_ROUTES_FILE=str(bad)))
+    assert "LOOM_ROUTES_FILE" in message
+    assert f"routes file {bad}" in message
+    assert "route 'orders': mode: Input should be 'insert' or 'upsert'" in message
+    missing = str(_error(monkeypatch, LOOM_ROUTES_FILE=str(tmp_path / "nope.toml")))
+    assert f"routes file {tmp_path / 'nope.toml'}: cannot be read" in missing
+
+
+def test_routes_travel_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    settings = _settings(monkeypatch, LOOM_ROUTES_FILE=str(EXAMPLE_ROUTES))
+    assert pickle.loads(pickle.dumps(settings)).routes == settings.routes  # the actors need no file
