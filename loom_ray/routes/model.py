@@ -13,6 +13,7 @@ machine only). The format, with every key::
     key = ["order_id"]              # columns of the unique key; required for upsert
     on_tombstone = "delete"         # or "dead_letter" (the default); delete needs every key column from the key
     auto_create = true              # create the table (and schema) when missing; default false
+    add_columns = true              # add the route's columns an existing table lacks (nullable); default false
 
     [route.columns]                 # in table order
     order_id = { type = "bigint", from = "key" }              # the whole Kafka key, as decimal digits
@@ -133,6 +134,7 @@ class Route(BaseModel):
     key: tuple[str, ...] = ()
     on_tombstone: Literal["delete", "dead_letter"] = "dead_letter"
     auto_create: bool = False
+    add_columns: bool = False
     columns: tuple[Column, ...]
 
     @field_validator("name")

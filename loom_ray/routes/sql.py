@@ -51,6 +51,14 @@ def create_table_sql(route: Route, default_schema: str) -> list[str]:
     ]
 
 
+def add_columns_sql(route: Route, default_schema: str, missing: Iterable[str]) -> list[str]:
+    """``add_columns``: the statements that add the route's ``missing`` columns to its existing table, each
+    nullable (rows already there have no value; the route itself still refuses nulls where required)."""
+    types = {c.name: DDL_NAMES[c.type] for c in route.columns}
+    target = table_name(route, default_schema)
+    return [f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {quote_identifier(n)} {types[n]}" for n in missing]
+
+
 def stage_name(route: Route) -> str:
     """The route's temporary staging table (one per connection, emptied at each commit)."""
     return "loom_stage_" + hashlib.sha256(route.name.encode("utf-8")).hexdigest()[:16]
@@ -117,7 +125,8 @@ def check_table(
         if have is None:
             problems.append(
                 f"table {label}: column {column.name} is missing; fix: ALTER TABLE {label} ADD COLUMN "
-                f"{quote_identifier(column.name)} {ddl}, or remove the column from route {route.name!r}"
+                f"{quote_identifier(column.name)} {ddl}, set add_columns = true in route {route.name!r}, "
+                "or remove the column from it"
             )
         elif have.data_type != column.type:
             problems.append(

@@ -3,7 +3,8 @@ at the end, the driver summary's counts per route.
 
 Runs after the migrations, before any consumer starts. A table that does not fit stops the start with a
 :class:`~loom_ray.errors.RouteTableError` naming the table, the column and the fix
-(:func:`loom_ray.routes.sql.check_table`); nothing is altered behind the user's back.
+(:func:`loom_ray.routes.sql.check_table`); nothing is altered unless the route asks: ``add_columns = true``
+adds the columns it lacks (nullable), never changes or drops one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncpg
 
 from loom_ray.errors import RouteTableError
 from loom_ray.routes.model import Route, RouteSet
-from loom_ray.routes.sql import TableColumn, check_table, create_table_sql, table_name
+from loom_ray.routes.sql import TableColumn, add_columns_sql, check_table, create_table_sql, table_name
 from loom_ray.sink.routed import RouteCounts
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,22 @@ async def _prepare(conn: asyncpg.Connection, route: Route, default_schema: str) 
             await conn.execute(statement)
         log.info("route %s: created table %s", route.name, label)
         return []
-    found = {
+    found = await _columns(conn, label)
+    missing = [c.name for c in route.columns if c.name not in found]
+    if route.add_columns and missing:
+        for statement in add_columns_sql(route, default_schema, missing):
+            await conn.execute(statement)
+        log.info("route %s: added columns %s to %s (add_columns = true)", route.name, ", ".join(missing), label)
+        found = await _columns(conn, label)
+    unique = [frozenset(row["columns"]) for row in await conn.fetch(_UNIQUE_SQL, label)]
+    return check_table(route, label, found, unique)
+
+
+async def _columns(conn: asyncpg.Connection, label: str) -> dict[str, TableColumn]:
+    return {
         row["name"]: TableColumn(row["data_type"], row["nullable"], row["has_default"])
         for row in await conn.fetch(_COLUMNS_SQL, label)
     }
-    unique = [frozenset(row["columns"]) for row in await conn.fetch(_UNIQUE_SQL, label)]
-    return check_table(route, label, found, unique)
 
 
 async def route_counts(conn: asyncpg.Connection, topics: list[str]) -> dict[str, RouteCounts]:

@@ -17,6 +17,7 @@ import orjson
 
 from loom_ray.batch import PartitionBatch
 from loom_ray.decode import Rejection
+from loom_ray.errors import RouteTableError
 from loom_ray.migrate import migrate
 from loom_ray.routes.convert import RoutedRecord, convert, plan, tombstone
 from loom_ray.routes.model import Route, RouteSet
@@ -150,3 +151,34 @@ def test_last_writer_wins_deletes_and_refused_rows(endpoints: Endpoints, topic_n
     assert found["view"] == ("accounts", 1, 0, 6, 4, 2)
     assert found["results"] == [(7, 2), (3, 0)]
     assert found["next_offset"] == 12
+
+
+async def _evolve(dsn: str, topic: str) -> tuple[str, list[str]]:
+    """A table lacking two of the route's columns: refused without ``add_columns``, extended with it."""
+    schema = f"loom_{topic.replace('-', '_')}"
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.accounts (id bigint PRIMARY KEY)")
+        route = _route(topic, auto_create=False)
+        try:
+            await prepare_tables(conn, RouteSet(route=(route,)), schema)
+            refused = ""
+        except RouteTableError as exc:
+            refused = str(exc)
+        evolving = _route(topic, auto_create=False, add_columns=True)
+        await prepare_tables(conn, RouteSet(route=(evolving,)), schema)
+        columns = await conn.fetch(
+            "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_schema = $1 "
+            "ORDER BY ordinal_position",
+            schema,
+        )
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        return refused, [f"{c['column_name']}:{c['is_nullable']}" for c in columns]
+    finally:
+        await conn.close()
+
+
+def test_add_columns_extends_an_existing_table_only_when_asked(endpoints: Endpoints, topic_name: str) -> None:
+    refused, columns = asyncio.run(_evolve(endpoints.dsn, topic_name))
+    assert "column owner is missing" in refused and "set add_columns = true" in refused
+    assert columns == ["id:NO", "owner:YES", "balance:YES", "src_offset:YES"]

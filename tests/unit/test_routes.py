@@ -14,7 +14,7 @@ from loom_ray.decode import Rejection
 from loom_ray.errors import RoutesFileError
 from loom_ray.routes.convert import RoutePlan, convert, plan, tombstone
 from loom_ray.routes.model import Route, load_routes
-from loom_ray.routes.sql import TableColumn, apply_sql, check_table, create_table_sql, stage_columns
+from loom_ray.routes.sql import TableColumn, add_columns_sql, apply_sql, check_table, create_table_sql, stage_columns
 from loom_ray.routes.types import FROM_BYTES, FROM_JSON, Unfit, timestamp_micros
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
@@ -285,6 +285,14 @@ def test_upsert_sql_is_one_statement_last_writer_wins(tmp_path: Path) -> None:
     assert stage_columns(route)[:3] == ("_loom_ord", "_loom_delete", "order_id")
 
 
+def test_add_columns_adds_nullable_columns(tmp_path: Path) -> None:
+    route = _load(tmp_path, ORDERS).routes[0]
+    assert add_columns_sql(route, "public", ["customer", "ts"]) == [
+        'ALTER TABLE "shop"."orders" ADD COLUMN IF NOT EXISTS "customer" text',  # required, yet nullable here
+        'ALTER TABLE "shop"."orders" ADD COLUMN IF NOT EXISTS "ts" timestamptz',
+    ]
+
+
 def test_insert_sql_appends_in_offset_order() -> None:
     route = load_routes(EXAMPLE).routes[1]
     sql = apply_sql(route, "public")
@@ -317,7 +325,7 @@ def test_an_unfit_table_names_table_column_and_fix(tmp_path: Path) -> None:
     problems = check_table(route, "shop.orders", found, [frozenset({"order_id", "src"})])
     assert problems == [
         'table shop.orders: column customer is missing; fix: ALTER TABLE shop.orders ADD COLUMN "customer" text, '
-        "or remove the column from route 'orders'",
+        "set add_columns = true in route 'orders', or remove the column from it",
         "table shop.orders: column amount is text but route 'orders' says numeric; fix: ALTER TABLE shop.orders "
         'ALTER COLUMN "amount" TYPE numeric, or declare type = "text" in the route if it is one of its types',
         "table shop.orders: column audit_by is NOT NULL without a default and route 'orders' gives it no value; "
