@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from loom_ray.decode import DECODE, VALIDATE, Rejection
 from loom_ray.routes.model import Column, Route
+from loom_ray.routes.models import load_model
 from loom_ray.routes.types import FROM_BYTES, FROM_JSON, Converter, Unfit
 from loom_ray.sink.codecs import kafka_ts_micros
 
@@ -49,15 +51,18 @@ class _ColumnPlan:
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    """A route made ready for the hot path: a converter per column (built once per partition assigned)."""
+    """A route made ready for the hot path: a converter per column (built once per partition assigned), and
+    the route's pydantic model, if it names one."""
 
     route: Route
     columns: tuple[_ColumnPlan, ...]
+    model: type[BaseModel] | None = None
 
 
 def plan(route: Route) -> RoutePlan:
-    """The conversion plan of ``route``."""
-    return RoutePlan(route, tuple(_column_plan(c, c.name in route.key) for c in route.columns))
+    """The conversion plan of ``route`` (imports its model: raises ValueError if that fails)."""
+    columns = tuple(_column_plan(c, c.name in route.key) for c in route.columns)
+    return RoutePlan(route, columns, None if route.model is None else load_model(route.model))
 
 
 def _column_plan(column: Column, in_key: bool) -> _ColumnPlan:
@@ -107,6 +112,11 @@ def convert(
 
     ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL).
     """
+    if plan.model is not None:
+        try:
+            document = plan.model.model_validate(document).model_dump(mode="json")
+        except ValidationError as exc:
+            return _model_rejection(plan, exc)
     values: list[Any] = []
     column = plan.columns[0]
     try:
@@ -154,6 +164,19 @@ def _check_null(column: _ColumnPlan, raw: Any) -> None:
 
 def _reject(plan: RoutePlan, column: _ColumnPlan, unfit: Unfit) -> Rejection:
     return Rejection(unfit.error_class, f"route {plan.route.name!r}, column {column.name!r}: {unfit.reason}", VALIDATE)
+
+
+def _model_rejection(plan: RoutePlan, exc: ValidationError) -> Rejection:
+    """The first error the route's model found, naming its field (the column) and pydantic's reason."""
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or "value"
+    error_class = "MissingField" if error["type"] == "missing" else "ModelValidation"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return Rejection(
+        error_class,
+        f"route {plan.route.name!r}, column {field!r}: {error['msg']} (pydantic {error['type']}){more}",
+        VALIDATE,
+    )
 
 
 def _lookup(document: Any, path: tuple[str, ...]) -> Any:

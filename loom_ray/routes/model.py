@@ -24,6 +24,9 @@ machine only). The format, with every key::
     kafka_ts = { type = "timestamptz", from = "timestamp" }
     src_off  = { type = "bigint", from = "offset" }           # also from = "topic" (text), "partition"
 
+Instead of (or besides) ``[route.columns]``, ``model = "package.module:Class"`` names a pydantic model: its
+fields become columns read from the value, and it validates each value (:mod:`loom_ray.routes.models`).
+
 ``from`` is ``value`` (default: a JSON path into the value), ``key`` (the whole key as bytes, or with a
 ``path`` the key as JSON), ``header``, ``timestamp``, ``topic``, ``partition`` or ``offset``. A path is
 dotted names, with a number for a list's element (``items.0.sku``). Types: :mod:`loom_ray.routes.types`.
@@ -35,11 +38,12 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loom_ray.errors import RoutesFileError
+from loom_ray.routes.models import model_columns
 from loom_ray.routes.types import BYTES_TYPES, TYPE_ALIASES
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -135,7 +139,19 @@ class Route(BaseModel):
     on_tombstone: Literal["delete", "dead_letter"] = "dead_letter"
     auto_create: bool = False
     add_columns: bool = False
-    columns: tuple[Column, ...]
+    model: str | None = None  # "module:Class": a pydantic model whose fields give columns (loom_ray.routes.models)
+    columns: tuple[Column, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_fields(cls, data: Any) -> Any:
+        """With ``model``, the model's fields are the columns; ``[route.columns]`` adds or overrides some."""
+        if isinstance(data, dict) and data.get("model") is not None:
+            explicit = data.get("columns") or {}
+            if not isinstance(explicit, dict):
+                return data
+            return {**data, "columns": {**model_columns(str(data["model"])), **explicit}}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -169,7 +185,7 @@ class Route(BaseModel):
     def _named_columns(cls, value: object) -> object:
         if isinstance(value, dict):
             if not value:
-                raise ValueError("declare at least one column under [route.columns]")
+                raise ValueError('declare at least one column under [route.columns], or model = "module:Class"')
             named = []
             for name, spec in value.items():
                 _identifier(name, "column")
@@ -183,6 +199,8 @@ class Route(BaseModel):
     def _consistent(self) -> Route:
         if (self.topic is None) == (self.topic_pattern is None):
             raise ValueError("give exactly one of topic or topic_pattern")
+        if not self.columns:
+            raise ValueError('declare the columns under [route.columns], or model = "module:Class"')
         by_name = {c.name: c for c in self.columns}
         unknown = [k for k in self.key if k not in by_name]
         if unknown:

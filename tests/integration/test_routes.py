@@ -271,3 +271,53 @@ customer = {{ type = "text" }}
     assert "route 'orders': on_tombstone = \"delete\": a tombstone has no value, so key column order_id must be" in (
         bad_file.stderr
     )
+
+
+def test_a_route_named_by_a_pydantic_model(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    """The model (importable on the Ray workers: PYTHONPATH) validates each value; its fields are columns."""
+    schema = f"r_{topic_name.replace('-', '_')}"
+    ensure_topic(endpoints.kafka, topic_name, 2)
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        f"""
+[[route]]
+name = "model-orders"
+topic = "{topic_name}"
+table = "{schema}.orders"
+mode = "upsert"
+key = ["order_id"]
+auto_create = true
+model = "tests.support.route_models:Order"
+[route.columns]
+order_id = {{ type = "bigint", from = "key" }}
+"""
+    )
+    producer = Producer({"bootstrap.servers": endpoints.kafka})
+    for n in range(60):
+        amount = -1 if n % 10 == 9 else n  # the model refuses a negative amount
+        value = {
+            "order_id": n % 7,
+            "customer": {"name": f"c{n}"},
+            "amount": amount,
+            "placed_at": "2024-05-01T10:00:00Z",
+        }
+        producer.produce(topic_name, key=str(n % 7).encode(), value=orjson.dumps(value))
+    assert producer.flush(30) == 0
+    env = pipeline_env(endpoints, topic_name, routes_file=routes, min_actors=1, max_actors=1)
+    log = run_until_drained(env, tmp_path / "main.log", 240)
+    assert f"route model-orders -> {schema}.orders: upserted=54 deleted=0 dead_letters=6" in log
+
+    def expected(record: Record) -> tuple[Any, ...] | None:
+        assert record.value is not None
+        value = orjson.loads(record.value)
+        return None if value["amount"] < 0 else (int(record.key or b""), value["customer"], Decimal(value["amount"]))
+
+    fold = sorted(last_writer_fold(read_topic(endpoints.kafka, topic_name), expected).values())
+    stored = _rows(endpoints, f"SELECT order_id, customer, amount FROM {schema}.orders ORDER BY 1")
+    assert [(k, orjson.loads(c), a) for k, c, a in stored] == fold
+    dead = _rows(endpoints, f"SELECT error_class, error_message FROM loom_dead_letters WHERE topic = '{topic_name}'")
+    assert len(dead) == 6
+    assert all(
+        c == "ModelValidation" and m.startswith("route 'model-orders', column 'amount': Input should be greater")
+        for c, m in dead
+    )

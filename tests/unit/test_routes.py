@@ -333,3 +333,84 @@ def test_an_unfit_table_names_table_column_and_fix(tmp_path: Path) -> None:
         "table shop.orders: no primary key or unique index on (order_id), which upsert needs; "
         'fix: CREATE UNIQUE INDEX ON shop.orders ("order_id")',
     ]
+
+
+# --- routes that name a pydantic model --------------------------------------------------------------------------
+
+MODEL_ROUTE = """
+[[route]]
+name = "orders"
+topic = "orders"
+table = "orders"
+mode = "upsert"
+key = ["order_id"]
+model = "tests.support.route_models:Order"
+"""
+
+
+def test_a_model_gives_the_columns(tmp_path: Path) -> None:
+    route = _load(tmp_path, MODEL_ROUTE).routes[0]
+    assert [(c.name, c.type, c.source, c.required) for c in route.columns] == [
+        ("order_id", "bigint", "value", True),
+        ("customer", "jsonb", "value", True),
+        ("amount", "numeric", "value", True),
+        ("placed_at", "timestamp with time zone", "value", False),
+        ("tags", "jsonb", "value", False),
+        ("note", "text", "value", False),
+        ("paid", "boolean", "value", False),
+    ]
+
+
+def test_declared_columns_override_the_models(tmp_path: Path) -> None:
+    text = (
+        MODEL_ROUTE
+        + '[route.columns]\norder_id = { type = "bigint", from = "key" }\nsrc = { type = "bigint", from = "offset" }\n'
+    )
+    route = _load(tmp_path, text).routes[0]
+    columns = {c.name: c for c in route.columns}
+    assert columns["order_id"].source == "key"
+    assert columns["src"].source == "offset"
+    assert len(route.columns) == 8
+
+
+def test_the_model_validates_each_value(tmp_path: Path) -> None:
+    route_plan = plan(_load(tmp_path, MODEL_ROUTE).routes[0])
+    good = {"order_id": 7, "customer": {"name": "ann"}, "amount": "12.50", "placed_at": "2024-05-01T10:00:00Z"}
+    values = _convert(route_plan, good)
+    assert values == (
+        7,
+        '{"name":"ann"}',
+        Decimal("12.50"),
+        timestamp_micros("2024-05-01T10:00:00Z"),
+        "[]",
+        None,
+        False,
+    )
+    negative = _convert(route_plan, {**good, "amount": -1})
+    assert isinstance(negative, Rejection)
+    assert negative.error_class == "ModelValidation"
+    assert negative.error_message.startswith("route 'orders', column 'amount': Input should be greater than")
+    missing = _convert(route_plan, {"order_id": 7, "amount": 1})
+    assert isinstance(missing, Rejection)
+    assert (missing.error_class, missing.error_message.split(":")[0]) == (
+        "MissingField",
+        "route 'orders', column 'customer'",
+    )
+    naive = _convert(route_plan, {**good, "placed_at": "2024-05-01T10:00:00"})  # the model takes it; the column not
+    assert isinstance(naive, Rejection) and naive.error_class == "BadTimestamp"
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("tests.support.route_models:Nope", "cannot be imported (AttributeError"),
+        ("no_such_module:Order", "cannot be imported (ModuleNotFoundError"),
+        ("tests.support.route_models", 'write model = "package.module:ClassName"'),
+        ("tests.support.route_models:Field", "is not a pydantic model"),
+        ("tests.support.route_models:Blob", "field data (<class 'bytes'>) has no column type"),
+    ],
+)
+def test_a_bad_model_names_the_route_and_the_fix(tmp_path: Path, model: str, message: str) -> None:
+    error = _error(tmp_path, MODEL_ROUTE.replace("tests.support.route_models:Order", model))
+    assert "route 'orders'" in error
+    assert message in error
