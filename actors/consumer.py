@@ -21,7 +21,8 @@ from loom_ray.settings import Settings
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class ConsumerActor:
-    """One consumer; its methods are called by the coordinator only."""
+    """One consumer, named ``loom-consumer-N`` in Ray (the Actors page's *Name*); its methods are called by
+    the coordinator only."""
 
     def __init__(self, settings: Settings, name: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,6 +57,7 @@ class ConsumerActor:
             self._run.cancel()
 
     def __repr__(self) -> str:
-        """Shown in the dashboard's Actors page: the name and the partitions held."""
-        held = ",".join(f"{t}[{p}]" for t, p in self._worker.partitions)
-        return f"Consumer({self._worker.name}: {held or '-'})"
+        """The dashboard's Actors page shows this as *Repr*. Ray records it once, when the actor is created,
+        so it names the consumer only; the partitions it holds and its throughput are in the job's log (the
+        driver's per-consumer lines) and in the metrics (tag ``consumer``)."""
+        return f"ConsumerActor({self._worker.name})"

@@ -71,7 +71,9 @@ class CoordinatorActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._lag = LagMetrics()
         self._health = LagHealthMetrics()
-        self._core = Coordinator(settings, lambda name: RayConsumer(settings, name), self._lag.set, self._health.set)
+        self._core = Coordinator(
+            settings, lambda name: RayConsumer(settings, name), self._lag.publish, self._health.set
+        )
         # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.
         loop = asyncio.get_running_loop()
         self._started = loop.create_task(self._core.start())

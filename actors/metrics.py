@@ -1,27 +1,39 @@
-"""Per-actor Prometheus metrics through ``ray.util.metrics`` (exported as ``ray_loom_*``)."""
+"""Prometheus metrics of the actors, through ``ray.util.metrics`` (exported as ``ray_loom_*``).
+
+Every series names the consumer actor it describes (tag ``consumer``, the actor's Ray name, e.g.
+``loom-consumer-2``), and per-partition series also ``topic`` and ``partition``, so a dashboard can chart
+throughput and lag by consumer instead of by Ray's opaque ``WorkerId``. Ray exports a counter only after its
+first increment: the event counters (fenced flushes, gaps, outages) appear with their first event.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from loom_ray.sink.postgres import FlushResult
 
-_TAGS = ("topic", "partition")
+_PARTITION_TAGS = ("consumer", "topic", "partition")
+UNOWNED = "none"  # the ``consumer`` tag of a partition's lag while no consumer holds it
 
 
 class FlushMetrics:
-    """Counters a consumer actor updates after every committed flush, and its blocked-flush gauge."""
+    """The metrics one consumer actor updates after every flush, outage and change of blocker."""
 
     def __init__(self, consumer: str) -> None:
         self._consumer = consumer
         self._blocked_sqlstate: str | None = None
-        self.messages = Counter("loom_messages", "Messages committed (rows + dead letters).", _TAGS)
-        self.rows = Counter("loom_rows", "Rows committed to the sink table.", _TAGS)
-        self.dead_letters = Counter("loom_dead_letters", "Messages committed as dead letters.", _TAGS)
-        self.batches = Counter("loom_batches", "Batches committed.", _TAGS)
-        self.fenced = Counter("loom_fenced_flushes", "Batches rolled back because the claim was lost.", _TAGS)
+        self.messages = Counter("loom_messages", "Messages committed (rows + dead letters).", _PARTITION_TAGS)
+        self.rows = Counter("loom_rows", "Rows committed to the sink table.", _PARTITION_TAGS)
+        self.dead_letters = Counter("loom_dead_letters", "Messages committed as dead letters.", _PARTITION_TAGS)
+        self.batches = Counter("loom_batches", "Batches committed.", _PARTITION_TAGS)
+        self.fenced = Counter("loom_fenced_flushes", "Batches rolled back because the claim was lost.", _PARTITION_TAGS)
         self.gap_offsets = Counter(
-            "loom_gap_offsets", "Offsets skipped because the broker no longer had them (loom_gaps).", _TAGS
+            "loom_gap_offsets", "Offsets skipped because the broker no longer had them (loom_gaps).", _PARTITION_TAGS
+        )
+        self.outages = Counter(
+            "loom_outages", "Flushes that failed because PostgreSQL was out of reach, and were retried.", ("consumer",)
         )
         self.route_records = Counter(
             "loom_route_records",
@@ -32,6 +44,7 @@ class FlushMetrics:
             "loom_flush_seconds",
             "Seconds per flush transaction.",
             [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+            ("consumer",),
         )
         self.blocked = Gauge(
             "loom_sink_blocked",
@@ -39,10 +52,13 @@ class FlushMetrics:
             ("consumer", "sqlstate"),
         )
 
+    def _tags(self, topic: str, partition: int) -> dict[str, str]:
+        return {"consumer": self._consumer, "topic": topic, "partition": str(partition)}
+
     def on_flush(self, result: FlushResult, seconds: float) -> None:
         """Record one flush (Ray refuses ``inc(0)``, so zero counts are skipped)."""
         for batch in result.committed:
-            tags = {"topic": batch.topic, "partition": str(batch.partition)}
+            tags = self._tags(batch.topic, batch.partition)
             for counter, value in (
                 (self.messages, batch.count),
                 (self.rows, len(batch.rows)),
@@ -62,9 +78,13 @@ class FlushMetrics:
                 if value:
                     self.route_records.inc(value, {"route": route, "outcome": outcome})
         for batch in result.fenced:
-            self.fenced.inc(1, {"topic": batch.topic, "partition": str(batch.partition)})
+            self.fenced.inc(1, self._tags(batch.topic, batch.partition))
         if result.committed:
-            self.flush_seconds.observe(seconds)
+            self.flush_seconds.observe(seconds, {"consumer": self._consumer})
+
+    def on_outage(self) -> None:
+        """Count one flush attempt that failed for an outage (it is retried)."""
+        self.outages.inc(1, {"consumer": self._consumer})
 
     def on_blocked(self, sqlstate: str | None) -> None:
         """Raise the gauge for the SQLSTATE that blocks flushes now (None: nothing), lower the previous one."""
@@ -76,14 +96,37 @@ class FlushMetrics:
 
 
 class LagMetrics:
-    """The coordinator's per-partition lag gauge (high watermark minus committed offset)."""
+    """The coordinator's gauges: each partition's lag under the consumer holding it, and the partitions each
+    consumer holds. Updated at every lag sample (``LOOM_LAG_SAMPLE_INTERVAL_S``).
+
+    Ray keeps exporting a gauge's last value for every tag set it has seen, so when a partition changes hands
+    (or a consumer goes away) the series under the previous consumer is set to 0: summing by consumer, or
+    taking the max per partition, stays true.
+    """
 
     def __init__(self) -> None:
-        self.lag = Gauge("loom_partition_lag", "Messages not yet committed to PostgreSQL.", _TAGS)
+        self.lag = Gauge("loom_partition_lag", "Messages not yet committed to PostgreSQL.", _PARTITION_TAGS)
+        self.held = Gauge("loom_consumer_partitions", "Partitions this consumer holds.", ("consumer",))
+        self._owners: dict[tuple[str, int], str] = {}
+        self._consumers: set[str] = set()
 
-    def set(self, topic: str, partition: int, lag: int) -> None:
-        """Publish one partition's lag."""
-        self.lag.set(lag, {"topic": topic, "partition": str(partition)})
+    def publish(self, rows: Iterable[tuple[str, int, int, str | None]]) -> None:
+        """Publish one sample: ``(topic, partition, lag, owner or None)`` for every partition."""
+        held: dict[str, int] = {}
+        for topic, partition, lag, owner in rows:
+            consumer = owner or UNOWNED
+            previous = self._owners.get((topic, partition))
+            if previous is not None and previous != consumer:
+                self.lag.set(0, {"consumer": previous, "topic": topic, "partition": str(partition)})
+            self._owners[(topic, partition)] = consumer
+            self.lag.set(lag, {"consumer": consumer, "topic": topic, "partition": str(partition)})
+            if owner is not None:
+                held[owner] = held.get(owner, 0) + 1
+        for gone in self._consumers - held.keys():
+            self.held.set(0, {"consumer": gone})
+        for consumer, count in held.items():
+            self.held.set(count, {"consumer": consumer})
+        self._consumers = set(held)
 
 
 class LagHealthMetrics:
@@ -93,7 +136,9 @@ class LagHealthMetrics:
 
     def __init__(self) -> None:
         self.health = Gauge(
-            "loom_lag_health", "Lag health: 0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND (Burrow's rules).", _TAGS
+            "loom_lag_health",
+            "Lag health: 0 OK, 1 WARN, 2 STOP, 3 STALL, 4 REWIND (Burrow's rules).",
+            ("topic", "partition"),
         )
 
     def set(self, topic: str, partition: int, status: int) -> None:

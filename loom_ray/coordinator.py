@@ -101,7 +101,7 @@ class Coordinator:
         self,
         settings: Settings,
         factory: ConsumerFactory,
-        on_lag: Callable[[str, int, int], None] | None = None,
+        on_lag: Callable[[list[tuple[str, int, int, str | None]]], None] | None = None,
         on_health: Callable[[str, int, PartitionStatus], None] | None = None,
     ) -> None:
         self._settings = settings
@@ -484,8 +484,7 @@ class Coordinator:
             return
         self._last_lag_sample = now
         if self._on_lag is not None:
-            for (topic, partition), row in progress.items():
-                self._on_lag(topic, partition, row["lag"])
+            self._on_lag([(t, p, row["lag"], self._owners.get((t, p))) for (t, p), row in progress.items()])
         assert self._pool is not None
         await lag_history.record(
             self._pool,
@@ -571,11 +570,12 @@ class Coordinator:
         return result
 
     async def status(self) -> dict[str, Any]:
-        """A snapshot for the driver's progress line, from the last round; ``database`` is False while
-        PostgreSQL is out of reach. ``committed`` sums the committed offsets; ``records`` counts the rows and
-        dead letters the consumers committed (:class:`~loom_ray.progress.RecordTally`), as of the health check
-        ``records_age_s`` ago. ``lag_health`` is the deployment's status and each partition's that is not OK, by
-        Burrow's rules (:mod:`loom_ray.policy.lag_health`) as of the last lag sample."""
+        """A snapshot for the driver's progress and per-consumer lines, from the last round; ``database`` is
+        False while PostgreSQL is out of reach. ``lags`` maps ``"topic[p]"`` to that partition's lag;
+        ``committed`` sums the committed offsets; ``records`` counts the rows and dead letters the consumers
+        committed (:class:`~loom_ray.progress.RecordTally`), as of the health check ``records_age_s`` ago.
+        ``lag_health`` is the deployment's status and each partition's that is not OK, by Burrow's rules
+        (:mod:`loom_ray.policy.lag_health`) as of the last lag sample."""
         reachable = self._database
         progress = self._progress
         observed = self._records.observed_at
@@ -587,6 +587,7 @@ class Coordinator:
             "partitions": len(self._partitions),
             "assigned": len(self._owners),
             "lag": sum(row["lag"] for row in progress.values()),
+            "lags": {f"{t}[{p}]": row["lag"] for (t, p), row in sorted(progress.items())},
             "committed": sum(row["next_offset"] for row in progress.values()),
             "records": self._records.total,
             "records_age_s": 0.0 if observed is None else time.monotonic() - observed,

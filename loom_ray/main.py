@@ -27,7 +27,7 @@ from loom_ray import db
 from loom_ray.errors import ConfigError
 from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
-from loom_ray.progress import MIN_RATE_WINDOW_S, IngestWindow
+from loom_ray.progress import MIN_RATE_WINDOW_S, ConsumerLines, IngestWindow
 from loom_ray.routes.tables import prepare_tables, route_counts, summary_lines
 from loom_ray.settings import SECRET_FIELDS, Settings, env_name
 from loom_ray.sink.routed import RouteCounts
@@ -215,11 +215,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float) -> IngestWindow:
-    """Print progress until a signal (or the drain, with --exit-when-drained); the samples of records committed."""
+    """Print progress until a signal (or the drain, with --exit-when-drained); the samples of records committed.
+
+    Every ``--progress-interval`` seconds: one progress line for the deployment, then one line per consumer
+    actor (:class:`~loom_ray.progress.ConsumerLines`). Under ``ray job submit`` they are the job's log, which
+    the Ray dashboard's Jobs page shows.
+    """
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
     window = IngestWindow()
+    consumers = ConsumerLines()
     printed: tuple[float, int] | None = None  # (when, records processed) at the last progress line
     while not stop.requested:
         try:
@@ -236,6 +242,8 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
             offsets = status["committed"] - before.committed
             line = progress_line(status, window.processed, (rate, now - since), offsets, now - started)
             print(line + blocked_note(status.get("blocked", {}), time.time()), flush=True)
+            for consumer_line in consumers.lines(status, now):
+                print(consumer_line, flush=True)
             printed = (now, window.processed)
         if args.exit_when_drained and status["drained"]:
             log.info("all partitions drained")

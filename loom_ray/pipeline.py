@@ -44,9 +44,11 @@ TopicPartition = tuple[str, int]
 
 
 class FlushObserver(Protocol):
-    """Receives counts after each committed flush, and each change of blocker (the actor's Ray metrics)."""
+    """Receives counts after each committed flush, each outage and each change of blocker (the actor's Ray
+    metrics)."""
 
     def on_flush(self, result: FlushResult, seconds: float) -> None: ...
+    def on_outage(self) -> None: ...
     def on_blocked(self, sqlstate: str | None) -> None: ...
 
 
@@ -471,6 +473,8 @@ class IngestWorker:
         condition = verdict.condition
         if condition is None:
             self.outages += 1
+            if self._observer is not None:
+                self._observer.on_outage()
             log.warning(
                 "%s flush of %d batches failed (%s: %s); retry %d in %.2fs",
                 self.name,

@@ -87,3 +87,51 @@ class IngestWindow:
         if self.first is None or self.last is None or self.seconds < MIN_RATE_WINDOW_S:
             return None
         return (self.last[1] - self.first[1]) / self.seconds
+
+
+# A consumer line lists at most this many partitions by name, then how many more it holds.
+LISTED_PARTITIONS = 8
+
+
+@dataclass(slots=True)
+class ConsumerLines:
+    """The driver's per-consumer lines in the job's log (the Ray dashboard's Jobs page shows that log): for
+    each consumer actor, its messages/s and rows/s since the previous line, its dead letters, the lag of the
+    partitions it holds and which they are.
+
+    Rates come from the cumulative ``totals`` each consumer reports with its stats; a consumer seen for the
+    first time has no rate yet (``-``).
+    """
+
+    _previous: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # name -> (when, rows, dead)
+
+    def lines(self, status: Mapping[str, Any], now: float) -> list[str]:
+        """One line per consumer in the coordinator's ``status`` (``actors``: name -> stats; ``lags``:
+        ``"topic[p]"`` -> lag), sampled at ``now`` (monotonic seconds)."""
+        lags: Mapping[str, int] = status.get("lags", {})
+        current: dict[str, tuple[float, int, int]] = {}
+        out = []
+        for name, stats in sorted(status["actors"].items()):
+            totals = stats.get("totals", {})
+            rows, dead = int(totals.get("rows", 0)), int(totals.get("dead_letters", 0))
+            current[name] = (now, rows, dead)
+            held = sorted(stats.get("partitions", {}))
+            previous = self._previous.get(name)
+            if previous is None or now <= previous[0]:
+                rates = "- msg/s, - rows/s"
+            else:
+                seconds = now - previous[0]
+                rates = (
+                    f"{(rows + dead - previous[1] - previous[2]) / seconds:.0f} msg/s, "
+                    f"{(rows - previous[1]) / seconds:.0f} rows/s"
+                )
+            listed = ",".join(held[:LISTED_PARTITIONS]) + (
+                f",… (+{len(held) - LISTED_PARTITIONS})" if len(held) > LISTED_PARTITIONS else ""
+            )
+            out.append(
+                f"consumer {name}: {rates}, {rows + dead} messages, {dead} dead letters, "
+                f"lag {sum(lags.get(p, 0) for p in held)}, partitions held: {len(held)}"
+                + (f" ({listed})" if held else "")
+            )
+        self._previous = current
+        return out

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from loom_ray.main import Counts, progress_line, summary
-from loom_ray.progress import MIN_RATE_WINDOW_S, IngestWindow, RecordTally, records_per_consumer
+from loom_ray.progress import (
+    LISTED_PARTITIONS,
+    MIN_RATE_WINDOW_S,
+    ConsumerLines,
+    IngestWindow,
+    RecordTally,
+    records_per_consumer,
+)
 
 
 def _stats(rows: int, dead_letters: int) -> dict[str, object]:
@@ -108,4 +115,38 @@ def test_progress_line() -> None:
     assert progress_line(status, 2_000, (500.0, 2.0), 5_002_000, 9.4) == (
         "progress: 2000 messages in 9s (500 msg/s over the last 2s), offsets advanced 5002000, lag 12, "
         "2 actors, 3/4 partitions assigned"
+    )
+
+
+def _consumer(rows: int, dead_letters: int, *partitions: str) -> dict[str, object]:
+    return {"partitions": dict.fromkeys(partitions, {}), "totals": {"rows": rows, "dead_letters": dead_letters}}
+
+
+def test_consumer_lines_give_each_consumers_rates_since_the_previous_line_and_its_partitions_lag() -> None:
+    lines = ConsumerLines()
+    first = {
+        "actors": {"loom-consumer-2": _consumer(0, 0, "t[1]"), "loom-consumer-1": _consumer(100, 2, "t[0]", "t[2]")},
+        "lags": {"t[0]": 40, "t[1]": 7, "t[2]": 3},
+    }
+    assert lines.lines(first, now=10.0) == [
+        "consumer loom-consumer-1: - msg/s, - rows/s, 102 messages, 2 dead letters, lag 43, partitions held: 2 "
+        "(t[0],t[2])",
+        "consumer loom-consumer-2: - msg/s, - rows/s, 0 messages, 0 dead letters, lag 7, partitions held: 1 (t[1])",
+    ]
+    second = {
+        "actors": {"loom-consumer-1": _consumer(1_100, 12, "t[0]"), "loom-consumer-3": _consumer(5, 0)},
+        "lags": {"t[0]": 0, "t[1]": 9, "t[2]": 3},
+    }
+    assert lines.lines(second, now=15.0) == [
+        "consumer loom-consumer-1: 202 msg/s, 200 rows/s, 1112 messages, 12 dead letters, lag 0, "
+        "partitions held: 1 (t[0])",
+        "consumer loom-consumer-3: - msg/s, - rows/s, 5 messages, 0 dead letters, lag 0, partitions held: 0",
+    ]
+
+
+def test_a_consumer_line_names_the_first_partitions_and_counts_the_rest() -> None:
+    held = [f"t[{p}]" for p in range(LISTED_PARTITIONS + 3)]
+    [line] = ConsumerLines().lines({"actors": {"c": _consumer(0, 0, *held)}, "lags": {}}, now=1.0)
+    assert line.endswith(
+        f"partitions held: {LISTED_PARTITIONS + 3} ({','.join(sorted(held)[:LISTED_PARTITIONS])},… (+3))"
     )
