@@ -27,10 +27,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _start_head(
-    log: Path, *args: str, env: dict[str, str] | None = None, port: int = GCS_PORT
+    log: Path, *args: str, env: dict[str, str] | None = None, port: int = GCS_PORT, temp_dir: str | None = None
 ) -> subprocess.Popen[bytes]:
-    """`ray start --head --block` in its own process group (so it is stopped with everything it spawned)."""
-    temp_dir = tempfile.mkdtemp(prefix="lr-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    """`ray start --head --block` in its own process group (so it is stopped with everything it spawned).
+    ``temp_dir`` is Ray's temp dir (default: a new one); its path must stay short (Ray's socket paths)."""
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="lr-", dir="/tmp")
     return subprocess.Popen(
         [str(RAY_BIN), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}", *args],
         stdout=log.open("wb"),

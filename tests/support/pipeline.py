@@ -77,6 +77,20 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
     process.wait(60)
 
 
+def terminate_group(process: subprocess.Popen[bytes], grace_s: float = 10) -> None:
+    """SIGTERM a process started in a session of its own, then SIGKILL its group if it is still there after
+    ``grace_s`` (by pid, never by name)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(grace_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def high_watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
     try:

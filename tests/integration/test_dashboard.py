@@ -1,0 +1,295 @@
+"""What a user sees of a running job, in the clients they use: `ray job submit` with Ray's token authentication
+on, the Ray dashboard in headless Chromium (Jobs page log, Actors page), and a real Prometheus scraping the
+job's metrics and evaluating kuberay/grafana-dashboard.json and kuberay/prometheus-rules.yaml.
+
+One `ray start --head` (token auth on, every port of its own) and one job serve the whole module; the tests run
+in order against them and the last one stops the job and checks what landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import RAY_BIN, _start_head, _stop_head
+from tests.support.browser import Browser, chromium_binary
+from tests.support.pipeline import account, committed, fill, high_watermarks, pipeline_env, scalar, wait_until
+from tests.support.prometheus import Prometheus, prometheus_binary
+from tests.support.services import Endpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBERAY = ROOT / "kuberay"
+# Ports of this module's head, none of Ray's defaults and below the kernel's ephemeral range, so that other
+# Ray clusters on the machine (tests, people) do not collide with it.
+GCS_PORT = 29661
+DASHBOARD_PORT = 29665
+PROMETHEUS_PORT = 29690
+HEAD_PORTS = (
+    f"--dashboard-port={DASHBOARD_PORT}",
+    "--metrics-export-port=29680",
+    "--dashboard-agent-listen-port=29681",
+    "--dashboard-agent-grpc-port=29682",
+    "--runtime-env-agent-port=29683",
+    "--ray-client-server-port=29684",
+    "--node-manager-port=29685",
+    "--object-manager-port=29686",
+    "--min-worker-port=29700",
+    "--max-worker-port=29899",
+)
+HEAD_PORT_ENV = {"AUTOSCALER_METRIC_PORT": "29687", "DASHBOARD_METRIC_PORT": "29688"}
+TOKEN_COOKIE = "ray-authentication-token"  # what the dashboard's login sets (ray/_private/authentication)
+# Metrics Ray exports only after their first event; this module causes a fenced flush, but no outage, no gap
+# and no blocked sink.
+EVENT_ONLY = ("ray_loom_outages_total", "ray_loom_gap_offsets_total", "ray_loom_sink_blocked")
+CONSUMER_LINE = re.compile(
+    r"consumer (loom-consumer-\d+-\w+): ([1-9]\d*) msg/s, \d+ rows/s, \d+ messages, ([1-9]\d*) dead letters, "
+    r"lag \d+, partitions held: [1-9]\d*"
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """The module's running job: its dashboard, its submission id, the client environment with the token."""
+
+    dashboard: str
+    submission_id: str
+    topic: str
+    client_env: dict[str, str]
+    token: str
+    temp_dir: Path
+    producer: subprocess.Popen[bytes]
+
+    def ray(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """A ``ray`` CLI command against the head, as the user runs it (token auth by default)."""
+        return subprocess.run(
+            [str(RAY_BIN), *args], env=env or self.client_env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+
+    def logs(self) -> str:
+        result = self.ray("job", "logs", self.submission_id, f"--address={self.dashboard}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+
+def _producer(endpoints: Endpoints, topic: str) -> subprocess.Popen[bytes]:
+    """Live traffic at 400 msg/s with 1 % malformed records (dead letters) for as long as the module runs."""
+    argv = ["--topic", topic, "--partitions", "6", "--messages", "1000000", "--size", "200", "--rate", "400"]
+    argv += ["--malformed-ratio", "0.01", "--bootstrap-servers", endpoints.kafka]
+    return subprocess.Popen(
+        [sys.executable, "-m", "loom_ray.loadgen", *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+@pytest.fixture(scope="module")
+def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Job]:
+    folder = tmp_path_factory.mktemp("dashboard")
+    token_path = folder / "auth_token"
+    token = secrets.token_hex(32)
+    token_path.write_text(token)
+    # Ray 2.60's default once a token exists on the host (~/.ray/auth_token); set explicitly here so the test
+    # does not depend on the host's home directory.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    temp_dir = Path(tempfile.mkdtemp(prefix="lrd-", dir="/tmp"))
+    head_log = folder / "head.log"
+    head = _start_head(
+        head_log,
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=4",
+        "--object-store-memory=200000000",
+        "--include-dashboard=true",
+        *HEAD_PORTS,
+        env={**auth, **HEAD_PORT_ENV, "RAY_metrics_report_interval_ms": "1000"},
+        port=GCS_PORT,
+        temp_dir=str(temp_dir),
+    )
+    client_env = {**os.environ, **auth}
+    dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    topic = f"t-dash-{secrets.token_hex(4)}"
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+
+        def up() -> bool:
+            assert head.poll() is None, head_log.read_text()[-3000:]
+            listed = subprocess.run(
+                [str(RAY_BIN), "job", "list", f"--address={dashboard}"], env=client_env, capture_output=True
+            )
+            return listed.returncode == 0
+
+        wait_until(up, 120, "the Ray head's job server")
+        fill(endpoints, topic, 6_000, partitions=6, ratio=0.01)
+        producer = _producer(endpoints, topic)
+        loom = {k: v for k, v in pipeline_env(endpoints, topic, min_actors=2).items() if k.startswith("LOOM_")}
+        # `ray job stop` SIGKILLs the driver RAY_JOB_STOP_WAIT_TIME_S (3) after its SIGTERM: leave it the drain.
+        runtime_env = {"env_vars": {**loom, "RAY_JOB_STOP_WAIT_TIME_S": "60"}}
+        submission_id = f"loom-{topic}"
+        submit = subprocess.run(
+            [
+                str(RAY_BIN),
+                "job",
+                "submit",
+                f"--address={dashboard}",
+                f"--submission-id={submission_id}",
+                "--no-wait",
+                "--working-dir=.",
+                f"--runtime-env-json={json.dumps(runtime_env)}",
+                "--",
+                "python",
+                "-m",
+                "loom_ray.main",
+                "--progress-interval=2",
+            ],
+            env=client_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+        yield Job(dashboard, submission_id, topic, client_env, token, temp_dir, producer)
+    finally:
+        if producer is not None:
+            producer.kill()
+            producer.wait(30)
+        _stop_head(head)
+
+
+def test_a_client_without_the_token_is_refused(job: Job) -> None:
+    without = {k: v for k, v in job.client_env.items() if not k.startswith("RAY_AUTH")}
+    listed = job.ray("job", "list", f"--address={job.dashboard}", env={**without, "HOME": str(job.temp_dir)})
+    assert listed.returncode != 0
+    assert "Token authentication is enabled but no authentication token was found" in listed.stdout + listed.stderr
+
+
+@pytest.fixture
+def browser(job: Job, tmp_path: Path) -> Iterator[Browser]:
+    """Chromium logged in to the job's dashboard with the cluster's token (the dashboard's own login call)."""
+    if chromium_binary() is None:
+        pytest.skip("chromium missing: scripts/bootstrap.sh installs Debian's chromium (needs apt-get and root)")
+    with Browser(tmp_path / "chromium") as page:
+        page.open(job.dashboard)
+        wait_until(lambda: page.evaluate("document.readyState") == "complete", 30, "the dashboard to load")
+        status = page.evaluate(
+            f"fetch('/api/authenticate', {{method: 'POST', headers: {{Authorization: 'Bearer {job.token}'}}}})"
+            ".then(r => r.status)"
+        )
+        assert status == 200
+        yield page
+
+
+def test_the_jobs_page_shows_each_consumers_throughput(job: Job, browser: Browser, tmp_path: Path) -> None:
+    consumers: set[str] = set()
+
+    def lines_shown() -> bool:
+        """Load the job's page as a user would; once its log is there, newest first, filtered to the
+        per-consumer lines."""
+        browser.open(f"{job.dashboard}/#/jobs/{job.submission_id}")
+        wait_until(lambda: "Running entrypoint for job" in browser.text(), 60, "the job's log on its page")
+        assert browser.switch_on("Reverse:"), "no Reverse switch above the job's log"
+        assert browser.type_into("Keyword", "partitions held"), "no Keyword filter above the job's log"
+        wait_until(lambda: "Running entrypoint for job" not in browser.text(), 10, "the filter to apply")
+        text = browser.text()
+        (tmp_path / "jobs-page.txt").write_text(text)
+        matches = list(CONSUMER_LINE.finditer(text))
+        consumers.update(match.group(1) for match in matches)
+        return len(consumers) >= 2 and len(matches) >= 6  # several rounds of lines: a screenshot worth showing
+
+    wait_until(lines_shown, 120, "per-consumer lines with messages/s and dead letters on the Jobs page", interval_s=3)
+    browser.evaluate("window.scrollBy(0, -120)")  # the Logs heading and the filter above the lines
+    shot = browser.screenshot(tmp_path / "jobs-page.png")
+    assert shot.stat().st_size > 10_000
+
+
+def test_the_actors_page_names_the_consumers(job: Job, browser: Browser, tmp_path: Path) -> None:
+    browser.open(f"{job.dashboard}/#/actors")
+
+    def consumers_listed() -> bool:
+        text = browser.text()
+        names = set(re.findall(r"\bloom-consumer-\d+-\w+", text))
+        return (
+            len(names) >= 2 and all(f"ConsumerActor({name})" in text for name in names) and "loom-coordinator" in text
+        )
+
+    wait_until(consumers_listed, 60, "the consumer actors (class, name, repr) on the Actors page")
+    assert "ConsumerActor" in browser.text() and "CoordinatorActor" in browser.text()
+    browser.screenshot(tmp_path / "actors-page.png")
+
+
+def _dashboard_targets() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target, with Grafana's variables as a user's "All" would set them."""
+    with (KUBERAY / "grafana-dashboard.json").open(encoding="utf-8") as f:
+        dashboard = json.load(f)
+    substitutions = {"$__rate_interval": "30s", "$__range": "10m", "$topic": ".*", "$consumer": ".*"}
+    targets = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in substitutions.items():
+                expr = expr.replace(variable, value)
+            targets.append((panel["title"], expr))
+    return targets
+
+
+def _fence_one_flush(endpoints: Endpoints, topic: str) -> None:
+    """Bump partition 0's epoch behind its owner's back, as a newer claim would: its next flush is fenced."""
+    scalar(
+        endpoints,
+        'UPDATE loom_offsets SET epoch = epoch + 1 WHERE topic = $1 AND "partition" = 0 RETURNING epoch',
+        topic,
+    )
+
+
+def test_prometheus_scrapes_the_job_and_every_dashboard_query_returns_data(
+    job: Job, endpoints: Endpoints, tmp_path: Path
+) -> None:
+    if prometheus_binary() is None:
+        pytest.skip("prometheus missing: scripts/bootstrap.sh installs Debian's prometheus (needs apt-get and root)")
+    rules = yaml.safe_load((KUBERAY / "prometheus-rules.yaml").read_text())
+    rule_file = tmp_path / "rules.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
+    # Ray writes the file-SD list of its metrics endpoints (every node's, the autoscaler's) into its temp dir.
+    discovery = job.temp_dir / "prom_metrics_service_discovery.json"
+    wait_until(discovery.exists, 60, "Ray's Prometheus service-discovery file")
+    _fence_one_flush(endpoints, job.topic)
+    with Prometheus(tmp_path / "prometheus", PROMETHEUS_PORT, discovery, [rule_file]) as prometheus:
+        for title, expr in _dashboard_targets():
+            if any(name in expr for name in EVENT_ONLY):
+                prometheus.query(expr)  # valid PromQL; data only once such an event happened
+                continue
+            wait_until(lambda e=expr: bool(prometheus.query(e)), 90, f"data for {title!r}: {expr}")  # type: ignore[misc]
+        consumers = {s["metric"]["consumer"] for s in prometheus.query("sum by (consumer) (ray_loom_rows_total)")}
+        assert len(consumers) >= 2 and all(c.startswith("loom-consumer-") for c in consumers), consumers
+        wait_until(
+            lambda: all(
+                g["rules"] and all(r["health"] == "ok" for r in g["rules"]) for g in prometheus.api("rules")["groups"]
+            ),
+            30,
+            "every alert rule evaluated without error",
+        )
+        assert not prometheus.query('ALERTS{alertname="LoomPartitionStalled"}')  # the job commits on every partition
+        for group in rules["spec"]["groups"]:
+            for rule in group["rules"]:
+                prometheus.query(rule["expr"])
+
+
+def test_the_job_drains_on_ray_job_stop_and_every_offset_lands_once(job: Job, endpoints: Endpoints) -> None:
+    job.producer.terminate()
+    job.producer.wait(30)
+    end = sum(high for _low, high in high_watermarks(endpoints.kafka, job.topic).values())
+    wait_until(lambda: committed(endpoints, job.topic) >= end, 120, "the job to catch up with the producer")
+    stop = job.ray("job", "stop", job.submission_id, f"--address={job.dashboard}")
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    logs = job.logs()
+    assert "received SIGTERM: draining" in logs and "summary: messages=" in logs, logs[-3000:]
+    result = account(endpoints, job.topic)
+    assert result.exact, str(result)
