@@ -161,11 +161,6 @@ class IngestWorker:
         self._kafka = PartitionConsumer(self._settings, self.name)
         _tune_gc()
 
-    @property
-    def partitions(self) -> list[TopicPartition]:
-        """The partitions this worker holds now."""
-        return sorted(self._parts)
-
     async def assign(self, claim: Claim) -> None:
         """Take a claimed partition and read it from ``claim.next_offset``."""
         assert self._kafka is not None

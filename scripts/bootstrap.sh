@@ -6,6 +6,27 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bootstrap: Python >= 3.11 needed" >&2; exit 1; }
+
+# Debian packages of the browser and Prometheus tests (tests/integration/test_dashboard.py,
+# tests/unit/test_prometheus_rules.py): chromium, prometheus (with promtool). Installed only where missing and
+# apt-get can run (root, or passwordless sudo); elsewhere those tests skip and say what is missing.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+{ command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  if [ ${#sudo[@]} -eq 0 ] || sudo -n true 2>/dev/null; then
+    echo "bootstrap: installing ${need[*]} from Debian" >&2
+    { "${sudo[@]}" apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 "${need[@]}"; } >&2 \
+      || echo "bootstrap: could not install ${need[*]}; the tests that need them skip" >&2
+  else
+    echo "bootstrap: ${need[*]} missing and apt-get needs root; the tests that need them skip" >&2
+  fi
+fi
+
 stamp=.venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 [ -f "$stamp" ] && exit 0
 [ -x .venv/bin/python ] || "$python" -m venv .venv
