@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.support.browser import Browser, chromium_binary
 from tests.support.pipeline import account, committed, fill, high_watermarks, pipeline_env, scalar, wait_until
 from tests.support.prometheus import Prometheus, prometheus_binary
 from tests.support.services import Endpoints
+from tests.support.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "kuberay"
@@ -49,9 +51,9 @@ HEAD_PORTS = (
 )
 HEAD_PORT_ENV = {"AUTOSCALER_METRIC_PORT": "29687", "DASHBOARD_METRIC_PORT": "29688"}
 TOKEN_COOKIE = "ray-authentication-token"  # what the dashboard's login sets (ray/_private/authentication)
-# Metrics Ray exports only after their first event; this module causes a fenced flush, but no outage, no gap
-# and no blocked sink.
-EVENT_ONLY = ("ray_loom_outages_total", "ray_loom_gap_offsets_total", "ray_loom_sink_blocked")
+# Metrics Ray exports only after their first event; this module causes a fenced flush and an outage, but no
+# gap and no blocked sink.
+EVENT_ONLY = ("ray_loom_gap_offsets_total", "ray_loom_sink_blocked")
 CONSUMER_LINE = re.compile(
     r"consumer (loom-consumer-\d+-\w+): ([1-9]\d*) msg/s, \d+ rows/s, \d+ messages, ([1-9]\d*) dead letters, "
     r"lag \d+, partitions held: [1-9]\d*"
@@ -69,6 +71,7 @@ class Job:
     token: str
     temp_dir: Path
     producer: subprocess.Popen[bytes]
+    postgres: TcpProxy  # the job reaches PostgreSQL through it, so a test can cut it off
 
     def ray(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """A ``ray`` CLI command against the head, as the user runs it (token auth by default)."""
@@ -117,6 +120,8 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
     dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
     topic = f"t-dash-{secrets.token_hex(4)}"
     producer: subprocess.Popen[bytes] | None = None
+    host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
+    postgres = TcpProxy(host, int(port)).start()
     try:
 
         def up() -> bool:
@@ -129,7 +134,9 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_until(up, 120, "the Ray head's job server")
         fill(endpoints, topic, 6_000, partitions=6, ratio=0.01)
         producer = _producer(endpoints, topic)
-        loom = {k: v for k, v in pipeline_env(endpoints, topic, min_actors=2).items() if k.startswith("LOOM_")}
+        dsn = endpoints.dsn.replace(f"{host}:{port}", f"127.0.0.1:{postgres.port}")
+        env = pipeline_env(endpoints, topic, min_actors=2, db_dsn=dsn)
+        loom = {k: v for k, v in env.items() if k.startswith("LOOM_")}
         # `ray job stop` SIGKILLs the driver RAY_JOB_STOP_WAIT_TIME_S (3) after its SIGTERM: leave it the drain.
         runtime_env = {"env_vars": {**loom, "RAY_JOB_STOP_WAIT_TIME_S": "60"}}
         submission_id = f"loom-{topic}"
@@ -156,12 +163,13 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
             timeout=120,
         )
         assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-        yield Job(dashboard, submission_id, topic, client_env, token, temp_dir, producer)
+        yield Job(dashboard, submission_id, topic, client_env, token, temp_dir, producer, postgres)
     finally:
         if producer is not None:
             producer.kill()
             producer.wait(30)
         _stop_head(head)
+        postgres.stop()
 
 
 def test_a_client_without_the_token_is_refused(job: Job) -> None:
@@ -261,12 +269,15 @@ def test_prometheus_scrapes_the_job_and_every_dashboard_query_returns_data(
     discovery = job.temp_dir / "prom_metrics_service_discovery.json"
     wait_until(discovery.exists, 60, "Ray's Prometheus service-discovery file")
     _fence_one_flush(endpoints, job.topic)
+    job.postgres.cut()  # an outage: flushes fail and are retried
+    time.sleep(3)
+    job.postgres.restore()
     with Prometheus(tmp_path / "prometheus", PROMETHEUS_PORT, discovery, [rule_file]) as prometheus:
         for title, expr in _dashboard_targets():
             if any(name in expr for name in EVENT_ONLY):
                 prometheus.query(expr)  # valid PromQL; data only once such an event happened
                 continue
-            wait_until(lambda e=expr: bool(prometheus.query(e)), 90, f"data for {title!r}: {expr}")  # type: ignore[misc]
+            wait_until(lambda e=expr: bool(prometheus.query(e)), 90, f"data for {title!r}: {expr}")
         consumers = {s["metric"]["consumer"] for s in prometheus.query("sum by (consumer) (ray_loom_rows_total)")}
         assert len(consumers) >= 2 and all(c.startswith("loom-consumer-") for c in consumers), consumers
         wait_until(
