@@ -3,6 +3,7 @@
 Start-up, in order, each failing with a message that says what to change: settings from ``LOOM_*``;
 PostgreSQL reachable, migrations applied, connection capacity; the topics exist; Ray joined (``RAY_ADDRESS``
 or ``--address``) or started locally; the coordinator created or rejoined by name. Then it prints progress
+(a line for the deployment and one per consumer actor, which the Ray dashboard's Jobs page shows as the job's log)
 until SIGTERM/SIGINT (or, with ``--exit-when-drained``, until every partition's committed offset reaches its
 high watermark), drains within ``LOOM_SHUTDOWN_TIMEOUT_S`` and prints a summary.
 """
