@@ -9,6 +9,7 @@ first increment: the event counters (fenced flushes, gaps, outages) appear with 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -16,6 +17,12 @@ from loom_ray.sink.postgres import FlushResult
 
 _PARTITION_TAGS = ("consumer", "topic", "partition")
 UNOWNED = "none"  # the ``consumer`` tag of a partition's lag while no consumer holds it
+
+
+class GaugeSink(Protocol):
+    """What :class:`LagMetrics` needs of a gauge: ``ray.util.metrics.Gauge.set``."""
+
+    def set(self, value: int | float | None, tags: dict[str, str] | None = None) -> None: ...
 
 
 class FlushMetrics:
@@ -104,9 +111,10 @@ class LagMetrics:
     taking the max per partition, stays true.
     """
 
-    def __init__(self) -> None:
-        self.lag = Gauge("loom_partition_lag", "Messages not yet committed to PostgreSQL.", _PARTITION_TAGS)
-        self.held = Gauge("loom_consumer_partitions", "Partitions this consumer holds.", ("consumer",))
+    def __init__(self, lag: GaugeSink | None = None, held: GaugeSink | None = None) -> None:
+        """Ray's gauges, unless others are given (unit tests record what is set)."""
+        self.lag = lag or Gauge("loom_partition_lag", "Messages not yet committed to PostgreSQL.", _PARTITION_TAGS)
+        self.held = held or Gauge("loom_consumer_partitions", "Partitions this consumer holds.", ("consumer",))
         self._owners: dict[tuple[str, int], str] = {}
         self._consumers: set[str] = set()
 
