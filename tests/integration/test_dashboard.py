@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,7 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
             producer.wait(30)
         _stop_head(head)
         postgres.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_client_without_the_token_is_refused(job: Job) -> None:
