@@ -38,6 +38,9 @@ CRD_FILES = {
     ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
 }
+# Kinds whose CRD has no copy in tests/data/crds/ yet: reported as skipped, not validated. The PrometheusRule's
+# rules are checked by promtool instead (tests/unit/test_prometheus_rules.py).
+NO_CRD_COPY = {("monitoring.coreos.com/v1", "PrometheusRule")}
 # Core kinds have no CRD: their top-level fields only.
 CORE_FIELDS = {
     ("v1", "ConfigMap"): {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"},
@@ -132,6 +135,8 @@ def test_every_manifest_matches_its_schema(path: Path) -> None:
         docs = [doc for doc in yaml.safe_load_all(f) if doc]
     assert docs
     for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in NO_CRD_COPY:
+            pytest.skip(f"no copy of the {doc['kind']} CRD in tests/data/crds/ to validate {path.name} against")
         assert _schema_errors(doc) == []
 
 
