@@ -52,9 +52,9 @@ HEAD_PORTS = (
 )
 HEAD_PORT_ENV = {"AUTOSCALER_METRIC_PORT": "29687", "DASHBOARD_METRIC_PORT": "29688"}
 TOKEN_COOKIE = "ray-authentication-token"  # what the dashboard's login sets (ray/_private/authentication)
-# Metrics Ray exports only after their first event; this module causes a fenced flush and an outage, but no
-# gap and no blocked sink.
-EVENT_ONLY = ("ray_loom_gap_offsets_total", "ray_loom_sink_blocked")
+# Metrics this module's job does not produce: Ray exports a series only after its first event, and this job
+# has no gap, no blocked sink and no routes (it does cause a fenced flush and an outage).
+EVENT_ONLY = ("ray_loom_gap_offsets_total", "ray_loom_sink_blocked", "ray_loom_route_records_total")
 CONSUMER_LINE = re.compile(
     r"consumer (loom-consumer-\d+-\w+): ([1-9]\d*) msg/s, \d+ rows/s, \d+ messages, ([1-9]\d*) dead letters, "
     r"lag \d+, partitions held: [1-9]\d*"
