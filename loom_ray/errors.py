@@ -15,6 +15,10 @@ class CapacityError(ConfigError):
     """The database cannot hold the connections the configured actors may open."""
 
 
+class RayUnreachableError(LoomError):
+    """The driver could not join the Ray cluster it was pointed at (``--address`` or ``RAY_ADDRESS``)."""
+
+
 class FencedError(LoomError):
     """A flush or release lost its claim: another owner bumped the partition's epoch.
 

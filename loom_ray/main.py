@@ -25,7 +25,7 @@ import asyncpg
 from confluent_kafka import KafkaException
 
 from loom_ray import db
-from loom_ray.errors import ConfigError
+from loom_ray.errors import ConfigError, RayUnreachableError
 from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
 from loom_ray.progress import MIN_RATE_WINDOW_S, ConsumerLines, IngestWindow
@@ -137,12 +137,18 @@ def check_topics(settings: Settings) -> int:
 
 
 def connect_ray(settings: Settings, address: str | None) -> None:
-    """Join a running Ray (``--address`` or ``RAY_ADDRESS``) or start a local one sized for the actors."""
+    """Join a running Ray (``--address`` or ``RAY_ADDRESS``) or start a local one sized for the actors.
+
+    Raises :class:`RayUnreachableError` when the given cluster does not answer.
+    """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, namespace=settings.ray_namespace)
+        try:
+            ray.init(address=address, namespace=settings.ray_namespace)
+        except ConnectionError as exc:
+            raise RayUnreachableError(f"Ray at {address} unreachable: {exc}; check --address or RAY_ADDRESS") from exc
         return
     # Logical CPUs: enough for every consumer, even on a small machine (they mostly wait on I/O).
     cpus = max(os.cpu_count() or 1, int(settings.max_actors * settings.actor_num_cpus) + 1)
@@ -330,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loom-ray: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except RayUnreachableError as exc:
+        print(f"loom-ray: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"loom-ray: PostgreSQL unavailable: {type(exc).__name__}: {exc}; check LOOM_DB_DSN", file=sys.stderr)
         return EXIT_UNAVAILABLE
