@@ -10,8 +10,9 @@ Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``rec
    ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free. One whose flushes PostgreSQL
    refuses (a privilege revoked, disk full: ``stats()["blocked"]``) is alive and keeps retrying: it stays,
    and its blocker is recorded in ``loom_sink_errors`` (a ``sink_blocked`` alert);
-3. read progress (committed offsets, high watermarks in one request); a partition whose owner reports a
-   commit that the offset row no longer shows (PostgreSQL lost it in a crash) is claimed again;
+3. read progress: committed offsets, and high watermarks in one request (sent at the round's start, so it
+   overlaps steps 1 and 2); a partition whose owner reports a commit that the offset row no longer shows
+   (PostgreSQL lost it in a crash) is claimed again;
 4. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
    more than partitions);
 5. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
@@ -197,10 +198,16 @@ class Coordinator:
             if self._stopping:
                 return
             assert self._metadata is not None
-            await self._discover(await asyncio.to_thread(self._metadata.discover))
-            await self._check_health()
-            await self._report_blockers()
-            progress = await self.progress()
+            # The watermark request, the round's longest at thousands of partitions, overlaps discovery and
+            # the health checks; it asks for the partitions known at the round's start.
+            highs = asyncio.create_task(asyncio.to_thread(self._metadata.high_watermarks, list(self._partitions)))
+            try:
+                await self._discover(await asyncio.to_thread(self._metadata.discover))
+                await self._check_health()
+                await self._report_blockers()
+            finally:
+                marks = await highs
+            progress = await self.progress(marks)
             self._progress, self._database = progress, True
             self._reclaim_lost_commits(progress)
             self._autoscale(progress)
@@ -270,20 +277,21 @@ class Coordinator:
         names = list(self._members)
         results = await asyncio.gather(*(self._members[n].handle.stats(timeout) for n in names), return_exceptions=True)
         now = time.monotonic()
+        reports: dict[str, dict[str, Any]] = {}
         for name, result in zip(names, results, strict=True):
             member = self._members[name]
             if isinstance(result, dict):
                 member.last_ok, member.stats = now, result
                 self._records.observe(name, result, now)
-                for tp in dropped(self._owners, name, result.get("partitions", {})):
-                    log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", name, *tp)
-                    del self._owners[tp]
-                    self.reclaims += 1
+                reports[name] = result.get("partitions", {})
             elif isinstance(result, asyncio.TimeoutError) and now - member.last_ok < session:
                 log.warning("consumer %s missed a health check", name)
             else:
                 log.error("consumer %s is gone (%s); reclaiming its partitions", name, type(result).__name__)
                 self._forget(name)
+        for tp in dropped(self._owners, reports):
+            log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", self._owners[tp], *tp)
+            self._disown([tp])
 
     def _blocked(self) -> dict[str, dict[str, Any]]:
         """``consumer -> blocker`` for the consumers whose last stats reported one."""
@@ -551,15 +559,18 @@ class Coordinator:
             log.info("pruned %d consumer_lag_history samples older than the retention", deleted)
         return deleted
 
-    async def progress(self) -> dict[TopicPartition, dict[str, int]]:
-        """Per partition: committed ``next_offset`` and ``epoch`` (from PostgreSQL) and the high watermark
-        (from Kafka, one request); a partition whose watermark could not be read is left out."""
-        assert self._pool is not None and self._metadata is not None
+    async def progress(self, highs: dict[TopicPartition, int]) -> dict[TopicPartition, dict[str, int]]:
+        """Per partition: committed ``next_offset`` and ``epoch`` (from PostgreSQL, read now) and the high
+        watermark from ``highs`` (asked of Kafka earlier in the round); a partition that is no longer known,
+        or whose watermark could not be read (or was added this round), is left out."""
+        assert self._pool is not None
         async with self._pool.acquire() as conn:
             stored = await offsets.committed(conn, list(self._settings.kafka_topics))
-        highs = await asyncio.to_thread(self._metadata.high_watermarks, self._partitions)
+        known = set(self._partitions)
         result = {}
         for tp, high in highs.items():
+            if tp not in known:
+                continue
             next_offset, epoch, _ = stored.get(tp, (0, 0, None))
             result[tp] = {
                 "next_offset": next_offset,

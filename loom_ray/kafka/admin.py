@@ -8,9 +8,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from loom_ray.settings import Settings
 
@@ -48,11 +55,6 @@ class KafkaMetadata:
         admin_config: dict[str, Any] = {**settings.kafka_client_config(), "error_cb": self._on_error}
         self._admin = AdminClient(admin_config)
         self._topics = settings.kafka_topics
-        self._isolation = (
-            IsolationLevel.READ_COMMITTED
-            if settings.kafka_isolation_level == "read_committed"
-            else IsolationLevel.READ_UNCOMMITTED
-        )
 
     def _on_error(self, error: KafkaError) -> None:
         self.errors.append(error)
@@ -93,32 +95,44 @@ class KafkaMetadata:
     def high_watermarks(
         self, partitions: Iterable[tuple[str, int]], timeout_s: float = 10.0
     ) -> dict[tuple[str, int], int]:
-        """The high watermark (the last stable offset under read_committed) of each partition, in one request;
-        a partition whose request failed is left out."""
-        return self._offsets(partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+        """The high watermark (the last stable offset under read_committed) of each partition, in one request
+        per partition leader; a partition whose request failed is left out."""
+        return self._offsets(partitions, OFFSET_END, timeout_s)
 
     def watermarks(
         self, partitions: list[tuple[str, int]], timeout_s: float = 10.0
     ) -> dict[tuple[str, int], tuple[int, int]]:
-        """(low, high) watermarks of each partition, asked of the brokers now in two requests (a partition
-        added since the last metadata refresh included); a partition with either missing is left out."""
-        low = self._offsets(partitions, OffsetSpec.earliest(), timeout_s)  # type: ignore[no-untyped-call]
-        high = self._offsets(partitions, OffsetSpec.latest(), timeout_s)  # type: ignore[no-untyped-call]
+        """(low, high) watermarks of each partition, asked of the brokers now in two requests per partition
+        leader (a partition added since the last metadata refresh included); a partition with either
+        missing is left out."""
+        low = self._offsets(partitions, OFFSET_BEGINNING, timeout_s)
+        high = self._offsets(partitions, OFFSET_END, timeout_s)
         return {tp: (low[tp], high[tp]) for tp in partitions if tp in low and tp in high}
 
     def _offsets(
-        self, partitions: Iterable[tuple[str, int]], spec: OffsetSpec, timeout_s: float
+        self, partitions: Iterable[tuple[str, int]], which: int, timeout_s: float
     ) -> dict[tuple[str, int], int]:
-        request = {TopicPartition(t, p): spec for t, p in partitions}
+        """One ListOffsets per leader for ``which`` (OFFSET_BEGINNING or OFFSET_END, asked as the timestamp
+        the protocol reserves for it), under the client's isolation level.
+
+        The consumer's ``offsets_for_times`` answers in one list; ``AdminClient.list_offsets`` would build a
+        Python future per partition, which dominates a round at thousands of partitions. A request that fails
+        as a whole (brokers out of reach, timed out) leaves every partition out.
+        """
+        request = [TopicPartition(t, p, which) for t, p in partitions]
         if not request:
             return {}
-        futures = self._admin.list_offsets(request, isolation_level=self._isolation, request_timeout=timeout_s)
+        try:
+            answered = self._client.offsets_for_times(request, timeout=timeout_s)
+        except KafkaException as exc:
+            log.warning("no offsets for %d partitions: %s", len(request), exc)
+            return {}
         found: dict[tuple[str, int], int] = {}
-        for tp, future in futures.items():
-            try:
-                found[(tp.topic, tp.partition)] = int(future.result().offset)
-            except KafkaException as exc:
-                log.warning("no offset for %s[%d]: %s", tp.topic, tp.partition, exc)
+        for tp in answered:
+            if tp.error is None and tp.offset >= 0:
+                found[(tp.topic, tp.partition)] = tp.offset
+            else:
+                log.warning("no offset for %s[%d]: %s", tp.topic, tp.partition, tp.error)
         return found
 
     def close(self) -> None:

@@ -30,15 +30,18 @@ def assign(
     by_load = sorted(names, key=lambda name: (-len(held[name]), name))
     quota = {name: base + (1 if rank < extra else 0) for rank, name in enumerate(by_load)}
     result: dict[TopicPartition, str] = {}
+    count = dict.fromkeys(names, 0)
     for name in names:
         for tp in held[name][: quota[name]]:
             result[tp] = name
+        count[name] = min(len(held[name]), quota[name])
     free = [tp for tp in parts if tp not in result]
-    for name in sorted(names, key=lambda name: (sum(1 for o in result.values() if o == name), name)):
-        room = quota[name] - sum(1 for owner in result.values() if owner == name)
-        for tp in free[:room]:
+    taken = 0
+    for name in sorted(names, key=lambda name: (count[name], name)):
+        room = quota[name] - count[name]
+        for tp in free[taken : taken + room]:
             result[tp] = name
-        free = free[room:]
+        taken += room
     return result
 
 
@@ -47,15 +50,21 @@ def moves(old: Mapping[TopicPartition, str], new: Mapping[TopicPartition, str]) 
     return sorted(tp for tp, owner in new.items() if old.get(tp) != owner)
 
 
-def dropped(owners: Mapping[TopicPartition, str], name: str, held: Iterable[str]) -> list[TopicPartition]:
-    """Partitions the coordinator gave ``name`` that its health report no longer lists.
+def dropped(owners: Mapping[TopicPartition, str], reports: Mapping[str, Iterable[str]]) -> list[TopicPartition]:
+    """Partitions the coordinator gave a consumer that the consumer's health report no longer lists.
 
     An actor drops a partition when a flush finds the offset row moved under it (fenced, or a commit the
     database lost after a crash with ``synchronous_commit=off``). Such partitions must be claimed again
-    with a new epoch, or they stall for good. ``held`` are the report's ``"topic[partition]"`` keys.
+    with a new epoch, or they stall for good. ``reports`` maps each consumer that answered this round's
+    health check to its report's ``"topic[partition]"`` keys; a partition whose owner is not in it (no
+    answer this round) is not judged. One pass over ``owners``: runs every round.
     """
-    reported = set(held)
-    return sorted(tp for tp, owner in owners.items() if owner == name and f"{tp[0]}[{tp[1]}]" not in reported)
+    reported = {name: set(held) for name, held in reports.items()}
+    return sorted(
+        tp
+        for tp, owner in owners.items()
+        if (held := reported.get(owner)) is not None and f"{tp[0]}[{tp[1]}]" not in held
+    )
 
 
 def lost_commits(

@@ -138,12 +138,31 @@ def test_moves_lists_changed_and_new_owners_in_order() -> None:
 
 def test_dropped_lists_partitions_missing_from_the_owners_report() -> None:
     owners = {("t", 0): "a", ("t", 1): "a", ("t", 2): "b", ("u", 10): "a"}
-    assert dropped(owners, "a", ["t[0]", "u[10]"]) == [("t", 1)]
-    assert dropped(owners, "a", ["t[0]", "t[1]", "u[10]"]) == []
-    assert dropped(owners, "a", []) == [("t", 0), ("t", 1), ("u", 10)]
+    assert dropped(owners, {"a": ["t[0]", "u[10]"], "b": ["t[2]"]}) == [("t", 1)]
+    assert dropped(owners, {"a": ["t[0]", "t[1]", "u[10]"]}) == []
+    assert dropped(owners, {"a": []}) == [("t", 0), ("t", 1), ("u", 10)]
+    assert dropped(owners, {"a": [], "b": []}) == [("t", 0), ("t", 1), ("t", 2), ("u", 10)]
     # A partition reported but not owned (a release in flight) is not the coordinator's concern here.
-    assert dropped(owners, "b", ["t[2]", "t[3]"]) == []
-    assert dropped(owners, "nobody", []) == []
+    assert dropped(owners, {"b": ["t[2]", "t[3]"]}) == []
+    # An owner that did not answer this round is not judged.
+    assert dropped(owners, {"nobody": []}) == []
+    assert dropped(owners, {}) == []
+
+
+def test_dropped_at_scale_matches_a_per_consumer_scan() -> None:
+    parts = [(f"t{t}", p) for t in range(20) for p in range(50)]
+    actors = _actors(40)
+    owners = assign(parts, actors, {})
+    rng = random.Random(7)
+    reports = {
+        name: [f"{t}[{p}]" for (t, p), o in owners.items() if o == name and rng.random() > 0.01] for name in actors
+    }
+    del reports[actors[3]]  # no answer: its partitions are not judged
+    expected = sorted(
+        tp for tp, owner in owners.items() if owner in reports and f"{tp[0]}[{tp[1]}]" not in reports[owner]
+    )
+    assert expected and not any(owners[tp] == actors[3] for tp in expected)
+    assert dropped(owners, reports) == expected
 
 
 def test_lost_commits_are_reported_offsets_the_row_no_longer_shows() -> None:
@@ -162,3 +181,14 @@ def test_lost_commits_are_reported_offsets_the_row_no_longer_shows() -> None:
     }
     assert lost_commits(owners, reports, stored) == [("t", 0)]
     assert lost_commits(owners, {}, stored) == []
+
+
+def test_ten_thousand_partitions_over_two_hundred_actors_stay_balanced_and_sticky() -> None:
+    parts = [(f"t{t:03d}", p) for t in range(100) for p in range(100)]
+    actors = _actors(200)
+    first = assign(parts, actors, {})
+    _assert_balanced(first, parts, actors)
+    # One actor gone, one new: only the gone actor's 50 partitions move.
+    after = assign(parts, [*actors[1:], "zzz-new"], first)
+    _assert_balanced(after, parts, [*actors[1:], "zzz-new"])
+    assert moves(first, after) == sorted(tp for tp, owner in first.items() if owner == actors[0])
