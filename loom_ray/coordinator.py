@@ -10,9 +10,10 @@ Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``rec
    ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free. One whose flushes PostgreSQL
    refuses (a privilege revoked, disk full: ``stats()["blocked"]``) is alive and keeps retrying: it stays,
    and its blocker is recorded in ``loom_sink_errors`` (a ``sink_blocked`` alert);
-3. read progress: committed offsets, and high watermarks in one request (sent at the round's start, so it
-   overlaps steps 1 and 2); a partition whose owner reports a commit that the offset row no longer shows
-   (PostgreSQL lost it in a crash) is claimed again;
+3. read progress: committed offsets (now), and high watermarks from the latest finished request (one per
+   partition leader, sent in the background: a round never waits for it but the first, so at thousands of
+   partitions it does not set the round's length); a partition whose owner reports a commit that the offset
+   row no longer shows (PostgreSQL lost it in a crash) is claimed again;
 4. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
    more than partitions);
 5. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
@@ -137,6 +138,8 @@ class Coordinator:
         self._last_lag_sample = 0.0
         self._next_prune = 0.0  # monotonic time of the next consumer_lag_history prune
         self._progress: dict[TopicPartition, dict[str, int]] = {}
+        self._highs: asyncio.Task[dict[TopicPartition, int]] | None = None  # the watermark request in flight
+        self._marks: dict[TopicPartition, int] | None = None  # the latest finished one's answer
         self._database = True  # whether the last round reached PostgreSQL
         self._reported: set[str] = set()  # consumers whose blocker loom_sink_errors holds
         self._report_failing = False
@@ -198,16 +201,11 @@ class Coordinator:
             if self._stopping:
                 return
             assert self._metadata is not None
-            # The watermark request, the round's longest at thousands of partitions, overlaps discovery and
-            # the health checks; it asks for the partitions known at the round's start.
-            highs = asyncio.create_task(asyncio.to_thread(self._metadata.high_watermarks, list(self._partitions)))
-            try:
-                await self._discover(await asyncio.to_thread(self._metadata.discover))
-                await self._check_health()
-                await self._report_blockers()
-            finally:
-                marks = await highs
-            progress = await self.progress(marks)
+            highs = await self._high_watermarks()
+            await self._discover(await asyncio.to_thread(self._metadata.discover))
+            await self._check_health()
+            await self._report_blockers()
+            progress = await self.progress(highs)
             self._progress, self._database = progress, True
             self._reclaim_lost_commits(progress)
             self._autoscale(progress)
@@ -559,10 +557,32 @@ class Coordinator:
             log.info("pruned %d consumer_lag_history samples older than the retention", deleted)
         return deleted
 
+    async def _high_watermarks(self) -> dict[TopicPartition, int]:
+        """The high watermarks of the latest finished request; runs at the start of every round.
+
+        When the request in flight has finished (or no answer exists yet: the first round waits for one),
+        take its answer and send the next, for the partitions known then; otherwise keep the previous answer.
+        So the watermarks lag the round by at most one request's time: the lag shown leaves out records
+        produced since the request, and "drained" means every record the broker held when the request was
+        answered was committed when the round read the offsets. A failed request (raising) fails this
+        round; the next round sends a new one.
+        """
+        if self._highs is None:
+            self._highs = self._request_highs()
+        if self._marks is None or self._highs.done():
+            pending, self._highs = self._highs, None
+            self._marks = await pending
+            self._highs = self._request_highs()
+        return self._marks
+
+    def _request_highs(self) -> asyncio.Task[dict[TopicPartition, int]]:
+        assert self._metadata is not None
+        return asyncio.create_task(asyncio.to_thread(self._metadata.high_watermarks, list(self._partitions)))
+
     async def progress(self, highs: dict[TopicPartition, int]) -> dict[TopicPartition, dict[str, int]]:
         """Per partition: committed ``next_offset`` and ``epoch`` (from PostgreSQL, read now) and the high
-        watermark from ``highs`` (asked of Kafka earlier in the round); a partition that is no longer known,
-        or whose watermark could not be read (or was added this round), is left out."""
+        watermark from ``highs`` (:meth:`_high_watermarks`); a partition that is no longer known, or whose
+        watermark could not be read (or was not known when it was asked for), is left out."""
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             stored = await offsets.committed(conn, list(self._settings.kafka_topics))
@@ -633,6 +653,8 @@ class Coordinator:
                 member.handle.kill()
             self._members.clear()
             self._owners.clear()
+            if self._highs is not None:
+                await asyncio.gather(self._highs, return_exceptions=True)
             if self._pool is not None:
                 await self._pool.close()
             if self._metadata is not None:
