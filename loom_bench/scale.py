@@ -6,7 +6,10 @@ Coordinator` with ``--handles`` :class:`~loom_bench.scale_probes.FakeConsumer` h
 ``resize()``, and time ``reconcile()`` rounds: to the first full assignment, steady rounds (lag sampled in
 every one), reclaiming a dead handle's partitions, and a resize 3 -> 10 -> 3 after which every partition
 is held by exactly one handle. Counts Kafka admin requests and PostgreSQL statements per round, and the RSS
-of this process (the coordinator's). Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN``; writes
+of this process (the coordinator's). ``--handle-kind ray`` puts the handles in ``num_cpus=0`` Ray actors of
+a local Ray (:mod:`loom_bench.scale_ray`). Then, unless ``--throughput ''``, drains W1 with the real pipeline
+at each of ``--throughput``'s partition counts (:mod:`loom_bench.scale_throughput`), and renders the PNGs
+(:mod:`loom_bench.scale_plots`). Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN``; writes
 ``<output-dir>/scale-YYYY-MM-DD.json`` and prints a markdown table. Timings are reported, never asserted.
 """
 
@@ -29,14 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import ray
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.cimpl import NewTopic
 
-from loom_bench import machine
+from loom_bench import machine, scale_plots, scale_throughput
 from loom_bench.launch import ROOT
-from loom_bench.scale_probes import Counts, Fleet, instrument
+from loom_bench.scale_probes import Counts, FakeConsumer, Fleet, instrument
+from loom_bench.scale_ray import RayFakeConsumer
 from loom_ray import db
 from loom_ray.coordinator import Coordinator
 from loom_ray.migrate import migrate
@@ -60,11 +65,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", default="500,2000,10000", help="comma-separated partition counts N")
     parser.add_argument("--per-topic", type=int, default=100, help="partitions per topic")
     parser.add_argument("--handles", type=int, default=200, help="consumer handles M (resize target)")
+    parser.add_argument(
+        "--handle-kind", choices=["local", "ray"], default="local", help="in-process handles, or num_cpus=0 Ray actors"
+    )
     parser.add_argument("--rounds", type=int, default=10, help="steady rounds timed after the first assignment")
     parser.add_argument("--lag-sample-interval", type=float, default=0.001, help="LOOM_LAG_SAMPLE_INTERVAL_S")
     parser.add_argument("--topic-prefix", default="loom-scale", help="a run id is appended")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the topics at the end")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results")
+    parser.add_argument(
+        "--throughput",
+        default="8,32,128,256",
+        help="partition counts of the W1 drains with the real pipeline (comma-separated; '' skips them)",
+    )
+    parser.add_argument("--throughput-messages", type=int, default=1_000_000, help="W1 messages per drain")
+    parser.add_argument("--plot", type=Path, metavar="JSON", help="only render the PNGs of a results file")
     return parser.parse_args(argv)
 
 
@@ -212,7 +227,7 @@ async def measure_size(args: argparse.Namespace, admin: AdminClient, partitions:
 
 async def run_phases(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """First assignment, steady rounds, reclaim, resize, against one started coordinator."""
-    fleet, counts = Fleet(), Counts()
+    fleet, counts = Fleet(RayFakeConsumer if args.handle_kind == "ray" else FakeConsumer), Counts()
     coordinator = Coordinator(settings, fleet)
     await coordinator.start()
     await instrument(coordinator, counts)
@@ -281,7 +296,7 @@ async def resize_check(timer: Timer, fleet: Fleet) -> dict[str, Any]:
         seconds, rounds = await timer.until(fully_owned, functools.partial(coordinator.resize, count))
         steps.append({"to": count, "s": round(seconds, 3), "rounds": rounds})
     status = await coordinator.status()
-    holders = fleet.holders()
+    holders = await fleet.holders()
     owners = status["owners"]
     wrong = {key: holders.get(key, []) for key, owner in owners.items() if holders.get(key) != [owner]}
     extra = sorted(set(holders) - set(owners))
@@ -343,7 +358,31 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
     for t in results["targets"]:
         lines.append(f"- {t['target']}: {t['value']} at {t['partitions']} — {'met' if t['met'] else '**not met**'}")
+    if "throughput" in results:
+        lines += ["", *throughput_markdown(results["throughput"])]
     return "\n".join(lines) + "\n"
+
+
+def throughput_markdown(section: dict[str, Any]) -> list[str]:
+    """The W1 drains against the partition count, as table lines and the summary line."""
+    lines = [
+        "| partitions | messages | msg/s | lost | duplicated | consumer actors' peak RSS MiB | KiB per partition |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in section["runs"]:
+        rate = "failed" if r.get("msgs_per_s") is None else f"{r['msgs_per_s']:,.0f}"
+        lines.append(
+            f"| {r['partitions']} | {r['messages']:,} | {rate} | {r['lost']} | {r['duplicated']}"
+            f" | {r['consumer_rss_mb']} | {r['consumer_rss_kb_per_partition']} |"
+        )
+    share = section["largest_of_best"]
+    lines.append("")
+    lines.append(
+        f"- throughput at the largest count: {share} of the best ({section['best_msgs_per_s']} msg/s) — "
+        + ("met" if share is not None and share >= 0.9 else "**not met**")
+        + f"; consumer RSS grew {section['rss_kb_per_added_partition']} KiB per added partition"
+    )
+    return lines
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,9 +393,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loom_bench.scale " + " ".join(sys.argv[1:]),
         "machine": machine.machine(),
+        "target_limits": {key: limit for key, (limit, _) in TARGETS.items()},
         "settings": {
             "per_topic": args.per_topic,
             "handles": args.handles,
+            "handle_kind": args.handle_kind,
             "rounds": args.rounds,
             "lag_sample_interval_s": args.lag_sample_interval,
         },
@@ -373,6 +414,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             break
         log.info("scale: %s", {k: v for k, v in results["sizes"][-1].items() if k != "rounds"})
     results["targets"] = targets(results["sizes"])
+    counts = [int(n) for n in args.throughput.split(",") if n.strip()]
+    if counts and results["failed"] is None:
+        results["throughput"] = scale_throughput.measure(
+            os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"],
+            os.environ["LOOM_DB_DSN"],
+            counts,
+            args.throughput_messages,
+            f"{args.topic_prefix}-{run_id}",
+            args.output_dir / "raw" / f"scale-{run_id}",
+        )
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 
@@ -387,15 +439,25 @@ def write(results: dict[str, Any], output: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.plot:
+        for png in scale_plots.render(json.loads(args.plot.read_text()), args.plot.parent):
+            log.info("plot in %s", png)
+        return 0
     logging.getLogger("loom_ray.coordinator").setLevel(logging.WARNING)
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_bench.scale: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN\n")
         return 2
-    results = asyncio.run(run(args))
+    if args.handle_kind == "ray":
+        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        results = asyncio.run(run(args))
+    finally:
+        if args.handle_kind == "ray":
+            ray.shutdown()
     path = write(results, args.output_dir)
     sys.stdout.write(markdown(results))
-    log.info("results in %s", path)
+    log.info("results in %s; plots in %s", path, ", ".join(map(str, scale_plots.render(results, args.output_dir))))
     return 0 if results["failed"] is None else 1
 
 

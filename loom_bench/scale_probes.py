@@ -1,6 +1,7 @@
 """Instruments for the coordinator scale benchmark (:mod:`loom_bench.scale`).
 
-In-process consumer handles that hold claims without reading Kafka, and counters of the Kafka admin
+In-process consumer handles that hold claims without reading Kafka (:mod:`loom_bench.scale_ray` puts them
+in Ray actors), and counters of the Kafka admin
 requests and PostgreSQL statements a :class:`~loom_ray.coordinator.Coordinator` makes. The counters wrap one
 coordinator's own client and pool after :meth:`Coordinator.start`; production code is not changed.
 """
@@ -13,11 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from loom_ray.coordinator import ConsumerGone, Coordinator
+from loom_ray.coordinator import ConsumerGone, ConsumerHandle, Coordinator
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.offsets import Claim
 
@@ -84,25 +85,41 @@ class FakeConsumer:
         """From now on, fail every health check as a dead actor would."""
         self.gone = True
 
+    async def holding(self) -> list[tuple[str, int]]:
+        """The partitions held now."""
+        return list(self.held)
+
+
+class BenchHandle(ConsumerHandle, Protocol):
+    """A consumer handle the benchmark can kill behind the coordinator's back and ask what it holds."""
+
+    gone: bool  # die() was called
+    killed: bool  # the coordinator killed it
+
+    def die(self) -> None: ...
+    async def holding(self) -> list[tuple[str, int]]: ...
+
 
 @dataclass(slots=True)
 class Fleet:
-    """Every handle the coordinator created, by name (the factory it is given)."""
+    """Every handle the coordinator created, by name (the factory it is given); ``make`` builds one
+    (in-process :class:`FakeConsumer` by default, or :class:`loom_bench.scale_ray.RayFakeConsumer`)."""
 
-    handles: dict[str, FakeConsumer] = field(default_factory=dict)
+    make: Callable[[str], BenchHandle] = FakeConsumer
+    handles: dict[str, BenchHandle] = field(default_factory=dict)
 
-    def __call__(self, name: str) -> FakeConsumer:
-        handle = FakeConsumer(name)
+    def __call__(self, name: str) -> BenchHandle:
+        handle = self.make(name)
         self.handles[name] = handle
         return handle
 
-    def holders(self) -> dict[str, list[str]]:
+    async def holders(self) -> dict[str, list[str]]:
         """``"topic[partition]" -> names`` of the live, unkilled handles that hold it."""
+        live = [h for h in self.handles.values() if not (h.killed or h.gone)]
+        held = await asyncio.gather(*(h.holding() for h in live))
         found: dict[str, list[str]] = {}
-        for handle in self.handles.values():
-            if handle.killed or handle.gone:
-                continue
-            for topic, partition in handle.held:
+        for handle, partitions in zip(live, held, strict=True):
+            for topic, partition in partitions:
                 found.setdefault(f"{topic}[{partition}]", []).append(handle.name)
         return found
 
@@ -115,7 +132,8 @@ class Counts:
     statements: int = 0
     transactions: int = 0
     rows_inserted: int = 0  # rows sent by executemany (lag samples): one statement, many rows
-    admin_s: float = 0.0  # seconds spent in the counted KafkaMetadata calls
+    admin_s: float = 0.0  # seconds spent in the counted KafkaMetadata calls (they may overlap)
+    admin_seconds: dict[str, float] = field(default_factory=dict)  # the same, per method
     sql_s: float = 0.0  # seconds spent in statements, as asyncpg's query logger times them
 
     def admin_requests(self) -> int:
@@ -132,6 +150,7 @@ class Counts:
             "admin_s": self.admin_s,
             "sql_s": self.sql_s,
             **{f"calls_{name}": calls for name, calls in sorted(self.admin_calls.items())},
+            **{f"{name}_s": seconds for name, seconds in sorted(self.admin_seconds.items())},
         }
 
 
@@ -149,7 +168,9 @@ def _counted(method: Callable[..., Any], name: str, counts: Counts) -> Callable[
         try:
             return method(*args, **kwargs)
         finally:
-            counts.admin_s += time.monotonic() - started
+            seconds = time.monotonic() - started
+            counts.admin_s += seconds
+            counts.admin_seconds[name] = counts.admin_seconds.get(name, 0.0) + seconds
 
     return call
 

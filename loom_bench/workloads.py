@@ -19,9 +19,11 @@ from loom_bench.launch import ROOT
 log = logging.getLogger(__name__)
 
 
-def loadgen_command(bootstrap: str, topic: str, messages: int, size: int, rate: float | None = None) -> list[str]:
-    """``python -m loom_ray.loadgen`` for ``messages`` valid events of ``size`` bytes over 16 partitions."""
-    command = [sys.executable, "-m", "loom_ray.loadgen", "--topic", topic, "--partitions", str(PARTITIONS)]
+def loadgen_command(
+    bootstrap: str, topic: str, messages: int, size: int, rate: float | None = None, partitions: int = PARTITIONS
+) -> list[str]:
+    """``python -m loom_ray.loadgen`` for ``messages`` valid events of ``size`` bytes over ``partitions``."""
+    command = [sys.executable, "-m", "loom_ray.loadgen", "--topic", topic, "--partitions", str(partitions)]
     command += ["--messages", str(messages), "--size", str(size), "--bootstrap-servers", bootstrap]
     if rate is not None:
         command += ["--rate", f"{rate:.1f}"]
