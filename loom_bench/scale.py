@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("loom_bench.scale: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN\n")
         return 2
     if args.handle_kind == "ray":
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # A Ray of its own (never a cluster another run started on this machine), with a small object store.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     try:
         results = asyncio.run(run(args))
     finally:

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 
 def _date(results: dict[str, Any]) -> str:
@@ -48,6 +49,8 @@ def coordinator(results: dict[str, Any], path: Path) -> Path:
     for axes, title in ((rounds, "coordinator round"), (first, "first assignment")):
         axes.set_xscale("log")
         axes.set_yscale("log")
+        axes.set_xticks(n, [f"{x:,}" for x in n])
+        axes.yaxis.set_major_formatter(ScalarFormatter())
         axes.set_xlabel("partitions")
         axes.set_ylabel("seconds")
         axes.set_title(f"{title}, {handles} {results['settings'].get('handle_kind', 'local')} handles")
@@ -69,6 +72,7 @@ def throughput(results: dict[str, Any], path: Path) -> Path:
     if section.get("best_msgs_per_s"):
         rate.axhline(0.9 * section["best_msgs_per_s"], color="grey", linestyle="--", linewidth=1, label="90 % of best")
     rate.set_xscale("log", base=2)
+    rate.set_xticks(n, [str(x) for x in n])
     rate.set_xlabel("partitions")
     rate.set_ylabel("messages per second")
     rate.set_ylim(bottom=0)

@@ -116,8 +116,9 @@ class KafkaMetadata:
         the protocol reserves for it), under the client's isolation level.
 
         The consumer's ``offsets_for_times`` answers in one list; ``AdminClient.list_offsets`` would build a
-        Python future per partition, which dominates a round at thousands of partitions. A request that fails
-        as a whole (brokers out of reach, timed out) leaves every partition out.
+        Python future per partition, which dominates a round at thousands of partitions. A partition that fails
+        (its topic deleted, say) is left out alone; a request that fails as a whole (brokers out of reach,
+        every partition failing) leaves every partition out.
         """
         request = [TopicPartition(t, p, which) for t, p in partitions]
         if not request:

@@ -1,0 +1,83 @@
+"""KafkaMetadata's watermarks on a real broker: the values the broker reports, the last stable offset under
+read_committed, and a missing topic that leaves out only its own partitions (the coordinator asks for every
+topic's watermarks in one request)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from loom_ray.kafka.admin import KafkaMetadata
+from loom_ray.loadgen import ensure_topic
+from loom_ray.settings import Settings
+from tests.support.services import Endpoints
+
+
+@pytest.fixture
+def topics(endpoints: Endpoints, topic_name: str) -> list[str]:
+    """Two topics of 3 partitions; partition p of each holds p + 2 records."""
+    names = [f"{topic_name}-a", f"{topic_name}-b"]
+    producer = Producer({"bootstrap.servers": endpoints.kafka})
+    for name in names:
+        ensure_topic(endpoints.kafka, name, 3)
+        for partition in range(3):
+            for _ in range(partition + 2):
+                producer.produce(name, b"x", partition=partition)
+    assert producer.flush(30) == 0
+    return names
+
+
+def _metadata(endpoints: Endpoints, topics: list[str], isolation: str = "read_committed") -> Iterator[KafkaMetadata]:
+    metadata = KafkaMetadata(
+        Settings.from_env(
+            kafka_bootstrap_servers=endpoints.kafka,
+            db_dsn=endpoints.dsn,
+            kafka_topics=tuple(topics),
+            kafka_isolation_level=isolation,
+        )
+    )
+    try:
+        yield metadata
+    finally:
+        metadata.close()
+
+
+def test_watermarks_are_the_brokers(endpoints: Endpoints, topics: list[str]) -> None:
+    wanted = [(t, p) for t in topics for p in range(3)]
+    for metadata in _metadata(endpoints, topics):
+        assert metadata.high_watermarks(wanted) == {(t, p): p + 2 for t, p in wanted}
+        assert metadata.watermarks(wanted) == {(t, p): (0, p + 2) for t, p in wanted}
+        assert metadata.high_watermarks([]) == {}
+
+
+def test_a_missing_topic_leaves_out_only_its_partitions(endpoints: Endpoints, topics: list[str]) -> None:
+    missing = f"{topics[0]}-never-created"
+    wanted = [(t, p) for t in topics for p in range(3)] + [(missing, 0), (missing, 1)]
+    for metadata in _metadata(endpoints, [*topics, missing]):
+        assert metadata.high_watermarks(wanted) == {(t, p): p + 2 for t in topics for p in range(3)}
+        assert metadata.high_watermarks([(missing, 0)]) == {}
+
+
+def test_read_committed_high_watermark_is_the_last_stable_offset(endpoints: Endpoints, topics: list[str]) -> None:
+    topic = topics[0]
+    transactional = Producer({"bootstrap.servers": endpoints.kafka, "transactional.id": f"{topic}-tx"})
+    transactional.init_transactions(30)
+    transactional.begin_transaction()
+    for _ in range(5):
+        transactional.produce(topic, b"open", partition=0)
+    assert transactional.flush(30) == 0
+    try:
+        for metadata in _metadata(endpoints, topics):
+            assert metadata.high_watermarks([(topic, 0)]) == {(topic, 0): 2}  # below the open transaction
+        for metadata in _metadata(endpoints, topics, isolation="read_uncommitted"):
+            assert metadata.high_watermarks([(topic, 0)]) == {(topic, 0): 7}
+    finally:
+        transactional.abort_transaction(30)
+    reader = Consumer({"bootstrap.servers": endpoints.kafka, "group.id": f"{topic}-check"})
+    try:
+        # After the abort the broker's own watermark counts the 5 aborted records and the abort marker.
+        assert reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 8)
+    finally:
+        reader.close()
