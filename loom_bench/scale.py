@@ -372,8 +372,8 @@ def throughput_markdown(section: dict[str, Any]) -> list[str]:
     for r in section["runs"]:
         rate = "failed" if r.get("msgs_per_s") is None else f"{r['msgs_per_s']:,.0f}"
         lines.append(
-            f"| {r['partitions']} | {r['messages']:,} | {rate} | {r['lost']} | {r['duplicated']}"
-            f" | {r['consumer_rss_mb']} | {r['consumer_rss_kb_per_partition']} |"
+            f"| {r['partitions']} | {r['messages']:,} | {rate} | {r.get('lost')} | {r.get('duplicated')}"
+            f" | {r.get('consumer_rss_mb')} | {r.get('consumer_rss_kb_per_partition')} |"
         )
     share = section["largest_of_best"]
     lines.append("")

@@ -78,7 +78,7 @@ def throughput(results: dict[str, Any], path: Path) -> Path:
     rate.set_ylim(bottom=0)
     rate.grid(True, which="both", alpha=0.3)
     memory = rate.twinx()
-    memory.plot(n, [r["consumer_rss_mb"] for r in runs], "s:", color="C2", label="consumer actors' peak RSS (MiB)")
+    memory.plot(n, [r.get("consumer_rss_mb") for r in runs], "s:", color="C2", label="consumer actors' peak RSS (MiB)")
     memory.set_ylabel("MiB")
     memory.set_ylim(bottom=0)
     lines = rate.get_legend_handles_labels()

@@ -77,7 +77,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     added = largest["partitions"] - smallest["partitions"]
     grew = (
         None
-        if added <= 0 or largest["consumer_rss_mb"] is None or smallest["consumer_rss_mb"] is None
+        if added <= 0 or largest.get("consumer_rss_mb") is None or smallest.get("consumer_rss_mb") is None
         else round((largest["consumer_rss_mb"] - smallest["consumer_rss_mb"]) * 1024 / added, 1)
     )
     return {
@@ -88,11 +88,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(bootstrap: str, dsn: str, counts: list[int], messages: int, prefix: str, raw_dir: Path) -> dict[str, Any]:
-    """Every partition count in turn, ascending; the runs and their summary."""
+    """Every partition count in turn, ascending; the runs and their summary. A count whose preload or run
+    raised is recorded with its error."""
     svc = services(bootstrap, dsn, raw_dir)
     runs = []
     for partitions in sorted(counts):
         log.info("throughput: %d partitions, %d messages", partitions, messages)
-        runs.append(drain(svc, partitions, messages, prefix))
+        try:
+            runs.append(drain(svc, partitions, messages, prefix))
+        except Exception as exc:  # recorded with the count; the other counts still run
+            log.exception("throughput: %d partitions failed", partitions)
+            runs.append({"partitions": partitions, "messages": messages, "error": f"{type(exc).__name__}: {exc}"})
         log.info("throughput: %s", runs[-1])
     return {"runs": runs, **summarise(runs)}
