@@ -109,7 +109,7 @@ def _create(admin: AdminClient, topics: list[NewTopic], timeout_s: float) -> Non
         future.result(timeout=timeout_s)
 
 
-def wait_leaders(names: dict[str, int], timeout_s: float = 120.0) -> float:
+def wait_leaders(names: dict[str, int], timeout_s: float = 600.0) -> float:
     """Wait until every partition of the new topics answers a list_offsets (a just-created partition answers
     NOT_LEADER_FOR_PARTITION for a while), asking with a fresh client each time (the client that created
     the topics kept failing every partition); seconds taken. Raises TimeoutError after ``timeout_s``."""
