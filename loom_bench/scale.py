@@ -414,8 +414,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             break
         log.info("scale: %s", {k: v for k, v in results["sizes"][-1].items() if k != "rounds"})
     results["targets"] = targets(results["sizes"])
+    results["run_id"] = run_id
+    return results
+
+
+def throughput(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The W1 drains of ``--throughput`` into ``results`` (after the coordinator phases, outside their event
+    loop: the harness runs its own), unless a coordinator size failed; then the load average at the end."""
     counts = [int(n) for n in args.throughput.split(",") if n.strip()]
     if counts and results["failed"] is None:
+        run_id = results["run_id"]
         results["throughput"] = scale_throughput.measure(
             os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"],
             os.environ["LOOM_DB_DSN"],
@@ -425,7 +433,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             args.output_dir / "raw" / f"scale-{run_id}",
         )
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return results
 
 
 def write(results: dict[str, Any], output: Path) -> Path:
@@ -456,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.handle_kind == "ray":
             ray.shutdown()
+    write(results, args.output_dir)  # the coordinator's figures are kept if a drain breaks the run
+    throughput(args, results)
     path = write(results, args.output_dir)
     sys.stdout.write(markdown(results))
     log.info("results in %s; plots in %s", path, ", ".join(map(str, scale_plots.render(results, args.output_dir))))
