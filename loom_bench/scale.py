@@ -366,7 +366,8 @@ def markdown(results: dict[str, Any]) -> str:
 def throughput_markdown(section: dict[str, Any]) -> list[str]:
     """The W1 drains against the partition count, as table lines and the summary line."""
     lines = [
-        "| partitions | messages | msg/s | lost | duplicated | consumer actors' peak RSS MiB | KiB per partition |",
+        "| partitions | messages | msg/s | lost | duplicated | consumer actors' RSS at the run's peak, MiB"
+        " | KiB per partition |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in section["runs"]:

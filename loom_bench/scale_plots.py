@@ -63,7 +63,8 @@ def coordinator(results: dict[str, Any], path: Path) -> Path:
 
 
 def throughput(results: dict[str, Any], path: Path) -> Path:
-    """Drain rate against partitions (log x), 90 % of the best as a dashed line, consumer RSS on the right."""
+    """Drain rate against partitions (log x), 90 % of the best as a dashed line, and on the right the consumer
+    actors' RSS at the moment the run's total RSS peaked (the sampler's breakdown, not each actor's own peak)."""
     section = results["throughput"]
     runs = [r for r in section["runs"] if r.get("msgs_per_s")]
     n = [r["partitions"] for r in runs]
@@ -78,7 +79,8 @@ def throughput(results: dict[str, Any], path: Path) -> Path:
     rate.set_ylim(bottom=0)
     rate.grid(True, which="both", alpha=0.3)
     memory = rate.twinx()
-    memory.plot(n, [r.get("consumer_rss_mb") for r in runs], "s:", color="C2", label="consumer actors' peak RSS (MiB)")
+    label = "consumer actors' RSS at the run's RSS peak (MiB)"
+    memory.plot(n, [r.get("consumer_rss_mb") for r in runs], "s:", color="C2", label=label)
     memory.set_ylabel("MiB")
     memory.set_ylim(bottom=0)
     lines = rate.get_legend_handles_labels()
