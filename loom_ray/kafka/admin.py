@@ -110,35 +110,58 @@ class KafkaMetadata:
         return {tp: (low[tp], high[tp]) for tp in partitions if tp in low and tp in high}
 
     def _offsets(
-        self, partitions: Iterable[tuple[str, int]], which: int, timeout_s: float
+        self, partitions: Iterable[tuple[str, int]], which: int, timeout_s: float, refreshed: bool = False
     ) -> dict[tuple[str, int], int]:
         """One ListOffsets per leader for ``which`` (OFFSET_BEGINNING or OFFSET_END, asked as the timestamp
         the protocol reserves for it), under the client's isolation level.
 
         The consumer's ``offsets_for_times`` answers in one list; ``AdminClient.list_offsets`` would build a
-        Python future per partition, which dominates a round at thousands of partitions. A partition that fails
-        (its topic deleted, say) is left out alone; a request that fails as a whole (brokers out of reach,
-        every partition failing) leaves every partition out.
+        Python future per partition, which dominates a round at thousands of partitions. It finds leaders in
+        the client's metadata cache, which does not know partitions added to a topic since its last refresh
+        (``_UNKNOWN_PARTITION``): those topics' metadata is asked for and their partitions asked again, once.
+        A partition that still fails (its topic deleted, say) is left out alone; a request that fails as a
+        whole (brokers out of reach, every partition failing) leaves its partitions out.
         """
-        request = [TopicPartition(t, p, which) for t, p in partitions]
-        if not request:
+        wanted = list(partitions)
+        if not wanted:
             return {}
         try:
-            answered = self._client.offsets_for_times(request, timeout=timeout_s)
+            answered = self._client.offsets_for_times([TopicPartition(t, p, which) for t, p in wanted], timeout_s)
         except KafkaException as exc:
-            log.warning("no offsets for %d partitions: %s", len(request), exc)
+            if not refreshed and _unknown_partition(exc.args[0] if exc.args else None):
+                return self._refreshed(wanted, which, timeout_s)
+            log.warning("no offsets for %d partitions: %s", len(wanted), exc)
             return {}
         found: dict[tuple[str, int], int] = {}
-        for tp in answered:
-            if tp.error is None and tp.offset >= 0:
-                found[(tp.topic, tp.partition)] = tp.offset
+        unknown: list[tuple[str, int]] = []
+        for answer in answered:
+            if answer.error is None and answer.offset >= 0:
+                found[(answer.topic, answer.partition)] = answer.offset
+            elif not refreshed and _unknown_partition(answer.error):
+                unknown.append((answer.topic, answer.partition))
             else:
-                log.warning("no offset for %s[%d]: %s", tp.topic, tp.partition, tp.error)
+                log.warning("no offset for %s[%d]: %s", answer.topic, answer.partition, answer.error)
+        if unknown:
+            found.update(self._refreshed(unknown, which, timeout_s))
         return found
+
+    def _refreshed(self, partitions: list[tuple[str, int]], which: int, timeout_s: float) -> dict[tuple[str, int], int]:
+        """Refresh the metadata of ``partitions``' topics (one request each), then ask for their offsets again."""
+        for topic in sorted({t for t, _ in partitions}):
+            try:
+                self._client.list_topics(topic, timeout=timeout_s)
+            except KafkaException as exc:
+                log.warning("cannot refresh the metadata of %s: %s", topic, exc)
+        return self._offsets(partitions, which, timeout_s, refreshed=True)
 
     def close(self) -> None:
         """Release the client."""
         self._client.close()
+
+
+def _unknown_partition(error: object) -> bool:
+    """Whether ``error`` is librdkafka's "no such partition in my metadata" (a partition added since)."""
+    return isinstance(error, KafkaError) and error.code() == KafkaError._UNKNOWN_PARTITION
 
 
 def explain(failure: KafkaException, errors: Iterable[KafkaError], bootstrap: str) -> str:

@@ -1,6 +1,6 @@
-"""KafkaMetadata's watermarks on a real broker: the values the broker reports, the last stable offset under
-read_committed, and a missing topic that leaves out only its own partitions (the coordinator asks for every
-topic's watermarks in one request)."""
+"""KafkaMetadata's watermarks on a real broker: the values the broker reports, partitions added after the
+client cached the topic's metadata, the last stable offset under read_committed, and a missing topic that
+leaves out only its own partitions (the coordinator asks for every topic's watermarks in one request)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.loadgen import ensure_topic
 from loom_ray.settings import Settings
+from tests.support.pipeline import wait_until
 from tests.support.services import Endpoints
 
 
@@ -58,6 +60,21 @@ def test_a_missing_topic_leaves_out_only_its_partitions(endpoints: Endpoints, to
     for metadata in _metadata(endpoints, [*topics, missing]):
         assert metadata.high_watermarks(wanted) == {(t, p): p + 2 for t in topics for p in range(3)}
         assert metadata.high_watermarks([(missing, 0)]) == {}
+
+
+def test_partitions_added_since_the_clients_last_metadata_are_answered(endpoints: Endpoints, topics: list[str]) -> None:
+    topic = topics[0]
+    admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+    for metadata in _metadata(endpoints, topics):
+        assert metadata.high_watermarks([(topic, 0)]) == {(topic, 0): 2}  # the client has the topic's metadata now
+        admin.create_partitions([NewPartitions(topic, 5)])[topic].result(30)
+        wait_until(lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 5, 30, "5 partitions")
+        added = [(topic, 3), (topic, 4)]
+        assert metadata.watermarks(added) == {(topic, 3): (0, 0), (topic, 4): (0, 0)}
+        assert metadata.high_watermarks([(topic, p) for p in range(5)]) == {(topic, p): p + 2 for p in range(3)} | {
+            (topic, 3): 0,
+            (topic, 4): 0,
+        }
 
 
 def test_read_committed_high_watermark_is_the_last_stable_offset(endpoints: Endpoints, topics: list[str]) -> None:
