@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_bench import database, machine, orchestrate, report
+from loom_bench import database, machine, orchestrate, plots, report
 from loom_bench.config import Mode, loom_env, plan
 from loom_bench.launch import ROOT, SYSTEMS, variants
 
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, help="override the messages per workload")
     parser.add_argument("--reps", type=int, help="override the repetitions")
     parser.add_argument("--no-live", action="store_true", help="skip live (latency) mode")
+    parser.add_argument("--no-malformed", action="store_true", help="skip the W1 run with 1 %% malformed input")
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on", help="'off' is labelled")
     parser.add_argument("--database", default="loom_bench", help="bench database (created if missing)")
     parser.add_argument("--drop-database", action="store_true", help="drop the bench database at the end")
@@ -74,8 +75,16 @@ def _write(results: dict[str, Any], args: argparse.Namespace, final: bool) -> Pa
         return latest
     dated = output / f"{dt.date.today().isoformat()}-{label}.json"
     dated.write_text(text)
-    args.markdown.write_text(report.render(results, _shown(dated), _notes(args), _hand_written(SCALE_NOTES)))
+    _markdown(results, dated, args)
     return dated
+
+
+def _markdown(results: dict[str, Any], source: Path, args: argparse.Namespace) -> None:
+    """Render the plots next to ``source`` and ``--markdown`` with them."""
+    pngs = plots.render_all(results, source.parent)
+    images = {name: os.path.relpath(path, args.markdown.resolve().parent) for name, path in pngs.items()}
+    text = report.render(results, _shown(source), _notes(args), _hand_written(SCALE_NOTES), images)
+    args.markdown.write_text(text)
 
 
 def _notes(args: argparse.Namespace) -> str:
@@ -96,12 +105,14 @@ def _shown(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = _mode(args)
-    names = list(SYSTEMS) if args.systems == "all" else args.systems.split(",")
+    names = args.systems.split(",")
     selected = variants(names)
     workloads = ["W1", "W2"] if args.workload == "all" else [args.workload]
     chosen = plan(mode, workloads, args.messages, args.reps)
     if args.no_live:
         chosen = dataclasses.replace(chosen, live_systems=())
+    if args.no_malformed:
+        chosen = dataclasses.replace(chosen, malformed_messages=0)
     bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
     raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     svc = orchestrate.services(
@@ -113,7 +124,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "synchronous_commit": args.synchronous_commit,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "duration_s": 0.0,
-        "plan": {"reps": chosen.reps, "naive_seconds": chosen.naive_seconds, "live": list(chosen.live_systems)},
+        "plan": {
+            "reps": chosen.reps,
+            "naive_seconds": chosen.naive_seconds,
+            "live": list(chosen.live_systems),
+            "window": {"warmup_s": chosen.window.warmup_s, "seconds": chosen.window.seconds},
+            "malformed_messages": chosen.malformed_messages,
+        },
         "commands": {
             "run": "python -m loom_bench " + shlex.join(sys.argv[1:]),
             **orchestrate.commands(selected, args.bench_python, chosen.naive_seconds),
@@ -132,6 +149,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             results["duration_s"] = round(time.time() - started, 1)
             _write(results, args, final=False)
+        w1 = next((w for w in chosen.workloads if w.name == "W1"), None)
+        if chosen.malformed_messages and w1 is not None:
+            results["malformed"] = orchestrate.run_malformed(svc, chosen, w1, selected, args.topic_prefix)
+            results["duration_s"] = round(time.time() - started, 1)
     finally:
         if not args.keep_topics:
             orchestrate.delete_topics(svc.bootstrap, chosen, args.topic_prefix)
@@ -147,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
-        results = json.loads(args.render.read_text())
-        args.markdown.write_text(report.render(results, _shown(args.render), _notes(args), _hand_written(SCALE_NOTES)))
+        _markdown(json.loads(args.render.read_text()), args.render, args)
         return 0
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")

@@ -16,9 +16,36 @@ class Workload:
     name: str
     size: int
     messages: int
+    malformed_ratio: float = 0.0
 
     def topic(self, prefix: str) -> str:
-        return f"{prefix}-{self.name.lower()}-{self.size}b-{self.messages}"
+        bad = f"-bad{round(self.malformed_ratio * 100)}pct" if self.malformed_ratio else ""
+        return f"{prefix}-{self.name.lower()}-{self.size}b-{self.messages}{bad}"
+
+    def with_malformed(self, messages: int) -> Workload:
+        """This shape with ``messages`` messages, 1 % of them malformed (loom_ray.loadgen's kinds)."""
+        return Workload(self.name, self.size, messages, MALFORMED_RATIO)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The timed part of a drain: ``seconds`` of commits after the first ``warmup_s`` past the first commit.
+
+    A system is stopped once its window is over (or the topic is drained, whichever comes first), so the
+    topic only has to be large enough for the fastest system. ``seconds`` 0 means: drain the whole topic.
+    """
+
+    warmup_s: float
+    seconds: float
+
+    @property
+    def timed(self) -> bool:
+        return self.seconds > 0
+
+    @property
+    def total_s(self) -> float:
+        """Warm-up plus window: how long a system runs past its first commit."""
+        return self.warmup_s + self.seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +55,34 @@ class Plan:
     mode: Mode
     workloads: tuple[Workload, ...]
     reps: int
-    naive_seconds: float  # B2 is bounded by time and extrapolated
+    naive_seconds: float  # B2 is bounded by time
     live_systems: tuple[str, ...]  # systems measured under rate-limited load
     live_seconds: float  # per load level
     live_warmup_s: float  # left out of the latency percentiles
+    window: Window = Window(0.0, 0.0)
+    malformed_messages: int = 0  # the W1 run with 1 % malformed input (0: not run)
     live_loads: tuple[float, ...] = (0.25, 0.5, 0.8)  # fractions of B4_tuned's drain rate
 
 
 _SIZES = {"W1": 200, "W2": 2048}
+# Full mode times a 10 s window after 2 s of warm-up, so a topic must outlast the fastest sink for 12 s
+# (B1 copies from memory in passes and B0 reads in passes, so they need no more than this).
 _MESSAGES: dict[Mode, dict[str, int]] = {
-    "full": {"W1": 1_000_000, "W2": 500_000},
+    "full": {"W1": 2_000_000, "W2": 600_000},
     "quick": {"W1": 200_000, "W2": 100_000},
     "smoke": {"W1": 5_000, "W2": 5_000},
 }
+MALFORMED_RATIO = 0.01
 
 
 def plan(mode: Mode, workloads: list[str], messages: int | None = None, reps: int | None = None) -> Plan:
     """The plan for ``mode``; ``messages`` and ``reps`` override the mode's defaults."""
     chosen = tuple(Workload(w, _SIZES[w], messages or _MESSAGES[mode][w]) for w in workloads)
     if mode == "full":
-        return Plan(mode, chosen, reps or 3, 120.0, ("B3", "B4", "B4_tuned", "B5"), 60.0, 10.0)
+        return Plan(mode, chosen, reps or 3, 12.0, ("B4_tuned",), 30.0, 8.0, Window(2.0, 10.0), 100_000)
     if mode == "quick":
-        return Plan(mode, chosen, reps or 1, 30.0, ("B4_tuned",), 20.0, 5.0)
-    return Plan(mode, chosen, reps or 1, 5.0, (), 10.0, 2.0)
+        return Plan(mode, chosen, reps or 1, 5.0, ("B4_tuned",), 15.0, 5.0, Window(1.0, 3.0), 20_000)
+    return Plan(mode, chosen, reps or 1, 5.0, (), 10.0, 2.0, Window(0.0, 0.0), messages or 5_000)
 
 
 # loom-ray's configurations. Both: synchronous_commit on (same durability as every other system), no

@@ -115,25 +115,76 @@ class Exactness:
 
     rows: int
     distinct: int
-    lost: int | None
+    lost: int
     duplicated: int
 
 
 async def exactness(dsn: str, schema: Sink, topic: str, expected: int | None) -> Exactness:
-    """Count rows against distinct (partition, offset); ``lost`` only when the whole topic was due."""
+    """Count rows against distinct (partition, offset).
+
+    ``lost`` is ``expected - distinct`` when the whole topic (``expected`` messages) was due; otherwise (a
+    run stopped after its window) the offsets missing below each partition's highest written offset.
+    """
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
-            f"""SELECT count(*) AS n, count(DISTINCT ("partition", "offset")) AS d
-                FROM ({_SOURCES[schema]}) AS s WHERE topic = $1""",
+            f"""WITH s AS (SELECT "partition", "offset" FROM ({_SOURCES[schema]}) AS s WHERE topic = $1)
+                SELECT (SELECT count(*) FROM s) AS n, (SELECT count(DISTINCT ("partition", "offset")) FROM s) AS d,
+                       (SELECT coalesce(sum(top), 0) FROM
+                           (SELECT max("offset") + 1 AS top FROM s GROUP BY "partition") AS t) AS span""",
             topic,
         )
     finally:
         await conn.close()
     assert row is not None
     rows, distinct = int(row["n"]), int(row["d"])
-    lost = None if expected is None else max(0, expected - distinct)
+    lost = int(row["span"]) - distinct if expected is None else max(0, expected - distinct)
     return Exactness(rows, distinct, lost, rows - distinct)
+
+
+async def has_rows(dsn: str, schema: Sink) -> bool:
+    """Whether the system committed its first row (the start of a timed window)."""
+    table = "loom_messages" if schema == "loom" else "events"
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"))
+    finally:
+        await conn.close()
+
+
+async def inserted(dsn: str) -> int:
+    """Rows inserted into the bench database's tables so far (statistics: cheap, ~1 s behind)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables"))
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """Where a topic's messages went: rows, dead letters, and distinct offsets over both."""
+
+    rows: int
+    dead_letters: int
+    distinct: int
+
+
+async def landed(dsn: str, schema: Sink, topic: str) -> Landed:
+    """Rows and dead letters of ``topic`` (only loom-ray has a dead-letter table)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        table = "loom_messages" if schema == "loom" else "events"
+        rows = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE topic = $1", topic)
+        dead = 0
+        if schema == "loom":
+            dead = await conn.fetchval("SELECT count(*) FROM loom_dead_letters WHERE topic = $1", topic)
+        distinct = await conn.fetchval(
+            f'SELECT count(DISTINCT ("partition", "offset")) FROM ({_SOURCES[schema]}) AS s WHERE topic = $1', topic
+        )
+    finally:
+        await conn.close()
+    return Landed(int(rows), int(dead), int(distinct))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,16 +31,30 @@ SYSTEMS: dict[str, str] = {
     "B4_tuned": "B4_tuned",
     "B5_1p": "B5",
     "B5_2p": "B5",
+    "B6": "B6",
+    "B6_tuned": "B6_tuned",
 }
+# ``--systems all``: one variant fewer of B1, B3 and B5 (the ones that never came out fastest), so that a
+# full run with 10 s windows and three repetitions fits in an hour; name them to measure them too.
+ALL = ("B0", "B1_2conn", "B2", "B3_default_1p", "B3_ci05_2p", "B4", "B4_tuned", "B5_2p", "B6", "B6_tuned")
 LIMITS = ("B0", "B1_1conn", "B1_2conn")  # measured first, in this order; the rest is shuffled
 # A system named in --systems or live mode stands for these variants.
 LIVE_VARIANT = {"B3": "B3_ci05_2p", "B4": "B4", "B4_tuned": "B4_tuned", "B5": "B5_2p"}
+CONNECT_DIR = ROOT / ".cache" / "connect"  # B6's jars (loom_bench/connect/pom.xml, fetched by scripts/bench.sh)
 
 
 def variants(names: list[str]) -> list[str]:
-    """Expand reported names (``B3``) and variants (``B3_ci05_1p``) into variants, in table order."""
-    wanted = set(names)
-    return [v for v, group in SYSTEMS.items() if v in wanted or group in wanted]
+    """Expand ``all``, reported names (``B3``) and variants (``B3_ci05_1p``) into variants, in table order."""
+    wanted = set(ALL) if names == ["all"] else set(names)
+    return [v for v, group in SYSTEMS.items() if v in wanted or (group in wanted and names != ["all"])]
+
+
+def malformed_variants(selected: list[str]) -> list[str]:
+    """One variant per reported system for the malformed-input run: the first selected of each group."""
+    chosen: dict[str, str] = {}
+    for variant in selected:
+        chosen.setdefault(SYSTEMS[variant], variant)
+    return list(chosen.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,7 @@ class Target:
     naive_seconds: float
     bench_python: str
     follow: bool = False  # live mode: run until stopped
+    min_seconds: float = 3.0  # B0 and B1 repeat passes over the data for at least this long
     synchronous_commit: str = "on"  # also pinned on the bench database; "off" runs are labelled
 
 
@@ -105,7 +120,19 @@ def launch(variant: str, target: Target) -> Launch:
     kafka = ["--bootstrap", target.bootstrap]
     if variant == "B0":
         return Launch(
-            [_module(py, "kafka_only", *kafka, "--topic", topic, "--messages", str(target.messages))],
+            [
+                _module(
+                    py,
+                    "kafka_only",
+                    *kafka,
+                    "--topic",
+                    topic,
+                    "--messages",
+                    str(target.messages),
+                    "--min-seconds",
+                    str(target.min_seconds),
+                )
+            ],
             _base_env(),
             "none",
             "exit",
@@ -113,7 +140,8 @@ def launch(variant: str, target: Target) -> Launch:
     if variant.startswith("B1_"):
         conns = variant.removeprefix("B1_").removesuffix("conn")
         args = [*kafka, "--dsn", target.dsn, "--topic", topic, "--messages", str(target.messages)]
-        return Launch([_module(py, "copy_only", *args, "--connections", conns)], _base_env(), "events", "exit")
+        args += ["--connections", conns, "--min-seconds", str(target.min_seconds)]
+        return Launch([_module(py, "copy_only", *args)], _base_env(), "events", "exit")
     if variant == "B2":
         args = [*kafka, "--dsn", target.dsn, "--topic", topic, "--group", target.group]
         args += ["--messages", str(target.messages), "--seconds", str(target.naive_seconds)]
@@ -137,4 +165,9 @@ def launch(variant: str, target: Target) -> Launch:
         commands = [_module(py, "core", "--index", str(i), "--of", str(count), *follow) for i in range(count)]
         env = _loom(target, tuned=True)
         return Launch(commands, env, "loom", "exit", _shown(env))
+    if variant in ("B6", "B6_tuned"):
+        args = [*kafka, "--dsn", target.dsn, "--topics", ",".join(target.topics), "--group", target.group]
+        args += ["--variant", "tuned" if variant == "B6_tuned" else "default", "--connect-dir", str(CONNECT_DIR)]
+        args += ["--work-dir", str(CONNECT_DIR / "runs" / target.group)]
+        return Launch([_module(py, "connect", *args)], _base_env(), "events", "group")
     raise ValueError(f"unknown system {variant!r}; expected one of {', '.join(SYSTEMS)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from loom_bench import database, kafka, live, measure, runner, summary
 from loom_bench.config import Plan, Workload
-from loom_bench.launch import LIMITS, LIVE_VARIANT, ROOT, Target, launch
+from loom_bench.launch import LIMITS, LIVE_VARIANT, ROOT, SYSTEMS, Target, launch, malformed_variants
 from loom_bench.stats import median_or_none
 from loom_bench.workloads import preload
 
@@ -61,7 +61,8 @@ def run_workload(
         order.append(sequence)
         for variant in sequence:
             tag = f"{workload.name}-r{rep}"
-            runs[variant].append(runner.drain(svc, variant, topic, workload.messages, plan.naive_seconds, tag))
+            drained = runner.drain(svc, variant, topic, workload.messages, plan.naive_seconds, tag, plan.window)
+            runs[variant].append(drained)
     loom_rate = median_or_none([r.get("msgs_per_s") for r in runs.get("B4_tuned", [])])
     lived: dict[str, Any] = {}
     for name in plan.live_systems:
@@ -80,7 +81,28 @@ def run_workload(
     }
 
 
+def run_malformed(
+    svc: runner.Services, plan: Plan, workload: Workload, selected: list[str], prefix: str
+) -> dict[str, Any]:
+    """Every selected system (one variant each, not the limits B0/B1) once over 1 % malformed input."""
+    bad = workload.with_malformed(plan.malformed_messages)
+    topic, _ = preload(svc.bootstrap, bad, prefix, svc.raw_dir / f"preload-{workload.name}-malformed.log")
+    found: dict[str, Any] = {}
+    for variant in malformed_variants(selected):
+        if SYSTEMS[variant] not in ("B0", "B1"):
+            found[SYSTEMS[variant]] = runner.malformed(svc, variant, topic, bad.messages, plan.naive_seconds)
+    return {
+        "workload": workload.name,
+        "topic": topic,
+        "messages": bad.messages,
+        "ratio": bad.malformed_ratio,
+        **{"systems": found},
+    }
+
+
 def delete_topics(bootstrap: str, chosen: Plan, prefix: str) -> None:
     """Delete the preloaded topics (unless ``--keep-topics``)."""
     for workload in chosen.workloads:
         kafka.delete_topic(bootstrap, workload.topic(prefix))
+        if chosen.malformed_messages:
+            kafka.delete_topic(bootstrap, workload.with_malformed(chosen.malformed_messages).topic(prefix))

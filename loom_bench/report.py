@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom_bench.summary import LOOM, REPORTED
+from loom_bench.summary import REPORTED, SPREAD_FLAG
 
 DESCRIPTIONS = {
     "B0": "Kafka only: confluent-kafka `consume(10000, 0.1)`, no parse, no DB, passes over the topic for >= 3 s",
@@ -14,6 +14,8 @@ DESCRIPTIONS = {
     "B4": "loom-ray, seed config (batch 200 / 0.5 s, 3 actors)",
     "B4_tuned": "loom-ray, tuned config",
     "B5": "loom-ray's `IngestWorker` without Ray",
+    "B6": "Kafka Connect standalone + Debezium JDBC sink, upsert, defaults (1 task, batch 500)",
+    "B6_tuned": "Kafka Connect + Debezium JDBC sink, tuned (2 tasks, batch/poll 5000, reWriteBatchedInserts)",
 }
 
 
@@ -34,6 +36,14 @@ def number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def with_spread(row: dict[str, Any]) -> str:
+    """``median (min–max, ±spread)``, flagged when the repetitions disagree by more than 15 %."""
+    spread = row.get("spread")
+    shown = "" if spread is None else f", {spread * 100:.0f} %"
+    flag = " ⚠" if row.get("unsteady") else ""
+    return f"{rate(row['msgs_per_s'])} ({rate(row['min'])}–{rate(row['max'])}{shown}){flag}"
+
+
 def _exactness(row: dict[str, Any]) -> str:
     lost, duplicated = row.get("lost"), row.get("duplicated")
     if lost is None and duplicated is None:
@@ -44,21 +54,22 @@ def _exactness(row: dict[str, Any]) -> str:
 def systems_table(workload: dict[str, Any]) -> list[str]:
     """The main table: one row per reported system."""
     lines = [
-        "| System | What | msgs/s median (min–max) | ÷ min(B0,B1) | ÷ L_shared | × B2 | × B3 "
+        "| System | What | msgs/s median (min–max, spread) | ÷ min(B0,B1) | ÷ L_shared | × B2 | × B3 | × B6_tuned "
         "| CPU-s/M pipeline (total) | peak RSS MiB | lost / dup | p50 / p99 ms @50 % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in REPORTED:
         row = workload["systems"].get(name)
         if row is None:
             continue
-        spread = f"{rate(row['msgs_per_s'])} ({rate(row['min'])}–{rate(row['max'])})"
+        spread = with_spread(row)
         cpu = f"{number(row.get('cpu_s_per_million'))} ({number(row.get('cpu_s_per_million_total'))})"
         latency = f"{number(row.get('p50_ms'), 0)} / {number(row.get('p99_ms'), 0)}"
         what = f"{DESCRIPTIONS[name]} [{row.get('variant')}]"
         lines.append(
             f"| {name} | {what} | {spread} | {percent(row.get('efficiency'))} | "
             f"{percent(row.get('efficiency_shared'))} | {times(row.get('x_b2'))} | {times(row.get('x_b3'))} | "
+            f"{times(row.get('x_b6'))} | "
             f"{cpu} | {number(row.get('peak_rss_mb'), 0)} | {_exactness(row)} | {latency} |"
         )
     return lines
@@ -67,18 +78,19 @@ def systems_table(workload: dict[str, Any]) -> list[str]:
 def variants_table(workload: dict[str, Any]) -> list[str]:
     """Every variant measured (the main table shows the fastest of each group)."""
     lines = [
-        "| Variant | msgs/s median (min–max) | steady 10–90 % | CPU-s/M pipeline / PG / Kafka | other load (cores) "
-        "| peak RSS MiB | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| Variant | msgs/s median (min–max, spread) | timed s | CPU-s/M pipeline / PG / Kafka | other load (cores) "
+        "| load 1 min before → after | peak RSS MiB | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in workload["variants"].items():
         cpu = "/".join(
             number(row.get(k)) for k in ("cpu_s_per_million", "cpu_s_per_million_pg", "cpu_s_per_million_kafka")
         )
+        load = f"{number(row.get('load_1m_before'), 2)} → {number(row.get('load_1m_after'), 2)}"
         lines.append(
-            f"| {name} | {rate(row['msgs_per_s'])} ({rate(row['min'])}–{rate(row['max'])}) | "
-            f"{rate(row.get('steady_msgs_per_s'))} | {cpu} | {number(row.get('other_cores'), 2)} | "
-            f"{number(row.get('peak_rss_mb'), 0)} | {len(row.get('errors') or [])} |"
+            f"| {name} | {with_spread(row)} | {number(row.get('window_s'), 1)} | {cpu} | "
+            f"{number(row.get('other_cores'), 2)} | {load} | {number(row.get('peak_rss_mb'), 0)} | "
+            f"{len(row.get('errors') or [])} |"
         )
     return lines
 
@@ -104,6 +116,26 @@ def live_table(workload: dict[str, Any]) -> list[str]:
     return header + rows
 
 
+def malformed_table(found: dict[str, Any] | None) -> list[str]:
+    """What each system did with 1 % malformed input."""
+    if not found or not found.get("systems"):
+        return ["Not measured in this run."]
+    lines = [
+        f"Topic: {found['messages']:,} W1 messages, {found['ratio'] * 100:.0f} % malformed (every kind of "
+        "`loom_ray.loadgen`, in turn). Each system runs until drained, stopped, or 20 s without a new row.",
+        "",
+        "| System | variant | rows | dead letters | offsets accounted for | stopped | survives bad input |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in found["systems"].items():
+        accounted = f"{row.get('accounted', 0):,} of {found['messages']:,}"
+        lines.append(
+            f"| {name} | {row['variant']} | {row.get('rows', 0):,} | {row.get('dead_letters', 0):,} | {accounted} "
+            f"| {'yes' if row.get('stopped') else 'no'} | {'**yes**' if row.get('survives') else 'no'} |"
+        )
+    return lines
+
+
 def targets_table(results: dict[str, Any]) -> list[str]:
     lines = ["| Workload | Target | Value | Met |", "| --- | --- | --- | --- |"]
     for name, workload in results["workloads"].items():
@@ -125,9 +157,31 @@ def _mapping(title: str, values: dict[str, Any]) -> list[str]:
     return [f"### {title}", "", *(f"- {k}: `{v}`" for k, v in values.items()), ""]
 
 
-def render(results: dict[str, Any], source: str, notes: str = "", appendix: str = "") -> str:
+def _run_facts(results: dict[str, Any]) -> list[str]:
+    machine = results["machine"]
+    window = results.get("plan", {}).get("window") or {}
+    lines = [
+        f"Measured on a **shared machine** ({machine.get('cores')} cores): other engineers' work ran at the "
+        f"same time. 1-min load average {machine.get('load_average_at_start', ['?'])[0]} at the start and "
+        f"{(machine.get('load_average_at_end') or ['?'])[0]} at the end; per variant before → after below."
+    ]
+    if window.get("seconds"):
+        lines.append(
+            f"Each drain is timed over a {window['seconds']:.0f} s window of commits that starts "
+            f"{window['warmup_s']:.0f} s after the system's first commit (the system is stopped after it), "
+            f"{results.get('plan', {}).get('reps')} repetitions; ⚠ marks a figure whose repetitions spread "
+            f"more than {SPREAD_FLAG * 100:.0f} % of the median."
+        )
+    if results["mode"] != "full":
+        lines.append(f"**{results['mode']} run: smoke figures, too short to compare systems.**")
+    return [" ".join(lines), ""]
+
+
+def render(
+    results: dict[str, Any], source: str, notes: str = "", appendix: str = "", images: dict[str, str] | None = None
+) -> str:
     """The whole ``BENCHMARKS.md``; ``notes`` (hand-written Markdown) follow the targets, ``appendix`` (the
-    coordinator-at-scale section, ``bench-results/SCALE.md``) ends it."""
+    coordinator-at-scale section, ``bench-results/SCALE.md``) ends it; ``images`` are each workload's plot."""
     out = [
         "# Benchmarks",
         "",
@@ -135,7 +189,8 @@ def render(results: dict[str, Any], source: str, notes: str = "", appendix: str 
         f"{results['started_at']}, {results['duration_s']:.0f} s). Do not edit by hand: rerun "
         "`python -m loom_bench --render <json>`.",
         "",
-        "## Targets (loom-ray = B4_tuned)",
+        *_run_facts(results),
+        "## Targets (loom-ray = the faster of B4 and B4_tuned)",
         "",
         *targets_table(results),
         "",
@@ -148,6 +203,7 @@ def render(results: dict[str, Any], source: str, notes: str = "", appendix: str 
             "",
             _limits(workload),
             "",
+            *([f"![{name}]({(images or {})[name]})", ""] if name in (images or {}) else []),
             *systems_table(workload),
             "",
             "### All variants",
@@ -159,6 +215,7 @@ def render(results: dict[str, Any], source: str, notes: str = "", appendix: str 
             *live_table(workload),
             "",
         ]
+    out += ["## Bad input: W1 with 1 % malformed messages", "", *malformed_table(results.get("malformed")), ""]
     out += ["## Commands", "", *(f"- {k}: `{v}`" for k, v in results["commands"].items()), ""]
     out += ["## Configuration of loom-ray", ""]
     for name, env in results.get("config", {}).items():
@@ -172,20 +229,23 @@ def render(results: dict[str, Any], source: str, notes: str = "", appendix: str 
     return "\n".join(out)
 
 
-MEANING = f"""
+MEANING = """
 ## What the numbers mean
 
-- **msgs/s** is measured by PostgreSQL, not by the client: rows ÷ (last − first commit timestamp), leaving out
-  the first transaction's rows (they were written before the first timestamp). B0 writes nothing and uses its own
-  first/last batch times. Start-up (Ray, group joins) is outside the window. loom-ray (B4, B5) reads and decodes
-  ahead of its first commit, which that window would not see: its rate counts all rows from its first partition
-  claim (recorded by a trigger in the bench database) to its last commit, which can only lower it; the commit
-  window rate is kept in the JSON as `commit_window_msgs_per_s`. "steady" is the 10–90 % commit window (for
-  loom-ray it flatters the same way).
+- **msgs/s** is measured by PostgreSQL, not by the client: rows ÷ (last − first commit timestamp) over the
+  timed window (full and quick runs: the commits from a warm-up after the first commit to the window's end),
+  leaving out the window's first transaction (its rows were written before its timestamp). Start-up (Ray, the
+  JVM of Kafka Connect, group joins) and the first seconds of draining are outside the window, the same for
+  every system. B0 writes nothing and uses its own first/last batch times over passes of the topic; B1 copies
+  passes of up to 100 000 rows held in memory. A smoke run (no window) drains the whole topic and times
+  loom-ray from its first partition claim instead (it reads ahead of its first commit). "timed s" is the
+  median length of the timed window.
 - **÷ min(B0,B1)** compares with the slower stage measured alone, each using the whole machine; **÷ L_shared**
   compares with both stages sharing the same cores, 1/(1/B0 + 1/B1): the real ceiling on one box.
 - **× B2** is against the naive consumer (per-message autocommit INSERT, bounded in time, rate extrapolated);
-  **× B3** against quixstreams' PostgreSQL sink writing the same schema, best of its variants.
+  **× B3** against quixstreams' PostgreSQL sink writing the same schema, best of its variants; **× B6_tuned**
+  against Kafka Connect with Debezium's JDBC sink (upsert on (topic, partition, offset), at-least-once with
+  idempotent writes; `key`/`headers` stay NULL, no stock transform copies them).
 - **CPU-s/M** is CPU seconds per million messages inside the drain window: *pipeline* = every process the run
   started and their descendants (all of Ray for B4); *total* adds the bench database's backends, PostgreSQL's
   WAL writer/checkpointer and the Kafka JVM. *other load* is busy CPU nobody in the run explains: noise from
@@ -196,8 +256,8 @@ MEANING = f"""
   on the shared cores is not counted) to the commit, leaving out each level's warm-up; the load generator runs on
   the same machine and its CPU is in the JSON (`producer_cpu_s`). A level the producer could not reach shows
   a lower "produced" than "offered".
-- **lost / dup**: offsets of the topic missing from the table / rows beyond distinct (partition, offset). B2 is
-  stopped early, so only duplicates apply.
+- **lost / dup**: offsets missing below each partition's highest written offset (a drain of the whole topic:
+  offsets of the topic missing) / rows beyond distinct (partition, offset).
 - Every system runs with `synchronous_commit = on` on a freshly created table (dropped, recreated, CHECKPOINT).
-  The {LOOM} row is the configuration the targets are checked on.
+  The targets take loom-ray as the faster of B4 and B4_tuned; latency targets are B4_tuned's.
 """

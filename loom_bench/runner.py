@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,11 +20,14 @@ from typing import Any
 import psutil
 
 from loom_bench import database, kafka, processes
+from loom_bench.config import Window
 from loom_bench.launch import Launch, Target, launch
 from loom_bench.measure import Sampler, Series
-from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta
+from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta, windowed
 
 log = logging.getLogger(__name__)
+STALL_S = 20.0  # no new row for this long: a system stopped by bad input
+UNTIMED = Window(0.0, 0.0)  # drain the whole topic (the smoke run, the coordinator scale benchmark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,9 @@ class Services:
     synchronous_commit: str = "on"
 
 
-def target(services: Services, topics: tuple[str, ...], messages: int, naive_s: float, follow: bool) -> Target:
+def target(
+    services: Services, topics: tuple[str, ...], messages: int, naive_s: float, follow: bool, min_seconds: float = 3.0
+) -> Target:
     """Where a run reads and writes, with a consumer group nobody used before."""
     group = f"bench-{uuid.uuid4().hex[:10]}"
     return Target(
@@ -53,6 +59,7 @@ def target(services: Services, topics: tuple[str, ...], messages: int, naive_s: 
         naive_s,
         services.bench_python,
         follow,
+        min_seconds,
         services.synchronous_commit,
     )
 
@@ -62,29 +69,112 @@ def sampler(services: Services, running: processes.Running) -> Sampler:
     return Sampler(running.handles, services.postmaster, services.database, services.kafka)
 
 
-def drain(services: Services, variant: str, topic: str, messages: int, naive_s: float, tag: str) -> dict[str, Any]:
-    """Run ``variant`` over the whole preloaded ``topic`` once; a flat dict of measurements."""
-    where = target(services, (topic,), messages, naive_s, follow=False)
+def drain(
+    services: Services,
+    variant: str,
+    topic: str,
+    messages: int,
+    naive_s: float,
+    tag: str,
+    window: Window = UNTIMED,
+) -> dict[str, Any]:
+    """Run ``variant`` over the preloaded ``topic`` once, until drained or past its window; a flat dict."""
+    where = target(services, (topic,), messages, naive_s, follow=False, min_seconds=window.total_s or 3.0)
     plan = launch(variant, where)
-    asyncio.run(database.reset(services.dsn, plan.schema))
-    started = time.monotonic()
-    running = processes.start(plan.commands, plan.env, services.raw_dir / f"{tag}-{variant}")
-    done = _group_done(services, where) if plan.finish == "group" else None
-    with sampler(services, running) as sampling:
-        finished = processes.wait(running, services.timeout_s, done)
-    processes.kill(running)
-    wall = time.monotonic() - started
-    result: dict[str, Any] = {"variant": variant, "wall_s": round(wall, 2), "exit_codes": running.exit_codes()}
-    if not finished:
-        result["error"] = f"timed out after {services.timeout_s:.0f}s"
-    outputs = running.results()
-    result.update(_rates(services, plan, topic, messages, variant, outputs, sampling.series))
+    ended = _run(services, plan, where, f"{tag}-{variant}", _window_over(services, plan, window))
+    result: dict[str, Any] = {"variant": variant, **ended.facts}
+    outputs = ended.running.results()
+    result.update(_rates(services, plan, topic, messages, variant, outputs, ended.series, window))
     log.info("%s %s: %s", tag, variant, _brief(result))
     return result
 
 
+def malformed(services: Services, variant: str, topic: str, messages: int, naive_s: float) -> dict[str, Any]:
+    """Run ``variant`` over a topic with malformed messages until drained, stopped or stalled for 20 s.
+
+    What it did with the input: rows, dead letters, offsets accounted for, and whether it stopped short.
+    """
+    where = target(services, (topic,), messages, naive_s, follow=False)
+    plan = launch(variant, where)
+    ended = _run(services, plan, where, f"malformed-{variant}", _stalled(services))
+    result: dict[str, Any] = {"variant": variant, **ended.facts, "messages": messages}
+    if plan.schema != "none":
+        found = asyncio.run(database.landed(services.dsn, plan.schema, topic))
+        result.update({"rows": found.rows, "dead_letters": found.dead_letters, "accounted": found.distinct})
+        survives = _b2_went_on(ended.running) if variant == "B2" else found.distinct >= messages
+        result.update({"survives": survives, "stopped": not survives})
+    log.info("malformed %s: %s", variant, result)
+    return result
+
+
+def _b2_went_on(running: processes.Running) -> bool:
+    """B2 is bounded by time: it survived if it ended by itself with exit code 0."""
+    return running.exit_codes() == [0]
+
+
+@dataclass
+class _Ended:
+    running: processes.Running
+    series: Series
+    facts: dict[str, Any]
+
+
+def _run(services: Services, plan: Launch, where: Target, name: str, stop_when: Callable[[], bool]) -> _Ended:
+    """Fresh table, start, sample until the processes exit, the group caught up or ``stop_when()``; stop."""
+    asyncio.run(database.reset(services.dsn, plan.schema))
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    running = processes.start(plan.commands, plan.env, services.raw_dir / name)
+    caught_up = _group_done(services, where) if plan.finish == "group" else None
+
+    def done() -> bool:
+        return (caught_up is not None and caught_up()) or stop_when()
+
+    with sampler(services, running) as sampling:
+        finished = processes.wait(running, services.timeout_s, done)
+    processes.kill(running)
+    facts: dict[str, Any] = {
+        "wall_s": round(time.monotonic() - started, 2),
+        "exit_codes": running.exit_codes(),
+        "load_1m_before": round(load_before, 2),
+        "load_1m_after": round(os.getloadavg()[0], 2),
+    }
+    if not finished:
+        facts["error"] = f"timed out after {services.timeout_s:.0f}s or did not stop cleanly"
+    return _Ended(running, sampling.series, facts)
+
+
+def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[], bool]:
+    """True once ``window.total_s`` (+1 s) passed since the first committed row was seen; never if untimed."""
+    seen: list[float] = []
+
+    def over() -> bool:
+        if not window.timed or plan.schema == "none":
+            return False
+        if not seen:
+            if asyncio.run(database.has_rows(services.dsn, plan.schema)):
+                seen.append(time.monotonic())
+            return False
+        return time.monotonic() - seen[0] > window.total_s + 1.0
+
+    return over
+
+
+def _stalled(services: Services, quiet_s: float = STALL_S) -> Callable[[], bool]:
+    """True once no row was inserted for ``quiet_s`` (a system that stopped on bad input)."""
+    last = [-1, time.monotonic()]
+
+    def stalled() -> bool:
+        count = asyncio.run(database.inserted(services.dsn))
+        if count != last[0]:
+            last[:] = [count, time.monotonic()]
+        return time.monotonic() - last[1] > quiet_s
+
+    return stalled
+
+
 def _group_done(services: Services, where: Target) -> Callable[[], bool]:
-    """B3's end: its consumer group committed every partition to the high watermark read now."""
+    """B3's and B6's end: the consumer group committed every partition to the high watermark read now."""
     marks = {t: kafka.watermarks(services.bootstrap, t) or {} for t in where.topics}
 
     def done() -> bool:
@@ -101,6 +191,7 @@ def _rates(
     variant: str,
     outputs: list[dict[str, Any]],
     series: Series,
+    window: Window,
 ) -> dict[str, Any]:
     found = _memory(series)
     start = None
@@ -108,11 +199,12 @@ def _rates(
         rate = _client_rate(outputs)
         found.update({"lost": None, "duplicated": None})
     else:
-        rate = drain_rate(asyncio.run(database.commits(services.dsn, plan.schema, topic)))
-        expected = None if variant == "B2" else messages
+        commits = asyncio.run(database.commits(services.dsn, plan.schema, topic))
+        rate = windowed(commits, window.warmup_s, window.seconds) if window.timed else drain_rate(commits)
+        expected = None if variant == "B2" or window.timed or variant.startswith("B1_") else messages
         exact = asyncio.run(database.exactness(services.dsn, plan.schema, topic, expected))
         found.update({"rows": exact.rows, "lost": exact.lost, "duplicated": exact.duplicated})
-        if plan.schema == "loom":
+        if plan.schema == "loom" and not window.timed:
             start = asyncio.run(database.first_claim(services.dsn))
     if rate is None or rate.msgs_per_s is None:
         found["msgs_per_s"] = None
@@ -123,6 +215,7 @@ def _rates(
             "steady_msgs_per_s": rate.steady_msgs_per_s,
             "messages": rate.rows,
             "drain_s": round(rate.seconds, 3),
+            "window_s": round(rate.seconds, 3),
         }
     )
     if start is not None and rate.last_commit > start:

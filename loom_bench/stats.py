@@ -43,6 +43,28 @@ def drain_rate(commits: Sequence[tuple[float, int]]) -> DrainRate | None:
     return DrainRate(total, t0, t1, rate, _steady(ordered, total))
 
 
+def windowed(commits: Sequence[tuple[float, int]], warmup_s: float, seconds: float) -> DrainRate | None:
+    """The rate over the commits from ``warmup_s`` to ``warmup_s + seconds`` after the first commit.
+
+    Falls back to :func:`drain_rate` over every commit when fewer than two fall inside (a topic drained
+    before the window began); the returned ``seconds`` then shows how short the timed span was.
+    """
+    if not commits:
+        return None
+    start = min(ts for ts, _ in commits) + warmup_s
+    inside = [(ts, n) for ts, n in commits if start <= ts <= start + seconds]
+    if len(inside) < 2:
+        return drain_rate(commits)
+    return drain_rate(inside)
+
+
+def relative_spread(median: float | None, low: float | None, high: float | None) -> float | None:
+    """(max - min) / median: how far the repetitions disagree; None without a median."""
+    if not median or low is None or high is None:
+        return None
+    return (high - low) / median
+
+
 def _steady(ordered: Sequence[tuple[float, int]], total: int) -> float | None:
     """Rows per second between the commits that reach 10 % and 90 % of the rows."""
     low_t = high_t = None

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from loom_bench.launch import SYSTEMS
-from loom_bench.stats import median_or_none, ratio, shared_limit, spread
+from loom_bench.stats import median_or_none, ratio, relative_spread, shared_limit, spread
 
-REPORTED = ("B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5")
-LOOM = "B4_tuned"  # the configuration the targets are checked on
+REPORTED = ("B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5", "B6", "B6_tuned")
+LOOM = ("B4", "B4_tuned")  # loom-ray in the targets: the better of these two
 RSS_LIMIT_MB = 1536.0
+SPREAD_FLAG = 0.15  # (max - min) / median above this: the figure does not hold still
 _MEDIANS = (
     "steady_msgs_per_s",
     "commit_window_msgs_per_s",
@@ -22,6 +23,9 @@ _MEDIANS = (
     "cpu_s_per_million_kafka",
     "cpu_s_per_million_total",
     "other_cores",
+    "window_s",
+    "load_1m_before",
+    "load_1m_after",
 )
 
 
@@ -39,6 +43,8 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "max": None if rates is None else rates.high,
         "reps": len(reps),
     }
+    found["spread"] = None if rates is None else relative_spread(rates.median, rates.low, rates.high)
+    found["unsteady"] = found["spread"] is not None and found["spread"] > SPREAD_FLAG
     for key in _MEDIANS:
         found[key] = median_or_none([r.get(key) for r in reps])
     rss = [r["peak_rss_mb"] for r in reps if r.get("peak_rss_mb") is not None]
@@ -75,6 +81,7 @@ def systems_table(runs: dict[str, list[dict[str, Any]]], live: dict[str, dict[st
         row["efficiency_shared"] = ratio(rate, limits["L_shared"])
         row["x_b2"] = ratio(rate, _rate(systems, "B2"))
         row["x_b3"] = ratio(rate, _rate(systems, "B3"))
+        row["x_b6"] = ratio(rate, _rate(systems, "B6_tuned"))
     for name, result in live.items():
         if systems.get(name) is not None:
             middle = result.get("levels", {}).get("50", {})
@@ -87,22 +94,34 @@ def _rate(systems: dict[str, Any], name: str) -> float | None:
     return None if row is None else row.get("msgs_per_s")
 
 
+def loom_row(systems: dict[str, Any]) -> dict[str, Any]:
+    """loom-ray as the targets see it: the faster (median) of B4 and B4_tuned, with its name."""
+    rows = [{**systems[n], "name": n} for n in LOOM if systems.get(n) is not None]
+    return max(rows, key=lambda r: r.get("msgs_per_s") or 0.0, default={})
+
+
 def targets(workload: str, table: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for loom-ray (B4_tuned) on one workload: value, threshold, met (None: unknown)."""
+    """Issue 10's targets for loom-ray on one workload: value, threshold, met (None: unknown)."""
     systems = table["systems"]
-    loom = systems.get(LOOM) or {}
-    seed = systems.get("B4") or {}
-    core = _rate(systems, "B5")
-    rss = [x for x in (loom.get("peak_rss_mb"), seed.get("peak_rss_mb")) if x is not None]
-    b2_times = 30.0 if workload == "W1" else 10.0
+    loom = loom_row(systems)
+    rate = loom.get("msgs_per_s")
+    tuned = systems.get("B4_tuned") or {}
+    live = (tuned.get("live") or {}).get("levels", {})
+    rss = [r["peak_rss_mb"] for r in (systems.get(n) for n in LOOM) if r and r.get("peak_rss_mb") is not None]
+    times = 3.0 if workload == "W1" else 2.0
     rows = [
-        ("throughput >= 80 % of min(B0, B1)", loom.get("efficiency"), 0.8, ">="),
-        ("throughput >= 80 % of L_shared", loom.get("efficiency_shared"), 0.8, ">="),
-        (f"throughput >= {b2_times:.0f}x B2", loom.get("x_b2"), b2_times, ">="),
-        ("throughput >= 3x B3", loom.get("x_b3"), 3.0, ">="),
-        ("p99 <= 1 s at 50 % load (ms)", loom.get("p99_ms"), 1000.0, "<="),
+        (
+            f"throughput >= {times:.0f}x B6_tuned (Kafka Connect JDBC sink)",
+            ratio(rate, _rate(systems, "B6_tuned")),
+            times,
+            ">=",
+        ),
+        (f"throughput >= {times:.0f}x best quixstreams (B3)", ratio(rate, _rate(systems, "B3")), times, ">="),
+        ("throughput >= 85 % of L_shared", loom.get("efficiency_shared"), 0.85, ">="),
+        ("B4_tuned p99 <= 1 s at 50 % load (ms)", live.get("50", {}).get("p99_ms"), 1000.0, "<="),
+        ("B4_tuned p99 <= 1 s at 80 % load (ms)", live.get("80", {}).get("p99_ms"), 1000.0, "<="),
+        ("B4_tuned >= 0.9 x B5 (Ray's cost)", ratio(tuned.get("msgs_per_s"), _rate(systems, "B5")), 0.9, ">="),
         ("pipeline peak RSS <= 1.5 GiB (MiB, B4 and B4_tuned)", max(rss) if rss else None, RSS_LIMIT_MB, "<="),
-        ("B4_tuned within 10 % of B5", ratio(loom.get("msgs_per_s"), core), 0.9, ">="),
     ]
     return [_check(name, value, threshold, op) for name, value, threshold, op in rows]
 

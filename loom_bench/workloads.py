@@ -20,11 +20,22 @@ log = logging.getLogger(__name__)
 
 
 def loadgen_command(
-    bootstrap: str, topic: str, messages: int, size: int, rate: float | None = None, partitions: int = PARTITIONS
+    bootstrap: str,
+    topic: str,
+    messages: int,
+    size: int,
+    rate: float | None = None,
+    partitions: int = PARTITIONS,
+    malformed: float = 0.0,
 ) -> list[str]:
-    """``python -m loom_ray.loadgen`` for ``messages`` valid events of ``size`` bytes over ``partitions``."""
+    """``python -m loom_ray.loadgen`` for ``messages`` events of ``size`` bytes over ``partitions``.
+
+    All valid unless ``malformed`` > 0: then that fraction is malformed, cycling through every kind.
+    """
     command = [sys.executable, "-m", "loom_ray.loadgen", "--topic", topic, "--partitions", str(partitions)]
     command += ["--messages", str(messages), "--size", str(size), "--bootstrap-servers", bootstrap]
+    if malformed:
+        command += ["--malformed-ratio", str(malformed)]
     if rate is not None:
         command += ["--rate", f"{rate:.1f}"]
     return command
@@ -42,7 +53,7 @@ def preload(bootstrap: str, workload: Workload, prefix: str, log_path: Path) -> 
         kafka.delete_topic(bootstrap, topic)
         time.sleep(2)  # the broker finishes the deletion asynchronously
     started = time.monotonic()
-    command = loadgen_command(bootstrap, topic, workload.messages, workload.size)
+    command = loadgen_command(bootstrap, topic, workload.messages, workload.size, malformed=workload.malformed_ratio)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as out:
         subprocess.run(command, check=True, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

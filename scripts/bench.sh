@@ -3,7 +3,8 @@
 # The coordinator at scale: ./scripts/bench.sh --scale [python -m loom_bench.scale options]
 # Creates .venv (scripts/bootstrap.sh) and the bench venv for quixstreams (.cache/bench-venv, from
 # requirements-bench.lock: quixstreams pins confluent-kafka and pydantic below loom-ray's, so it cannot
-# share .venv), starts the local Kafka + PostgreSQL stack unless LOOM_KAFKA_BOOTSTRAP_SERVERS and
+# share .venv), fetches B6's Kafka Connect worker and Debezium JDBC sink from Maven Central (mvn, Java 17:
+# loom_bench/connect/pom.xml -> .cache/connect), starts the local Kafka + PostgreSQL stack unless LOOM_KAFKA_BOOTSTRAP_SERVERS and
 # LOOM_DB_DSN point at running ones, runs the harness, and stops only what it started.
 # Results: bench-results/latest.json, bench-results/YYYY-MM-DD-<mode>.json, BENCHMARKS.md.
 set -euo pipefail
@@ -12,7 +13,16 @@ cd "$root"
 ./scripts/bootstrap.sh
 if [ "${1:-}" = --scale ]; then  # the real Coordinator with in-process handles: no bench venv needed
   shift
-  exec ./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
+  exec connect=.cache/connect
+connect_stamp=$connect/.fetched-$(sha256sum loom_bench/connect/pom.xml | cut -c1-16)
+if [ ! -f "$connect_stamp" ]; then
+  command -v mvn >/dev/null && command -v java >/dev/null || { echo "bench: B6 needs mvn and Java 17" >&2; exit 1; }
+  rm -rf $connect/libs $connect/plugins
+  mvn -q -B -f loom_bench/connect/pom.xml -Dconnect.dir="$root/$connect" package
+  rm -f $connect/.fetched-* && touch "$connect_stamp"
+  echo "bench: $connect ready" >&2
+fi
+./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
 fi
 bench_venv=.cache/bench-venv
 stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)
@@ -21,5 +31,14 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/uv pip sync -q --python $bench_venv/bin/python requirements-bench.lock
   rm -f $bench_venv/.installed-* && touch "$stamp"
   echo "bench: $bench_venv ready" >&2
+fi
+connect=.cache/connect
+connect_stamp=$connect/.fetched-$(sha256sum loom_bench/connect/pom.xml | cut -c1-16)
+if [ ! -f "$connect_stamp" ]; then
+  command -v mvn >/dev/null && command -v java >/dev/null || { echo "bench: B6 needs mvn and Java 17" >&2; exit 1; }
+  rm -rf $connect/libs $connect/plugins
+  mvn -q -B -f loom_bench/connect/pom.xml -Dconnect.dir="$root/$connect" package
+  rm -f $connect/.fetched-* && touch "$connect_stamp"
+  echo "bench: $connect ready" >&2
 fi
 ./scripts/with-stack.sh .venv/bin/python -m loom_bench --bench-python "$bench_venv/bin/python" "$@"
