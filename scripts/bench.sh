@@ -13,15 +13,7 @@ cd "$root"
 ./scripts/bootstrap.sh
 if [ "${1:-}" = --scale ]; then  # the real Coordinator with in-process handles: no bench venv needed
   shift
-  exec connect=.cache/connect
-connect_stamp=$connect/.fetched-$(sha256sum loom_bench/connect/pom.xml | cut -c1-16)
-if [ ! -f "$connect_stamp" ]; then
-  command -v mvn >/dev/null && command -v java >/dev/null || { echo "bench: B6 needs mvn and Java 17" >&2; exit 1; }
-  rm -rf $connect/libs $connect/plugins
-  mvn -q -B -f loom_bench/connect/pom.xml -Dconnect.dir="$root/$connect" package
-  rm -f $connect/.fetched-* && touch "$connect_stamp"
-  echo "bench: $connect ready" >&2
-fi
+  exec .venv/bin/python -m loom_bench.fetch
 ./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
 fi
 bench_venv=.cache/bench-venv
@@ -32,13 +24,5 @@ if [ ! -f "$stamp" ]; then
   rm -f $bench_venv/.installed-* && touch "$stamp"
   echo "bench: $bench_venv ready" >&2
 fi
-connect=.cache/connect
-connect_stamp=$connect/.fetched-$(sha256sum loom_bench/connect/pom.xml | cut -c1-16)
-if [ ! -f "$connect_stamp" ]; then
-  command -v mvn >/dev/null && command -v java >/dev/null || { echo "bench: B6 needs mvn and Java 17" >&2; exit 1; }
-  rm -rf $connect/libs $connect/plugins
-  mvn -q -B -f loom_bench/connect/pom.xml -Dconnect.dir="$root/$connect" package
-  rm -f $connect/.fetched-* && touch "$connect_stamp"
-  echo "bench: $connect ready" >&2
-fi
+.venv/bin/python -m loom_bench.fetch
 ./scripts/with-stack.sh .venv/bin/python -m loom_bench --bench-python "$bench_venv/bin/python" "$@"

@@ -1,4 +1,5 @@
-"""The benchmark harness end to end at a tiny size: B0, B1 and B5 on one workload (shape and exactness only)."""
+"""The benchmark harness end to end at a tiny size: B0, B1 and B5 on one workload (shape and exactness only),
+and B5 over W1 with 1 % malformed input (every offset a row or a dead letter)."""
 
 from __future__ import annotations
 
@@ -29,12 +30,17 @@ def test_smoke_run_writes_results_with_every_offset_once(endpoints: Endpoints, t
     workload = results["workloads"]["W1"]
     assert workload["messages"] == 5000
     systems = workload["systems"]
-    assert set(systems) == {"B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5"}
+    assert set(systems) == {"B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5", "B6", "B6_tuned"}
     for name in ("B0", "B1", "B5"):
         assert FIELDS <= systems[name].keys(), name
-    assert all(systems[name] is None for name in ("B2", "B3", "B4", "B4_tuned"))
+    assert all(systems[name] is None for name in ("B2", "B3", "B4", "B4_tuned", "B6", "B6_tuned"))
     for name in ("B1", "B5"):
         assert (systems[name]["lost"], systems[name]["duplicated"]) == (0, 0), name
     for variant in ("B1_1conn", "B1_2conn", "B5_1p", "B5_2p"):
         assert workload["runs"][variant][0]["rows"] == 5000, variant
+    bad = results["malformed"]
+    assert (bad["messages"], set(bad["systems"])) == (5000, {"B5"})  # the limits B0 and B1 are left out
+    core = bad["systems"]["B5"]
+    assert (core["rows"] + core["dead_letters"], core["accounted"], core["survives"]) == (5000, 5000, True)
+    assert core["dead_letters"] == 50
     assert list(tmp_path.glob("*-smoke.json")) and "## W1" in (tmp_path / "B.md").read_text()
