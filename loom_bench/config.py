@@ -79,7 +79,7 @@ def plan(mode: Mode, workloads: list[str], messages: int | None = None, reps: in
     """The plan for ``mode``; ``messages`` and ``reps`` override the mode's defaults."""
     chosen = tuple(Workload(w, _SIZES[w], messages or _MESSAGES[mode][w]) for w in workloads)
     if mode == "full":
-        return Plan(mode, chosen, reps or 3, 12.0, ("B4_tuned",), 30.0, 8.0, Window(2.0, 10.0), 100_000)
+        return Plan(mode, chosen, reps or 3, 12.0, ("B4_tuned",), 20.0, 5.0, Window(2.0, 10.0), 50_000)
     if mode == "quick":
         return Plan(mode, chosen, reps or 1, 5.0, ("B4_tuned",), 15.0, 5.0, Window(1.0, 3.0), 20_000)
     return Plan(mode, chosen, reps or 1, 5.0, (), 10.0, 2.0, Window(0.0, 0.0), messages or 5_000)

@@ -70,8 +70,8 @@ def render(name: str, workload: dict[str, Any], path: Path, mode: str) -> Path:
         lines.set_title(f"{name}: latency per load level")
         lines.legend(fontsize=7)
         lines.grid(alpha=0.3)
-    label = "" if mode == "full" else f" — {mode} run (smoke figures, not for comparison)"
-    figure.suptitle(f"loom-ray benchmark, {workload['messages']:,} msgs of ~{workload['size']} B{label}")
+    label = "" if mode == "full" else f"\n{mode} run: smoke figures, not for comparison"
+    figure.suptitle(f"{workload['messages']:,} msgs of ~{workload['size']} B, on a shared machine{label}", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

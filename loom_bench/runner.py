@@ -85,6 +85,8 @@ def drain(
     result: dict[str, Any] = {"variant": variant, **ended.facts}
     outputs = ended.running.results()
     result.update(_rates(services, plan, topic, messages, variant, outputs, ended.series, window))
+    if result.get("msgs_per_s") is None and "error" not in result:
+        result["error"] = f"no rate: exit codes {result['exit_codes']} (log in {services.raw_dir})"
     log.info("%s %s: %s", tag, variant, _brief(result))
     return result
 

@@ -180,7 +180,7 @@ def test_default_set_and_malformed_variants() -> None:
         "B0",
         "B1_2conn",
         "B2",
-        "B3_default_1p",
+        "B3_ci05_2p",
         "B4",
         "B4_tuned",
         "B5_2p",
