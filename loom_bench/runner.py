@@ -28,6 +28,7 @@ from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta, w
 log = logging.getLogger(__name__)
 STALL_S = 20.0  # no new row for this long: a system stopped by bad input
 UNTIMED = Window(0.0, 0.0)  # drain the whole topic (the smoke run, the coordinator scale benchmark)
+WINDOW_SLACK_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,10 @@ def _run(services: Services, plan: Launch, where: Target, name: str, stop_when: 
 
 
 def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[], bool]:
-    """True once ``window.total_s`` (+1 s) passed since the first committed row was seen; never if untimed."""
+    """True once ``window.total_s`` + ``WINDOW_SLACK_S`` passed since the first committed row was seen.
+
+    The slack lets a system that commits every few seconds close its window; never true if untimed.
+    """
     seen: list[float] = []
 
     def over() -> bool:
@@ -157,7 +161,7 @@ def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[
             if asyncio.run(database.has_rows(services.dsn, plan.schema)):
                 seen.append(time.monotonic())
             return False
-        return time.monotonic() - seen[0] > window.total_s + 1.0
+        return time.monotonic() - seen[0] > window.total_s + WINDOW_SLACK_S
 
     return over
 

@@ -44,18 +44,22 @@ def drain_rate(commits: Sequence[tuple[float, int]]) -> DrainRate | None:
 
 
 def windowed(commits: Sequence[tuple[float, int]], warmup_s: float, seconds: float) -> DrainRate | None:
-    """The rate over the commits from ``warmup_s`` to ``warmup_s + seconds`` after the first commit.
+    """The rate over a window of at least ``seconds`` that opens ``warmup_s`` after the first commit.
 
-    Falls back to :func:`drain_rate` over every commit when fewer than two fall inside (a topic drained
-    before the window began); the returned ``seconds`` then shows how short the timed span was.
+    The window runs from the first commit at or after the warm-up to the first commit at least ``seconds``
+    later (commits can be sparse, so it ends on a commit, never before ``seconds``); when no commit comes that
+    late, to the last commit. Falls back to :func:`drain_rate` over every commit when fewer than two commits
+    follow the warm-up (a topic drained before it ended); ``seconds`` of the result shows the timed span.
     """
     if not commits:
         return None
-    start = min(ts for ts, _ in commits) + warmup_s
-    inside = [(ts, n) for ts, n in commits if start <= ts <= start + seconds]
-    if len(inside) < 2:
-        return drain_rate(commits)
-    return drain_rate(inside)
+    ordered = sorted(commits)
+    start = ordered[0][0] + warmup_s
+    after = [(ts, n) for ts, n in ordered if ts >= start]
+    if len(after) < 2:
+        return drain_rate(ordered)
+    end = next((i for i, (ts, _) in enumerate(after) if ts >= after[0][0] + seconds), len(after) - 1)
+    return drain_rate(after[: end + 1])
 
 
 def relative_spread(median: float | None, low: float | None, high: float | None) -> float | None:

@@ -154,11 +154,21 @@ def test_spread_over_15_percent_is_flagged() -> None:
 
 def test_windowed_rate_times_only_the_window_after_the_warm_up() -> None:
     # first commit at t=100; warm-up 2 s, window 10 s: commits at 102..112 count, the slow start and the tail not.
-    commits = [(100.0, 5), (101.0, 5)] + [(100.0 + t, 1000) for t in range(2, 13)] + [(120.0, 7)]
+    commits = [(100.0, 5), (101.0, 5)] + [(100.0 + t, 1000) for t in range(2, 16)] + [(120.0, 7)]
     found = windowed(commits, 2.0, 10.0)
     assert found is not None
     assert (found.first_commit, found.last_commit, found.seconds) == (102.0, 112.0, 10.0)
     assert found.msgs_per_s == pytest.approx(1000.0)  # (11 000 - 1 000) / 10
+
+
+def test_windowed_rate_ends_on_a_commit_at_least_the_window_later() -> None:
+    # sparse commits: 103, 107, 111.5, 114 -> the window closes on 114 (the first one >= 103 + 10 s)
+    commits = [(100.0, 10), (103.0, 300), (107.0, 400), (111.5, 450), (114.0, 220), (118.0, 400)]
+    found = windowed(commits, 2.0, 10.0)
+    assert found is not None and (found.first_commit, found.last_commit) == (103.0, 114.0)
+    assert found.msgs_per_s == pytest.approx((400 + 450 + 220) / 11.0)
+    short = windowed(commits[:4], 2.0, 10.0)  # stopped before the window could close: up to the last commit
+    assert short is not None and short.seconds == pytest.approx(8.5)
 
 
 def test_windowed_rate_falls_back_to_the_whole_drain_when_the_window_is_empty() -> None:
