@@ -47,7 +47,7 @@ class Services:
 
 
 def target(
-    services: Services, topics: tuple[str, ...], messages: int, naive_s: float, follow: bool, min_seconds: float = 3.0
+    services: Services, topics: tuple[str, ...], messages: int, naive_s: float, follow: bool, min_seconds: float = 0.0
 ) -> Target:
     """Where a run reads and writes, with a consumer group nobody used before."""
     group = f"bench-{uuid.uuid4().hex[:10]}"
@@ -80,7 +80,7 @@ def drain(
     window: Window = UNTIMED,
 ) -> dict[str, Any]:
     """Run ``variant`` over the preloaded ``topic`` once, until drained or past its window; a flat dict."""
-    where = target(services, (topic,), messages, naive_s, follow=False, min_seconds=window.total_s or 3.0)
+    where = target(services, (topic,), messages, naive_s, follow=False, min_seconds=window.total_s)
     plan = launch(variant, where)
     ended = _run(services, plan, where, f"{tag}-{variant}", _window_over(services, plan, window))
     result: dict[str, Any] = {"variant": variant, **ended.facts}
