@@ -147,12 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["workloads"][workload.name] = orchestrate.run_workload(
                 svc, chosen, workload, selected, args.topic_prefix, rng
             )
+            if workload.name == "W1" and chosen.malformed_messages:  # right after W1: a cut-short run keeps it
+                results["malformed"] = orchestrate.run_malformed(svc, chosen, workload, selected, args.topic_prefix)
             results["duration_s"] = round(time.time() - started, 1)
             _write(results, args, final=False)
-        w1 = next((w for w in chosen.workloads if w.name == "W1"), None)
-        if chosen.malformed_messages and w1 is not None:
-            results["malformed"] = orchestrate.run_malformed(svc, chosen, w1, selected, args.topic_prefix)
-            results["duration_s"] = round(time.time() - started, 1)
     finally:
         if not args.keep_topics:
             orchestrate.delete_topics(svc.bootstrap, chosen, args.topic_prefix)
