@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the per-repetition order")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only render --markdown from a results file")
     parser.add_argument(
+        "--malformed-into",
+        type=Path,
+        metavar="JSON",
+        help="only redo the malformed-input run, replace it in this results file, and render --markdown",
+    )
+    parser.add_argument(
         "--notes",
         type=Path,
         default=ROOT / "bench-results" / "NOTES.md",
@@ -161,12 +167,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def redo_malformed(args: argparse.Namespace) -> dict[str, Any]:
+    """The malformed-input run alone (``--malformed-into``), recorded with its command and time."""
+    chosen = plan(_mode(args), ["W1"], None, args.reps)
+    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
+    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    svc = orchestrate.services(
+        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
+    )
+    found = orchestrate.run_malformed(
+        svc, chosen, chosen.workloads[0], variants(args.systems.split(",")), args.topic_prefix
+    )
+    found["redone"] = {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m loom_bench " + shlex.join(sys.argv[1:]),
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
         _markdown(json.loads(args.render.read_text()), args.render, args)
+        return 0
+    if args.malformed_into:
+        results = json.loads(args.malformed_into.read_text())
+        results["malformed"] = redo_malformed(args)
+        args.malformed_into.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        _markdown(results, args.malformed_into, args)
         return 0
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")

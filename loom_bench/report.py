@@ -122,8 +122,14 @@ def malformed_table(found: dict[str, Any] | None) -> list[str]:
         return ["Not measured in this run."]
     lines = [
         f"Topic: {found['messages']:,} W1 messages, {found['ratio'] * 100:.0f} % malformed (every kind of "
-        "`loom_ray.loadgen`, in turn). Each system runs until drained, stopped, or 20 s without a new row.",
+        "`loom_ray.loadgen`, in turn). Each system runs until drained, stopped, 20 s without a new row after its "
+        "first, or 90 s without any row.",
         "",
+        *(
+            [f"Redone alone at {found['redone']['at']}: `{found['redone']['command']}`.", ""]
+            if found.get("redone")
+            else []
+        ),
         "| System | variant | rows | dead letters | offsets accounted for | stopped | survives bad input |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]

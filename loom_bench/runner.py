@@ -28,6 +28,7 @@ from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta, w
 log = logging.getLogger(__name__)
 STALL_S = 20.0  # no new row for this long: a system stopped by bad input
 UNTIMED = Window(0.0, 0.0)  # drain the whole topic (the smoke run, the coordinator scale benchmark)
+STARTUP_S = 90.0  # no first row for this long: a system that never writes (bad input in its first batch)
 WINDOW_SLACK_S = 4.0
 
 
@@ -166,15 +167,20 @@ def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[
     return over
 
 
-def _stalled(services: Services, quiet_s: float = STALL_S) -> Callable[[], bool]:
-    """True once no row was inserted for ``quiet_s`` (a system that stopped on bad input)."""
-    last = [-1, time.monotonic()]
+def _stalled(services: Services, quiet_s: float = STALL_S, startup_s: float = STARTUP_S) -> Callable[[], bool]:
+    """True once no row was inserted for ``quiet_s`` after the first one (a system stopped by bad input),
+    or none at all within ``startup_s`` (Ray or a JVM can take a minute to start on a loaded machine)."""
+    started = time.monotonic()
+    last = [0, started]
 
     def stalled() -> bool:
         count = asyncio.run(database.inserted(services.dsn))
+        now = time.monotonic()
         if count != last[0]:
-            last[:] = [count, time.monotonic()]
-        return time.monotonic() - last[1] > quiet_s
+            last[:] = [count, now]
+        if count == 0:
+            return now - started > startup_s
+        return now - last[1] > quiet_s
 
     return stalled
 
