@@ -81,7 +81,8 @@ def drain(
     window: Window = UNTIMED,
 ) -> dict[str, Any]:
     """Run ``variant`` over the preloaded ``topic`` once, until drained or past its window; a flat dict."""
-    where = target(services, (topic,), messages, naive_s, follow=False, min_seconds=window.total_s)
+    passes_s = window.total_s + WINDOW_SLACK_S if window.timed else 0.0  # B0/B1 must outlast the window too
+    where = target(services, (topic,), messages, naive_s, follow=False, min_seconds=passes_s)
     plan = launch(variant, where)
     ended = _run(services, plan, where, f"{tag}-{variant}", _window_over(services, plan, window))
     result: dict[str, Any] = {"variant": variant, **ended.facts}
