@@ -170,16 +170,23 @@ def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[
 
 def _stalled(services: Services, quiet_s: float = STALL_S, startup_s: float = STARTUP_S) -> Callable[[], bool]:
     """True once no row was inserted for ``quiet_s`` after the first one (a system stopped by bad input),
-    or none at all within ``startup_s`` (Ray or a JVM can take a minute to start on a loaded machine)."""
+    or none at all within ``startup_s`` (Ray or a JVM can take a minute to start on a loaded machine).
+
+    Counts are relative to the first poll: a fresh schema already holds rows of its own (migrations).
+    """
     started = time.monotonic()
+    baseline: list[int] = []
     last = [0, started]
 
     def stalled() -> bool:
         count = asyncio.run(database.inserted(services.dsn))
         now = time.monotonic()
+        if not baseline:
+            baseline.append(count)
+            last[0] = count
         if count != last[0]:
             last[:] = [count, now]
-        if count == 0:
+        if count == baseline[0]:
             return now - started > startup_s
         return now - last[1] > quiet_s
 
