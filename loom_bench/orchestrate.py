@@ -35,13 +35,14 @@ def services(
 
 
 def commands(variants: list[str], bench_python: str, naive_s: float) -> dict[str, str]:
-    """The command line of every variant, with placeholders for the per-run topic, group and DSN."""
+    """The command line of every variant, with placeholders for the per-run topic, group and DSN; paths
+    relative to the repository."""
     where = Target("$KAFKA", DSN_PLACEHOLDER, ("<topic>",), 0, "<fresh-group>", naive_s, bench_python)
     found = {}
     for variant in variants:
         spec = launch(variant, where)
         env = " ".join(f"{k}={v}" for k, v in spec.extra.items())
-        line = shlex.join(spec.commands[0]).replace(sys.executable, "python")
+        line = shlex.join(spec.commands[0]).replace(sys.executable, "python").replace(f"{ROOT}/", "")
         count = f" (x{len(spec.commands)} processes)" if len(spec.commands) > 1 else ""
         found[variant] = f"{env} {line}{count}".strip()
     return found
