@@ -46,6 +46,11 @@ def _metadata(endpoints: Endpoints, topics: list[str], isolation: str = "read_co
         metadata.close()
 
 
+def _leaders(admin: AdminClient, topic: str) -> int:
+    """How many of the topic's partitions have a leader (new ones have none for a moment)."""
+    return sum(1 for p in admin.list_topics(topic, timeout=10).topics[topic].partitions.values() if p.leader >= 0)
+
+
 def test_watermarks_are_the_brokers(endpoints: Endpoints, topics: list[str]) -> None:
     wanted = [(t, p) for t in topics for p in range(3)]
     for metadata in _metadata(endpoints, topics):
@@ -68,9 +73,12 @@ def test_partitions_added_since_the_clients_last_metadata_are_answered(endpoints
     for metadata in _metadata(endpoints, topics):
         assert metadata.high_watermarks([(topic, 0)]) == {(topic, 0): 2}  # the client has the topic's metadata now
         admin.create_partitions([NewPartitions(topic, 5)])[topic].result(30)
-        wait_until(lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 5, 30, "5 partitions")
+        wait_until(lambda: _leaders(admin, topic) == 5, 30, "5 partitions with a leader")
         added = [(topic, 3), (topic, 4)]
-        assert metadata.watermarks(added) == {(topic, 3): (0, 0), (topic, 4): (0, 0)}
+        # Their leaders answer "not leader" for a moment after the metadata shows them; the client's own
+        # metadata cache is refreshed once by the call that meets them (it never would be within the wait).
+        expected = {(topic, 3): (0, 0), (topic, 4): (0, 0)}
+        wait_until(lambda m=metadata, a=added, e=expected: m.watermarks(a) == e, 30, "the added partitions' watermarks")
         assert metadata.high_watermarks([(topic, p) for p in range(5)]) == {(topic, p): p + 2 for p in range(3)} | {
             (topic, 3): 0,
             (topic, 4): 0,
@@ -94,7 +102,8 @@ def test_read_committed_high_watermark_is_the_last_stable_offset(endpoints: Endp
         transactional.abort_transaction(30)
     reader = Consumer({"bootstrap.servers": endpoints.kafka, "group.id": f"{topic}-check"})
     try:
-        # After the abort the broker's own watermark counts the 5 aborted records and the abort marker.
-        assert reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 8)
+        # After the abort the broker's own watermark counts the 5 aborted records and the abort marker (which
+        # the transaction coordinator writes after it has answered the abort).
+        wait_until(lambda: reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 8), 30, "marker")
     finally:
         reader.close()
