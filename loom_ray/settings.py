@@ -147,7 +147,13 @@ class Settings(BaseSettings):
         "(checked every few minutes, in small batches); the views read the last 5 minutes.",
     )
     shutdown_timeout_s: float = Field(
-        25.0, gt=0, le=3600, description="Drain deadline on SIGTERM; keep below the pod's grace period (30 s)."
+        25.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Deadline of a drain (the driver stopped: SIGTERM, `ray job stop`; a consumer stopped by a resize) "
+            "and of a partition's release or assignment; keep below the pod's grace period (30 s)."
+        ),
     )
     audit: bool = Field(False, description="Also append every committed offset to loom_audit (fault tests).")
 
