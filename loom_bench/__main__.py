@@ -1,8 +1,10 @@
-"""``python -m loom_bench [--quick|--smoke] [--workload W1|W2|all]``: run the benchmark, write the results.
+"""``python -m loom_bench [--quick|--smoke] [--workload W1|W2|W3|all]``: run the benchmark, write the results.
 
 Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN`` (``scripts/bench.sh`` sets them from the local
 stack). Writes ``<output-dir>/latest.json``, a dated copy, and ``BENCHMARKS.md``; raw per-process logs go
-to ``<output-dir>/raw/``.
+to ``<output-dir>/raw/``. ``--workload W3`` (upsert by key, ``loom_bench/w3_run.py``) is run on its own: it
+writes ``<output-dir>/<date>-<mode>-w3.json`` and ``<output-dir>/W3.md``, the section BENCHMARKS.md includes
+(``--render`` the main results file to put it in).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_bench import database, machine, orchestrate, plots, report
+from loom_bench import database, machine, orchestrate, plots, report, w3_run
 from loom_bench.config import Mode, loom_env, plan
 from loom_bench.launch import ROOT, SYSTEMS, variants
 
 log = logging.getLogger("loom_bench")
 SCALE_NOTES = ROOT / "bench-results" / "SCALE.md"  # the coordinator-at-scale section (python -m loom_bench.scale)
+W3_NOTES = ROOT / "bench-results" / "W3.md"  # the upsert section (python -m loom_bench --workload W3)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="200k/100k messages, 1 repetition, live for B4_tuned")
     size.add_argument("--smoke", action="store_true", help="a few thousand messages, no live mode (tests)")
-    parser.add_argument("--workload", choices=["W1", "W2", "all"], default="all")
+    parser.add_argument("--workload", choices=["W1", "W2", "W3", "all"], default="all", help="all: W1, W2")
     parser.add_argument("--systems", default="all", help=f"comma-separated, from {','.join(SYSTEMS)} or groups")
     parser.add_argument("--messages", type=int, help="override the messages per workload")
     parser.add_argument("--reps", type=int, help="override the repetitions")
@@ -89,7 +92,8 @@ def _markdown(results: dict[str, Any], source: Path, args: argparse.Namespace) -
     """Render the plots next to ``source`` and ``--markdown`` with them."""
     pngs = plots.render_all(results, source.parent)
     images = {name: os.path.relpath(path, args.markdown.resolve().parent) for name, path in pngs.items()}
-    text = report.render(results, _shown(source), _notes(args), _hand_written(SCALE_NOTES), images)
+    appendix = _hand_written(W3_NOTES) + "\n" + _hand_written(SCALE_NOTES)
+    text = report.render(results, _shown(source), _notes(args), appendix, images)
     args.markdown.write_text(text)
 
 
@@ -107,6 +111,39 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def run_w3(args: argparse.Namespace) -> Path:
+    """W3 alone: both systems in upsert mode; the results file and the Markdown section."""
+    mode = _mode(args)
+    chosen = plan(mode, ["W3"], args.messages, args.reps)
+    names = args.systems.split(",")
+    selected = variants(["B4_tuned", "B6_tuned"] if names == ["all"] else names)
+    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
+    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    svc = orchestrate.services(
+        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
+    )
+    started = time.time()
+    results: dict[str, Any] = {
+        "mode": mode,
+        "synchronous_commit": args.synchronous_commit,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m loom_bench " + shlex.join(sys.argv[1:]),
+        "config": {"B4_tuned": loom_env(tuned=True)},
+        "machine": machine.machine(),
+    }
+    try:
+        results["w3"] = w3_run.run(svc, chosen, selected, args.topic_prefix, random.Random(args.seed))
+    finally:
+        if args.drop_database:
+            asyncio.run(database.drop_database(dsn, args.database))
+    results["duration_s"] = round(time.time() - started, 1)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    path: Path = args.output_dir / f"{dt.date.today().isoformat()}-{mode}-w3.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (args.output_dir / "W3.md").write_text(report.w3_section(results, _shown(path)))
+    return path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")
         return 2
+    if args.workload == "W3":
+        log.info("results in %s and %s", _shown(run_w3(args)), _shown(args.output_dir / "W3.md"))
+        return 0
     results = run(args)
     path = _write(results, args, final=True)
     log.info("results in %s and %s", _shown(path), _shown(args.markdown))

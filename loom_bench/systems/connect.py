@@ -10,7 +10,10 @@ The topic holds plain JSON, and the sink needs a Struct with a schema, so stock 
 table ``events`` (the shape of ``loom_messages``) exists in advance; the connector upserts on
 (topic, partition, offset), its documented idempotent mode, and binds ``payload`` as ``cast(? as jsonb)``
 because it reads the column's type from the table. ``key`` and ``headers`` stay NULL (no stock SMT
-copies them). The consumer group is ``--group`` (``consumer.override.group.id``), so the harness sees
+copies them). With ``--w3`` it runs workload W3 instead (``loom_bench/w3.py``): values in Connect's
+JSON-with-schema envelope (``JsonConverter``, ``schemas.enable=true``), the record key a string, upserted
+into ``w3_entities`` by that key (``HoistField$Key`` into a Struct, ``primary.key.mode=record_key``), tombstones deleted
+(``delete.enabled=true``). The consumer group is ``--group`` (``consumer.override.group.id``), so the harness sees
 the connector's progress like B3's. Standard library only.
 """
 
@@ -86,6 +89,30 @@ def connector_properties(variant: str, name: str, topics: str, group: str, dsn: 
     }
 
 
+# W3 (``--w3``): typed columns from the value's inline schema, upsert by the record key, tombstones delete.
+W3_CONNECTOR = {
+    "primary.key.mode": "record_key",
+    "primary.key.fields": "id",
+    "collection.name.format": "w3_entities",
+    "delete.enabled": "true",
+    "transforms": "key",  # the sink wants a Struct key: HoistField makes {id: <the string key>}
+    "transforms.key.type": "org.apache.kafka.connect.transforms.HoistField$Key",
+    "transforms.key.field": "id",
+}
+W3_WORKER = {
+    "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+    "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+    "value.converter.schemas.enable": "true",
+}
+
+
+def w3_connector_properties(variant: str, name: str, topics: str, group: str, dsn: str) -> dict[str, str]:
+    """The connector for W3: W1/W2's, without their transforms, with W3's key and table."""
+    base = connector_properties(variant, name, topics, group, dsn)
+    kept = {k: v for k, v in base.items() if not k.startswith("transforms")}
+    return {**kept, **W3_CONNECTOR}
+
+
 def worker_properties(bootstrap: str, connect_dir: Path, work_dir: Path, rest_port: int) -> dict[str, str]:
     """The standalone worker: plain strings in, offsets committed every second, REST on ``rest_port``."""
     return {
@@ -137,18 +164,18 @@ def main() -> None:
     parser.add_argument("--connect-dir", type=Path, required=True, help="where pom.xml put libs/ and plugins/")
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--rest-port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--w3", action="store_true", help="workload W3: enveloped JSON upserted by record key")
     args = parser.parse_args()
     if not (args.connect_dir / "libs").is_dir() or not (args.connect_dir / "plugins").is_dir():
         raise SystemExit(f"{args.connect_dir}: no libs/ or plugins/; run scripts/bench.sh (it fetches them)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     port = args.rest_port or free_port()
-    worker = write_properties(
-        args.work_dir / "worker.properties",
-        worker_properties(args.bootstrap, args.connect_dir.resolve(), args.work_dir.resolve(), port),
-    )
+    workers = worker_properties(args.bootstrap, args.connect_dir.resolve(), args.work_dir.resolve(), port)
+    connector_of = w3_connector_properties if args.w3 else connector_properties
+    worker = write_properties(args.work_dir / "worker.properties", {**workers, **(W3_WORKER if args.w3 else {})})
     connector = write_properties(
         args.work_dir / "connector.properties",
-        connector_properties(args.variant, args.group, args.topics, args.group, args.dsn),
+        connector_of(args.variant, args.group, args.topics, args.group, args.dsn),
     )
     command = java_command(args.connect_dir.resolve(), args.work_dir.resolve(), worker, connector)
     os.execvp(command[0], command)  # noqa: S606 (the JVM replaces this process: the harness stops it)

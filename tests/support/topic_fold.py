@@ -47,12 +47,13 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Record
             for message in consumer.consume(1000, 1.0):
                 partition = message.partition()
                 assert partition is not None
-                if message.error() is not None:
-                    if message.error().code() == -191:  # _PARTITION_EOF
+                error = message.error()
+                if error is not None:
+                    if error.code() == -191:  # _PARTITION_EOF
                         if consumer.position([TopicPartition(topic, partition)])[0].offset >= ends[partition]:
                             done.add(partition)
                         continue
-                    raise AssertionError(message.error())
+                    raise AssertionError(error)
                 offset = message.offset()
                 assert offset is not None
                 found[partition].append(Record(partition, offset, message.key(), message.value()))

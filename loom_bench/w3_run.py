@@ -1,0 +1,192 @@
+"""W3's measured runs: loom-ray's upsert route (B4_tuned with ``LOOM_ROUTES_FILE``) against Kafka Connect's
+Debezium JDBC sink in upsert mode (B6, B6_tuned), into the same table ``w3_entities``.
+
+An upsert overwrites rows, so rows and their commit times cannot count messages: progress is the offsets a
+system committed (loom-ray: ``loom_offsets``, written in the transaction of its rows; B6: its consumer
+group, committed by Connect after the sink wrote). It is sampled every 0.5 s; the rate is the progress over
+the same window as W1/W2 (10 s after a 2 s warm-up past the first progress), or over the whole drain when
+untimed. After each run the table must equal the last-writer-wins fold, by key, of the topic's records below
+the committed offsets (tombstoned keys absent), read back from Kafka with a ``read_committed`` reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import asyncpg
+from confluent_kafka import Consumer, TopicPartition
+
+from loom_bench import database, processes, runner, stats, summary, w3
+from loom_bench.config import Plan, Window
+from loom_bench.launch import launch
+from tests.support.topic_fold import Record, last_writer_fold, read_topic
+
+log = logging.getLogger(__name__)
+VARIANTS = ("B4_tuned", "B6", "B6_tuned")
+Progress = list[tuple[float, int]]
+
+
+def window_rate(samples: Progress, window: Window) -> tuple[float, float] | None:
+    """``(msgs/s, seconds)`` over ``window`` from ``(time, committed offsets)`` samples; the whole span from the
+    first progress to the last sample when untimed. None without two distinct samples in the window."""
+    moving = [i for i, (_, n) in enumerate(samples) if n > 0]
+    if not moving:
+        return None
+    start_at = samples[moving[0]][0] + window.warmup_s
+    inside = [s for s in samples if s[0] >= start_at and (not window.timed or s[0] <= start_at + window.seconds)]
+    if not window.timed:
+        inside = [samples[moving[0]], *[s for s in samples if s[0] > samples[moving[0]][0]]]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    (t0, n0), (t1, n1) = inside[0], inside[-1]
+    return (n1 - n0) / (t1 - t0), t1 - t0
+
+
+def expected_table(found: list[Record], committed: dict[int, int], connect: bool) -> dict[str, tuple[Any, ...]]:
+    """The fold of the records below ``committed`` (per partition): entity key -> the row it must hold."""
+    below = [r for r in found if r.offset < committed.get(r.partition, 0)]
+    folded = last_writer_fold(below, lambda r: w3.row(w3.seq_of(r.value or b"", connect)))
+    return {(key or b"").decode(): row for key, row in folded.items()}
+
+
+async def _table(dsn: str) -> dict[str, tuple[Any, ...]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(f"SELECT * FROM {w3.TABLE}")
+    finally:
+        await conn.close()
+    return {r["id"]: w3.stored(r) for r in rows}
+
+
+async def _reset(dsn: str, schema: database.Schema) -> None:
+    await database.reset(dsn, schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(w3.DDL)
+    finally:
+        await conn.close()
+
+
+def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in found}
+
+
+async def _loom_offsets(dsn: str, topic: str) -> dict[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch('SELECT "partition", next_offset FROM loom_offsets WHERE topic = $1', topic)
+    except asyncpg.UndefinedTableError:
+        return {}
+    finally:
+        await conn.close()
+    return {int(r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+def committed(svc: runner.Services, variant: str, topic: str, group: str) -> dict[int, int]:
+    """Per partition, the next offset ``variant`` committed for ``topic``."""
+    if variant.startswith("B6"):
+        return _group_offsets(svc.bootstrap, group, topic, 16)
+    return asyncio.run(_loom_offsets(svc.dsn, topic))
+
+
+def drain(
+    svc: runner.Services, variant: str, topic: str, messages: int, found: list[Record], tag: str, window: Window
+) -> dict[str, Any]:
+    """One run of ``variant`` over ``topic``: its rate, and whether the table equals the fold."""
+    where = runner.target(svc, (topic,), messages, 0.0, follow=False)
+    spec = launch(variant, where)
+    routes = svc.raw_dir / f"{tag}-routes.toml"
+    if variant == "B4_tuned":
+        routes.parent.mkdir(parents=True, exist_ok=True)
+        routes.write_text(w3.routes_toml(topic))
+        spec = dataclasses.replace(spec, env={**spec.env, "LOOM_ROUTES_FILE": str(routes)})
+    if variant.startswith("B6"):
+        spec = dataclasses.replace(spec, commands=[[*spec.commands[0], "--w3"]])
+    asyncio.run(_reset(svc.dsn, spec.schema))
+    samples: Progress = []
+
+    def done() -> bool:
+        now = time.monotonic()
+        total = sum(committed(svc, variant, topic, where.group).values())
+        samples.append((now, total))
+        first = next((t for t, n in samples if n > 0), None)
+        over = window.timed and first is not None and now - first > window.total_s + runner.WINDOW_SLACK_S
+        return total >= messages or over
+
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    running = processes.start(spec.commands, spec.env, svc.raw_dir / f"{tag}-{variant}")
+    finished = processes.wait(running, svc.timeout_s, done)
+    processes.kill(running)
+    result: dict[str, Any] = {
+        "variant": variant,
+        "wall_s": round(time.monotonic() - started, 2),
+        "exit_codes": running.exit_codes(),
+        "load_1m_before": round(load_before, 2),
+        "load_1m_after": round(os.getloadavg()[0], 2),
+    }
+    if not finished:
+        result["error"] = f"timed out after {svc.timeout_s:.0f}s or did not stop cleanly"
+    rate = window_rate(samples, window)
+    result["msgs_per_s"], result["window_s"] = (None, None) if rate is None else (rate[0], round(rate[1], 2))
+    result.update(check(svc, variant, topic, where.group, found))
+    log.info("%s %s: %s", tag, variant, {k: result.get(k) for k in ("msgs_per_s", "correct", "error")})
+    return result
+
+
+def check(svc: runner.Services, variant: str, topic: str, group: str, found: list[Record]) -> dict[str, Any]:
+    """The table against the fold of the committed records: rows, expected rows, rows that differ."""
+    offsets = committed(svc, variant, topic, group)
+    expected = expected_table(found, offsets, variant.startswith("B6"))
+    table = asyncio.run(_table(svc.dsn))
+    wrong = sum(1 for k in expected.keys() | table.keys() if expected.get(k) != table.get(k))
+    return {
+        "consumed": sum(offsets.values()),
+        "rows": len(table),
+        "expected_rows": len(expected),
+        "wrong_rows": wrong,
+        "correct": wrong == 0 and bool(expected),
+    }
+
+
+def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng: random.Random) -> dict[str, Any]:
+    """Preload W3's topics, run every selected W3 variant ``plan.reps`` times in shuffled order."""
+    messages = plan.workloads[0].messages
+    names = w3.topics(prefix, messages)
+    preload_s = w3.produce(svc.bootstrap, names, messages)
+    chosen = [v for v in VARIANTS if v in selected]
+    records = {t: read_topic(svc.bootstrap, t, 300) for t in {names.for_variant(v) for v in chosen}}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
+    order = []
+    for rep in range(plan.reps):
+        sequence = list(chosen)
+        rng.shuffle(sequence)
+        order.append(sequence)
+        for variant in sequence:
+            topic = names.for_variant(variant)
+            runs[variant].append(drain(svc, variant, topic, messages, records[topic], f"W3-r{rep}", plan.window))
+    systems = {v: summary.aggregate(rs) for v, rs in runs.items()}
+    loom, peer = (systems.get(v, {}).get("msgs_per_s") for v in ("B4_tuned", "B6_tuned"))
+    return {
+        "topics": dataclasses.asdict(names),
+        "messages": messages,
+        "keys": w3.KEYS,
+        "preload_s": preload_s,
+        "window": dataclasses.asdict(plan.window),
+        "systems": systems,
+        "ratio": stats.ratio(loom, peer),
+        "order": order,
+        "runs": runs,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
