@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_bench import database, machine, orchestrate, plots, report, w3_run
+from loom_bench import database, kafka, machine, orchestrate, plots, report, w3, w3_run
 from loom_bench.config import Mode, loom_env, plan
 from loom_bench.launch import ROOT, SYSTEMS, variants
 
@@ -136,6 +136,9 @@ def run_w3(args: argparse.Namespace) -> Path:
     try:
         results["w3"] = w3_run.run(svc, chosen, selected, args.topic_prefix, random.Random(args.seed))
     finally:
+        if not args.keep_topics:
+            for topic in dataclasses.astuple(w3.topics(args.topic_prefix, chosen.workloads[0].messages)):
+                kafka.delete_topic(bootstrap, topic)
         if args.drop_database:
             asyncio.run(database.drop_database(dsn, args.database))
     results["duration_s"] = round(time.time() - started, 1)

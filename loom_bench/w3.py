@@ -1,7 +1,8 @@
 """Workload W3: keyed entity events for upsert sinks, the table they go to, and how each system reads them.
 
-Message ``seq`` is an update of entity ``entity_key(seq)`` (100 000 keys, each once per 100 000 messages,
-in a scrambled order), or, for 1 % of messages, a tombstone (null value) of that key. The Kafka record key
+Message ``seq`` is an update of entity ``entity_key(seq)`` (one of 100 000 keys, drawn by a hash of ``seq``, so
+keys repeat from the first thousand messages on), or, for 1 % of messages, a tombstone (null value) of the
+entity a message ``TOMBSTONE_LAG`` earlier updated (so a delete usually finds its row). The Kafka record key
 is the entity key, so all of an entity's records are in one partition, in order. Two topics hold the same
 records: ``<topic>`` plain JSON of ~300 bytes for loom-ray's route, and ``<topic>-connect`` the same
 values in Kafka Connect's JSON-with-schema envelope, because Debezium's JDBC sink needs a schema for typed
@@ -31,9 +32,11 @@ log = logging.getLogger(__name__)
 
 KEYS = 100_000
 TOMBSTONE_EVERY = 100  # 1 %
+TOMBSTONE_LAG = 7
 TABLE = "w3_entities"
 CONNECT_SUFFIX = "-connect"
-_SCRAMBLE = 2_654_435_761  # odd and not a multiple of 5: seq -> key is a bijection on every 100 000 block
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: the high bits of seq * this are well spread
+_MASK64 = (1 << 64) - 1
 _EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 _NOTE_CHARS = 120
 
@@ -55,8 +58,9 @@ _TIMESTAMP = "org.apache.kafka.connect.data.Timestamp"
 
 
 def entity_key(seq: int) -> str:
-    """The entity message ``seq`` updates (or deletes)."""
-    return f"e{(seq * _SCRAMBLE) % KEYS:05d}"
+    """The entity message ``seq`` updates, or for a tombstone deletes."""
+    drawn = seq - TOMBSTONE_LAG if is_tombstone(seq) and seq >= TOMBSTONE_LAG else seq
+    return f"e{(((drawn * _GOLDEN) & _MASK64) >> 32) % KEYS:05d}"
 
 
 def is_tombstone(seq: int) -> bool:

@@ -1,0 +1,102 @@
+"""Workload W3's generator, its routes file (read by loom-ray's own loader), the Connect envelope and
+connector, the rate over a window of progress samples, and the fold the tables are checked against."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+from loom_bench import w3
+from loom_bench.config import Window
+from loom_bench.systems import connect
+from loom_bench.w3_run import expected_table, window_rate
+from loom_ray.routes.model import load_routes
+from loom_ray.routes.types import TYPE_ALIASES
+from tests.support.topic_fold import Record
+
+
+def test_keys_repeat_over_100k_entities_and_1_percent_are_tombstones_of_earlier_keys() -> None:
+    keys = [w3.entity_key(seq) for seq in range(400_000)]
+    assert 95_000 < len(set(keys)) <= w3.KEYS
+    assert len(set(keys[:3000])) < 3000  # repeats even in a smoke-sized topic
+    tombstones = [seq for seq in range(10_000) if w3.is_tombstone(seq)]
+    assert len(tombstones) == 100
+    assert all(keys[seq] == keys[seq - w3.TOMBSTONE_LAG] for seq in tombstones)
+
+
+def test_plain_value_is_about_300_bytes_with_ten_typed_fields() -> None:
+    value = w3.json_value(12_345)
+    assert 250 <= len(value) <= 350
+    parsed = orjson.loads(value)
+    assert list(parsed) == [c for c, _, _ in w3.COLUMNS]
+    assert parsed["id"] == w3.entity_key(12_345) and parsed["seq"] == 12_345
+    assert dt.datetime.fromisoformat(parsed["updated_at"]) == w3.event(12_345)["updated_at"]
+
+
+def test_records_carry_the_entity_key_and_null_values_for_tombstones() -> None:
+    found = list(w3.records(200))
+    assert all(key == w3.entity_key(seq).encode() for seq, key, _, _ in found)
+    tombstones = [seq for seq, _, plain, enveloped in found if plain is None and enveloped is None]
+    assert tombstones == [50, 150]
+
+
+def test_connect_envelope_has_a_schema_for_every_column_but_the_key() -> None:
+    envelope = orjson.loads(w3.connect_value(7))
+    fields = {f["field"]: f for f in envelope["schema"]["fields"]}
+    assert list(fields) == [c for c, _, _ in w3.COLUMNS if c != "id"]
+    assert fields["updated_at"]["name"] == "org.apache.kafka.connect.data.Timestamp"
+    assert {f["type"] for f in fields.values()} <= {"int32", "int64", "double", "boolean", "string"}
+    assert envelope["payload"]["updated_at"] == int(w3.event(7)["updated_at"].timestamp() * 1000)
+    assert w3.seq_of(w3.connect_value(7), connect=True) == w3.seq_of(w3.json_value(7), connect=False) == 7
+
+
+def test_routes_file_is_an_upsert_by_key_that_deletes_on_tombstones(tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(w3.routes_toml("bench-w3"))
+    (route,) = load_routes(path).routes
+    assert (route.topic, route.mode, route.on_tombstone, route.key) == ("bench-w3", "upsert", "delete", ("id",))
+    assert [(column.name, column.type) for column in route.columns] == [(c, TYPE_ALIASES[t]) for c, t, _ in w3.COLUMNS]
+    assert route.columns[0].source == "key" and all(c.required for c in route.columns[1:])
+
+
+def test_w3_connector_upserts_by_record_key_and_deletes_tombstones() -> None:
+    props = connect.w3_connector_properties("tuned", "n", "t-connect", "g", "postgresql://u:p@h:5/db")
+    assert props["insert.mode"] == "upsert" and props["delete.enabled"] == "true"
+    assert (props["primary.key.mode"], props["primary.key.fields"]) == ("record_key", "id")
+    assert props["collection.name.format"] == w3.TABLE and props["tasks.max"] == "2"
+    assert props["transforms"] == "key" and "transforms.wrap.type" not in props
+    assert connect.W3_WORKER["value.converter.schemas.enable"] == "true"
+
+
+def test_window_rate_counts_offsets_inside_the_window_only() -> None:
+    samples = [(0.0, 0), (1.0, 100), (3.0, 300), (8.0, 1300), (13.0, 2300), (20.0, 9999)]
+    rate = window_rate(samples, Window(2.0, 10.0))
+    assert rate == (2000 / 10.0, 10.0)  # from t=3 (1 s + 2 s warm-up) to the last sample by t=13
+    assert window_rate(samples, Window(0.0, 0.0)) == ((9999 - 100) / 19.0, 19.0)
+    assert window_rate([(0.0, 0), (1.0, 0)], Window(2.0, 10.0)) is None
+
+
+def test_expected_table_folds_the_committed_records_last_writer_wins() -> None:
+    key = w3.entity_key(1).encode()
+    found = [
+        Record(0, 0, key, w3.json_value(1)),
+        Record(0, 1, key, w3.json_value(4)),
+        Record(0, 2, key, None),
+        Record(1, 0, w3.entity_key(2).encode(), w3.json_value(2)),
+    ]
+    assert expected_table(found, {0: 2, 1: 1}, connect=False) == {
+        w3.entity_key(1): w3.row(4),
+        w3.entity_key(2): w3.row(2),
+    }
+    assert expected_table(found, {0: 3}, connect=False) == {}  # tombstoned, and partition 1 not committed
+
+
+def test_stored_rows_compare_numeric_as_floats() -> None:
+    row = w3.event(5)
+    stored = w3.stored({**row, "price": Decimal(str(row["price"]))})
+    assert stored == w3.row(5)
+    assert Counter(type(v).__name__ for v in stored)["float"] == 2
