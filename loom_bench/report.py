@@ -195,9 +195,11 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         "",
         f"From `{source}` ({results['mode']}, {results['started_at']}, `{results['command']}`), measured on a "
         f"shared 2-core machine (1-minute load average {min(loads):.1f}–{max(loads):.1f} before the runs, "
-        f"{found['load_average_at_end'][0]:.1f} at the end). Rate: committed offsets per second over "
-        f"{found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s of warm-up (loom-ray: "
-        "`loom_offsets`; Connect: its consumer group). Correct: after each run the table equals the "
+        f"{found['load_average_at_end'][0]:.1f} at the end). Rate: committed offsets per second, sampled every "
+        f"0.5 s; Kafka Connect over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s "
+        "of warm-up past its first commit (its consumer group's offsets); loom-ray from its first partition claim "
+        "to the end of its drain, its start-up ramp included (`loom_offsets`), because it reads ahead before its "
+        "first commit. Correct: after each run the table equals the "
         "last-writer-wins fold by key of the records below the committed offsets, tombstoned keys absent.",
         "",
         "| System | msgs/s median (min–max, spread) | runs correct | rows / expected (last run) |",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|all] [python -m loom_bench options]
+# The benchmark: ./scripts/bench.sh [--quick] [--workload W1|W2|W3|all] [python -m loom_bench options]
 # The coordinator at scale: ./scripts/bench.sh --scale [python -m loom_bench.scale options]
 # Creates .venv (scripts/bootstrap.sh) and the bench venv for quixstreams (.cache/bench-venv, from
 # requirements-bench.lock: quixstreams pins confluent-kafka and pydantic below loom-ray's, so it cannot

@@ -13,7 +13,7 @@ import orjson
 from loom_bench import w3
 from loom_bench.config import Window
 from loom_bench.systems import connect
-from loom_bench.w3_run import expected_table, window_rate
+from loom_bench.w3_run import claim_rate, expected_table, window_rate
 from loom_ray.routes.model import load_routes
 from loom_ray.routes.types import TYPE_ALIASES
 from tests.support.topic_fold import Record
@@ -78,6 +78,13 @@ def test_window_rate_counts_offsets_inside_the_window_only() -> None:
     assert rate == (2000 / 10.0, 10.0)  # from t=3 (1 s + 2 s warm-up) to the last sample by t=13
     assert window_rate(samples, Window(0.0, 0.0)) == ((9999 - 100) / 19.0, 19.0)
     assert window_rate([(0.0, 0), (1.0, 0)], Window(2.0, 10.0)) is None
+
+
+def test_claim_rate_runs_from_the_first_claim_to_the_highest_progress() -> None:
+    samples = [(10.0, 0), (11.0, 0), (12.0, 50_000), (13.0, 100_000), (14.0, 100_000)]
+    assert claim_rate(samples, 8.0) == (100_000 / 5.0, 5.0)
+    assert claim_rate(samples, None) is None
+    assert claim_rate([(10.0, 0)], 8.0) is None
 
 
 def test_expected_table_folds_the_committed_records_last_writer_wins() -> None:
