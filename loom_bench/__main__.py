@@ -4,7 +4,7 @@ Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN`` (``scripts/bench.sh``
 stack). Writes ``<output-dir>/latest.json``, a dated copy, and ``BENCHMARKS.md``; raw per-process logs go
 to ``<output-dir>/raw/``. ``--workload W3`` (upsert by key, ``loom_bench/w3_run.py``) is run on its own: it
 writes ``<output-dir>/<date>-<mode>-w3.json`` and ``<output-dir>/W3.md``, the section BENCHMARKS.md includes
-(``--render`` the main results file to put it in).
+(``--render`` the main results file to put it in; ``--render`` a W3 results file rewrites ``W3.md``).
 """
 
 from __future__ import annotations
@@ -231,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
-        _markdown(json.loads(args.render.read_text()), args.render, args)
+        rendered = json.loads(args.render.read_text())
+        if "w3" in rendered:  # a W3 results file: its section only
+            (args.output_dir / "W3.md").write_text(report.w3_section(rendered, _shown(args.render)))
+        else:
+            _markdown(rendered, args.render, args)
         return 0
     if args.malformed_into:
         results = json.loads(args.malformed_into.read_text())

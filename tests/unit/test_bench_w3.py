@@ -7,11 +7,13 @@ import datetime as dt
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from loom_bench import w3
+from loom_bench import report, w3
 from loom_bench.config import Window
+from loom_bench.summary import aggregate
 from loom_bench.systems import connect
 from loom_bench.w3_run import claim_rate, expected_table, window_rate
 from loom_ray.routes.model import load_routes
@@ -107,3 +109,30 @@ def test_stored_rows_compare_numeric_as_floats() -> None:
     stored = w3.stored({**row, "price": Decimal(str(row["price"]))})
     assert stored == w3.row(5)
     assert Counter(type(v).__name__ for v in stored)["float"] == 2
+
+
+def _w3_results(loom: float, peer: float) -> dict[str, Any]:
+    rep = {"load_1m_before": 4.0, "rows": 90, "expected_rows": 90, "correct": True}
+    runs = {"B4_tuned": [{**rep, "msgs_per_s": loom}], "B6_tuned": [{**rep, "msgs_per_s": peer, "correct": False}]}
+    return {
+        "mode": "full",
+        "started_at": "2026-11-29T12:00:00+00:00",
+        "command": "python -m loom_bench --workload W3",
+        "w3": {
+            "messages": 400_000,
+            "keys": w3.KEYS,
+            "window": {"warmup_s": 2.0, "seconds": 10.0},
+            "load_average_at_end": [4.5, 4.0, 3.0],
+            "runs": runs,
+            "systems": {v: aggregate(r) for v, r in runs.items()},
+            "ratio": loom / peer,
+        },
+    }
+
+
+def test_w3_section_shows_rates_correct_runs_ratio_and_verdict() -> None:
+    text = report.w3_section(_w3_results(60_000.0, 25_000.0), "bench-results/x.json")
+    assert "| B4_tuned | 60\u202f000 (60\u202f000–60\u202f000, 0 %) | 1 / 1 | 90 / 90 |" in text
+    assert "| B6_tuned | 25\u202f000 (25\u202f000–25\u202f000, 0 %) | 0 / 1 |" in text
+    assert "**2.40×** (target ≥ 3×: **not met**)" in text and "shared 2-core machine" in text
+    assert "(target ≥ 3×: met)" in report.w3_section(_w3_results(90_000.0, 25_000.0), "x")
