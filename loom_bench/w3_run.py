@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from loom_bench import database, processes, runner, stats, summary, w3
 from loom_bench.config import Plan, Window
 from loom_bench.launch import launch
-from tests.support.topic_fold import Record, last_writer_fold, read_topic
+from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 
 log = logging.getLogger(__name__)
 VARIANTS = ("B4_tuned", "B6", "B6_tuned")

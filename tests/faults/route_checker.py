@@ -1,6 +1,6 @@
 """After a run with routes drains: does each route's table hold what the topic says, exactly once?
 
-Computed from the topic alone, read back with a read_committed consumer (:mod:`tests.support.topic_fold`),
+Computed from the topic alone, read back with a read_committed consumer (:mod:`loom_bench.topic_fold`),
 and from the tables, never from loom-ray's own conversions:
 
 - upsert route: the table must equal the last-writer-wins fold of the topic by key (a tombstone deletes
@@ -26,8 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 from tests.support.pipeline import high_watermarks
-from tests.support.topic_fold import Record, last_writer_fold, read_topic
 
 ExpectedRow = Callable[[Record], tuple[Any, ...] | None]
 

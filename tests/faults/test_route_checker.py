@@ -11,10 +11,10 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 from loom_ray import loadgen
 from tests.faults.route_checker import RouteReport, check_insert, check_upsert
 from tests.faults.stack import FaultStack
-from tests.support.topic_fold import Record, last_writer_fold, read_topic
 
 # (key, amount or None for a tombstone, or "bad" for a record that must be a dead letter), in offset order.
 STREAM: list[tuple[bytes, Any]] = [(b"1", 10), (b"2", 20), (b"1", 11), (b"3", "bad"), (b"2", None), (b"3", 30)]

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from loom_bench.topic_fold import Record
 from loom_ray import loadgen
 from tests.faults.conftest import Figures
 from tests.faults.harness import Job, fetch
@@ -28,7 +29,6 @@ from tests.faults.producer import env_int
 from tests.faults.route_checker import check_insert, check_upsert
 from tests.faults.stack import FaultStack
 from tests.support.pipeline import high_watermarks, wait_until
-from tests.support.topic_fold import Record
 
 PARTITIONS = 6
 KEYS = 2000

@@ -22,10 +22,10 @@ import asyncpg
 import orjson
 from confluent_kafka import Producer
 
+from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 from loom_ray.loadgen.topic import ensure_topic
 from tests.support.pipeline import pipeline_env, run_until_drained
 from tests.support.services import ROOT, Endpoints
-from tests.support.topic_fold import Record, last_writer_fold, read_topic
 
 KEYS = 40
 SEED = 11

@@ -15,10 +15,10 @@ from loom_bench import report, w3
 from loom_bench.config import Window
 from loom_bench.summary import aggregate
 from loom_bench.systems import connect
+from loom_bench.topic_fold import Record
 from loom_bench.w3_run import claim_rate, expected_table, window_rate
 from loom_ray.routes.model import load_routes
 from loom_ray.routes.types import TYPE_ALIASES
-from tests.support.topic_fold import Record
 
 
 def test_keys_repeat_over_100k_entities_and_1_percent_are_tombstones_of_earlier_keys() -> None:

@@ -1,7 +1,7 @@
 """What a route's table must hold, computed from the topic alone, without loom-ray's code.
 
 A ``read_committed`` consumer reads every partition from its first offset to its high watermark; the
-integration tests and the fault suite's checker fold the records by key, last writer wins in offset order
+integration tests, the fault suite's checker and the W3 benchmark fold the records by key, last writer wins in offset order
 (a key always lands in the same partition), into what an upsert table must equal.
 """
 
