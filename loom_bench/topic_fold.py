@@ -1,8 +1,8 @@
 """What a route's table must hold, computed from the topic alone, without loom-ray's code.
 
 A ``read_committed`` consumer reads every partition from its first offset to its high watermark; the
-integration tests, the fault suite's checker and the W3 benchmark fold the records by key, last writer wins in offset order
-(a key always lands in the same partition), into what an upsert table must equal.
+integration tests, the fault suite's checker and the W3 benchmark fold the records by key, last writer wins
+in offset order (a key always lands in the same partition), into what an upsert table must equal.
 """
 
 from __future__ import annotations
