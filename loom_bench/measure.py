@@ -32,6 +32,7 @@ class Series:
     box: list[tuple[float, float]] = field(default_factory=list)
     peak_rss_bytes: int = 0
     peak_rss_by_process: dict[str, float] = field(default_factory=dict)  # MiB per label at the peak
+    own_peak_rss_by_process: dict[str, float] = field(default_factory=dict)  # MiB: each label's own peak
     processes_seen: int = 0
 
 
@@ -184,6 +185,10 @@ class Sampler:
         if rss > series.peak_rss_bytes:
             series.peak_rss_bytes = rss
             series.peak_rss_by_process = {k: round(v / 2**20, 1) for k, v in sorted(by_label.items())}
+        for name, value in by_label.items():
+            mib = round(value / 2**20, 1)
+            if mib > series.own_peak_rss_by_process.get(name, 0.0):
+                series.own_peak_rss_by_process[name] = mib
         series.processes_seen = self._groups["pipeline"].count
         series.pipeline.append((now, self._groups["pipeline"].total))
         series.postgres.append((now, self._groups["postgres"].total))

@@ -263,6 +263,7 @@ def _memory(series: Series) -> dict[str, Any]:
     return {
         "peak_rss_mb": round(series.peak_rss_bytes / 2**20, 1),
         "peak_rss_by_process": series.peak_rss_by_process,
+        "own_peak_rss_by_process": dict(sorted(series.own_peak_rss_by_process.items())),
         "processes": series.processes_seen,
         "cpu_s_run": _total(series.pipeline),
     }

@@ -3,9 +3,9 @@
 For each partition count: preload a W1 topic (200-byte JSON events) over that many partitions with the
 project's load generator, drain it once with the peer benchmark's loom-ray run (``B4_tuned``: the real
 ``python -m loom_ray.main`` on a local Ray, two consumer actors; :func:`loom_bench.runner.drain` measures
-it, lost and duplicated included), delete the topic. Memory: the consumer actors' RSS in the sampler's
-breakdown at the moment the run's total RSS peaked (``peak_rss_by_process``; not each actor's own peak), over
-the partitions they held, and its growth per added partition against the smallest count.
+it, lost and duplicated included), delete the topic. Memory: the consumer actors' RSS at its own peak over
+the run's samples (``own_peak_rss_by_process``: the actors together, as one label), over the partitions they
+held, and its growth per added partition against the smallest count.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def drain(svc: runner.Services, partitions: int, messages: int, prefix: str) -> 
         result = runner.drain(svc, VARIANT, topic, messages, 0.0, f"throughput-{partitions}p")
     finally:
         kafka.delete_topic(svc.bootstrap, topic)
-    consumers = result.get("peak_rss_by_process", {}).get(CONSUMER_LABEL)
+    consumers = result.get("own_peak_rss_by_process", {}).get(CONSUMER_LABEL)
     return {
         "partitions": partitions,
         "messages": messages,
