@@ -201,8 +201,8 @@ class Coordinator:
             if self._stopping:
                 return
             assert self._metadata is not None
-            highs = await self._high_watermarks()
             await self._discover(await asyncio.to_thread(self._metadata.discover))
+            highs = await self._high_watermarks()
             await self._check_health()
             await self._report_blockers()
             progress = await self.progress(highs)
@@ -558,7 +558,7 @@ class Coordinator:
         return deleted
 
     async def _high_watermarks(self) -> dict[TopicPartition, int]:
-        """The high watermarks of the latest finished request; runs at the start of every round.
+        """The high watermarks of the latest finished request; runs in every round, after discovery.
 
         When the request in flight has finished (or no answer exists yet: the first round waits for one),
         take its answer and send the next, for the partitions known then; otherwise keep the previous answer.
