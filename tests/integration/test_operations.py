@@ -73,7 +73,9 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     client = JobSubmissionClient(ray_head)
     submitted: list[str] = []
 
-    def submit() -> bool:  # the job server answers before its agent is ready ("No available agent")
+    # The job server answers before its agent is ready ("No available agent"), for a minute and more on a
+    # loaded machine.
+    def submit() -> bool:
         try:
             submitted.append(
                 client.submit_job(
@@ -86,7 +88,7 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
             return False
         return True
 
-    wait_until(submit, 60, "the job to be accepted", interval_s=2)
+    wait_until(submit, 180, "the job to be accepted", interval_s=2)
     [job] = submitted
     wait_until(lambda: client.get_job_status(job).is_terminal(), 300, "the job to finish", interval_s=1)
     logs = client.get_job_logs(job)
