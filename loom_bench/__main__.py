@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_bench import database, kafka, machine, orchestrate, plots, report, w3, w3_run
+from loom_bench import database, kafka, machine, orchestrate, plots, report, runner, w3, w3_run
 from loom_bench.config import Mode, loom_env, plan
 from loom_bench.launch import ROOT, SYSTEMS, variants
 
@@ -113,17 +113,24 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _services(args: argparse.Namespace) -> tuple[str, str, runner.Services]:
+    """The stack named by the environment (bootstrap servers, DSN) and the harness's view of it, with the raw
+    logs under a folder of this run's own."""
+    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
+    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    svc = orchestrate.services(
+        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
+    )
+    return bootstrap, dsn, svc
+
+
 def run_w3(args: argparse.Namespace) -> Path:
     """W3 alone: both systems in upsert mode; the results file and the Markdown section."""
     mode = _mode(args)
     chosen = plan(mode, ["W3"], args.messages, args.reps)
     names = args.systems.split(",")
     selected = variants(["B4_tuned", "B6_tuned"] if names == ["all"] else names)
-    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
-    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    svc = orchestrate.services(
-        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
-    )
+    bootstrap, dsn, svc = _services(args)
     started = time.time()
     results: dict[str, Any] = {
         "mode": mode,
@@ -159,11 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chosen = dataclasses.replace(chosen, live_systems=())
     if args.no_malformed:
         chosen = dataclasses.replace(chosen, malformed_messages=0)
-    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
-    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    svc = orchestrate.services(
-        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
-    )
+    bootstrap, dsn, svc = _services(args)
     started = time.time()
     results: dict[str, Any] = {
         "mode": mode,
@@ -210,11 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def redo_malformed(args: argparse.Namespace) -> dict[str, Any]:
     """The malformed-input run alone (``--malformed-into``), recorded with its command and time."""
     chosen = plan(_mode(args), ["W1"], None, args.reps)
-    bootstrap, dsn = os.environ["LOOM_KAFKA_BOOTSTRAP_SERVERS"], os.environ["LOOM_DB_DSN"]
-    raw = args.output_dir / "raw" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    svc = orchestrate.services(
-        bootstrap, dsn, args.database, args.bench_python, raw, args.timeout, args.synchronous_commit
-    )
+    bootstrap, dsn, svc = _services(args)
     found = orchestrate.run_malformed(
         svc, chosen, chosen.workloads[0], variants(args.systems.split(",")), args.topic_prefix
     )
