@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from loom_ray.migrate import migrate
 from tests.support.pipeline import wait_until
+from tests.support.services import Endpoints
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 GCS_PORT = 26379
@@ -169,3 +174,34 @@ def active_nodes(address: str, node_type: str) -> int:
     status = subprocess.run([str(RAY_BIN), "status", f"--address={address}"], capture_output=True, text=True).stdout
     active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
     return sum(int(line.split()[0]) for line in active.splitlines() if line.strip().endswith(f" {node_type}"))
+
+
+Body = Callable[[str, asyncpg.Connection], Awaitable[None]]
+
+
+@pytest.fixture
+def in_schema(endpoints: Endpoints) -> Iterator[Callable[[Body], None]]:
+    """Runs ``body(schema, conn)`` in a new schema with loom-ray's tables (``conn`` has it on its search_path);
+    the schemas are dropped afterwards."""
+    names: list[str] = []
+
+    async def run(body: Body) -> None:
+        names.append(f"loom_test_{uuid.uuid4().hex[:10]}")
+        conn = await asyncpg.connect(endpoints.dsn, server_settings={"search_path": names[-1]})
+        try:
+            await migrate(conn, schema=names[-1])
+            await body(names[-1], conn)
+        finally:
+            await conn.close()
+
+    yield lambda body: asyncio.run(run(body))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(endpoints.dsn)
+        try:
+            for name in names:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())

@@ -17,7 +17,7 @@ import sys
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from loom_ray.coordinator import Coordinator
-from loom_ray.migrate import migrate
 from loom_ray.settings import Settings
-from tests.integration.conftest import _start_head, _stop_head
+from tests.integration.conftest import Body, _start_head, _stop_head
 from tests.support.holders import Holder
 from tests.support.lag_health_cases import CASES
 from tests.support.pipeline import pipeline_env, scalar, start_main, stop_group, wait_until
@@ -38,8 +37,6 @@ from tests.support.services import ROOT, Endpoints
 SCRIPT = ROOT / "scripts" / "monitor-consumer-lag.sh"
 HEALTH_KINDS = ["lag_warn", "lag_stop", "lag_stall", "lag_rewind"]
 SAMPLE_S = 0.5  # LOOM_LAG_SAMPLE_INTERVAL_S here
-
-Body = Callable[[str, asyncpg.Connection], Awaitable[None]]
 
 
 def _monitor(dsn: str, schema: str) -> subprocess.CompletedProcess[str]:
@@ -86,33 +83,6 @@ def own_head(tmp_path: Path) -> Iterator[tuple[int, int]]:
         yield gcs, metrics
     finally:
         _stop_head(head)
-
-
-@pytest.fixture
-def in_schema(endpoints: Endpoints) -> Iterator[Callable[[Body], None]]:
-    """Runs ``body(schema, conn)`` in a new schema with loom-ray's tables; dropped afterwards."""
-    names: list[str] = []
-
-    async def run(body: Body) -> None:
-        names.append(f"loom_health_{uuid.uuid4().hex[:10]}")
-        conn = await asyncpg.connect(endpoints.dsn, server_settings={"search_path": names[-1]})
-        try:
-            await migrate(conn, schema=names[-1])
-            await body(names[-1], conn)
-        finally:
-            await conn.close()
-
-    yield lambda body: asyncio.run(run(body))
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(endpoints.dsn)
-        try:
-            for name in names:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def test_the_view_follows_the_rules_table(endpoints: Endpoints, in_schema: Callable[[Body], None]) -> None:

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from loom_ray import lag_history, offsets
 from loom_ray.coordinator import Coordinator
-from loom_ray.migrate import migrate
 from loom_ray.settings import Settings
+from tests.integration.conftest import Body
 from tests.support.claims import claim_at
 from tests.support.holders import Holder
 from tests.support.services import Endpoints
@@ -33,37 +31,6 @@ FROM (VALUES (7200, 30), (600, 5), (0, 3)) AS a(age, n), generate_series(1, a.n)
 _AGES_SQL = """
 SELECT array_agg(extract(epoch FROM now() - sampled_at)::int / 60 ORDER BY sampled_at) FROM consumer_lag_history
 """
-
-
-Body = Callable[[str, asyncpg.Connection], Awaitable[None]]
-
-
-@pytest.fixture
-def in_schema(endpoints: Endpoints) -> Iterator[Callable[[Body], None]]:
-    """Runs ``body(schema, conn)`` in a new schema with loom-ray's tables (``conn`` has it on its search_path);
-    the schemas are dropped afterwards."""
-    names: list[str] = []
-
-    async def run(body: Body) -> None:
-        names.append(f"loom_history_{uuid.uuid4().hex[:10]}")
-        conn = await asyncpg.connect(endpoints.dsn, server_settings={"search_path": names[-1]})
-        try:
-            await migrate(conn, schema=names[-1])
-            await body(names[-1], conn)
-        finally:
-            await conn.close()
-
-    yield lambda body: asyncio.run(run(body))
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(endpoints.dsn)
-        try:
-            for name in names:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def _settings(endpoints: Endpoints, schema: str, topic: str = "events", **overrides: Any) -> Settings:
