@@ -30,6 +30,7 @@ class Series:
     postgres: list[tuple[float, float]] = field(default_factory=list)
     kafka: list[tuple[float, float]] = field(default_factory=list)
     box: list[tuple[float, float]] = field(default_factory=list)
+    pipeline_by_label: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # cumulative per label
     peak_rss_bytes: int = 0
     peak_rss_by_process: dict[str, float] = field(default_factory=dict)  # MiB per label at the peak
     own_peak_rss_by_process: dict[str, float] = field(default_factory=dict)  # MiB: each label's own peak
@@ -41,6 +42,7 @@ class _Group:
 
     def __init__(self) -> None:
         self._cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu seconds
+        self._label: dict[tuple[int, float], str] = {}
 
     def update(self, processes: Iterable[psutil.Process]) -> dict[str, int]:
         """Record the processes' CPU; returns their RSS in bytes, summed per :func:`label`."""
@@ -49,8 +51,9 @@ class _Group:
             try:
                 with process.oneshot():
                     times = process.cpu_times()
-                    self._cpu[(process.pid, process.create_time())] = times.user + times.system
-                    name = label(process)
+                    key = (process.pid, process.create_time())
+                    self._cpu[key] = times.user + times.system
+                    name = self._label[key] = label(process)
                     rss[name] = rss.get(name, 0) + process.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
@@ -59,6 +62,13 @@ class _Group:
     @property
     def total(self) -> float:
         return sum(self._cpu.values())
+
+    def by_label(self) -> dict[str, float]:
+        """Cumulative CPU seconds summed per :func:`label` (the latest: a Ray worker takes its actor's name)."""
+        found: dict[str, float] = {}
+        for key, seconds in self._cpu.items():
+            found[self._label[key]] = found.get(self._label[key], 0.0) + seconds
+        return found
 
     @property
     def count(self) -> int:
@@ -191,6 +201,7 @@ class Sampler:
                 series.own_peak_rss_by_process[name] = mib
         series.processes_seen = self._groups["pipeline"].count
         series.pipeline.append((now, self._groups["pipeline"].total))
+        series.pipeline_by_label.append((now, self._groups["pipeline"].by_label()))
         series.postgres.append((now, self._groups["postgres"].total))
         series.kafka.append((now, self._groups["kafka"].total))
         series.box.append((now, box_busy_seconds()))

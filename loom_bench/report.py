@@ -95,14 +95,50 @@ def variants_table(workload: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cpu_split_table(workload: dict[str, Any]) -> list[str]:
+    """Where each Ray-less and Ray variant's pipeline CPU goes, per process label (drain window)."""
+    rows = []
+    for name, row in workload["variants"].items():
+        split: dict[str, float | None] = row.get("cpu_split") or {}
+        if not split or not (name.startswith("B4") or name.startswith("B5")):
+            continue
+        workers = sum(v or 0.0 for k, v in split.items() if k.startswith("ray::") or k.startswith("loom_bench"))
+        driver = split.get("loom_ray.main") or 0.0
+        ray_own = sum(v or 0.0 for v in split.values()) - workers - driver
+        largest = sorted(((v or 0.0, k) for k, v in split.items()), reverse=True)[:5]
+        rows.append(
+            f"| {name} | {number(row.get('cpu_s_per_million'))} | {number(workers)} | {number(driver)} | "
+            f"{number(ray_own)} | " + ", ".join(f"`{k}` {number(v)}" for v, k in largest) + " |"
+        )
+    if not rows:
+        return ["Not measured in this run."]
+    header = [
+        "| Variant | pipeline CPU-s/M | workers (actors, B5's processes) | driver | Ray's own processes "
+        "| largest labels |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return header + rows
+
+
+def cores_needed(level: dict[str, Any], system: dict[str, Any]) -> float | None:
+    """CPU cores a live level asks for: its offered rate x (the system's total CPU per message while draining
+    + the load generator's own CPU per message). Above the machine's cores, a backlog must build."""
+    per_million = system.get("cpu_s_per_million_total")
+    offered, messages, producer = level.get("offered_per_s"), level.get("messages"), level.get("producer_cpu_s")
+    if per_million is None or offered is None or not messages or producer is None:
+        return None
+    return float(offered) * (float(per_million) + float(producer) / float(messages) * 1e6) / 1e6
+
+
 def live_table(workload: dict[str, Any]) -> list[str]:
     """Latency under rate-limited load, per system and load level."""
     rows = []
     for name in REPORTED:
-        live = (workload["systems"].get(name) or {}).get("live")
-        for load, level in (live or {}).get("levels", {}).items():
+        system = workload["systems"].get(name) or {}
+        for load, level in (system.get("live") or {}).get("levels", {}).items():
             rows.append(
                 f"| {name} | {load} % | {rate(level.get('offered_per_s'))} | {rate(level.get('produced_per_s'))} | "
+                f"{number(cores_needed(level, system), 2)} | "
                 f"{number(level.get('p50_ms'), 0)} | {number(level.get('p90_ms'), 0)} | "
                 f"{number(level.get('p99_ms'), 0)} | {number(level.get('max_ms'), 0)} | "
                 f"{number(level.get('drain_after_s'), 1) if level.get('kept_up') else 'no'} |"
@@ -110,8 +146,9 @@ def live_table(workload: dict[str, Any]) -> list[str]:
     if not rows:
         return ["Not measured in this run."]
     header = [
-        "| System | load | offered msgs/s | produced msgs/s | p50 ms | p90 ms | p99 ms | max ms | caught up after s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| System | load | offered msgs/s | produced msgs/s | cores needed | p50 ms | p90 ms | p99 ms | max ms "
+        "| caught up after s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     return header + rows
 
@@ -258,6 +295,10 @@ def render(
             "",
             *variants_table(workload),
             "",
+            "### Where the pipeline's CPU goes (CPU-s per million messages, drain window, median of the repetitions)",
+            "",
+            *cpu_split_table(workload),
+            "",
             "### Latency under load (Kafka LogAppendTime → PostgreSQL commit)",
             "",
             *live_table(workload),
@@ -303,7 +344,12 @@ MEANING = """
 - **latency** runs from the broker's append time (live topics use `LogAppendTime`, so the producer's own queueing
   on the shared cores is not counted) to the commit, leaving out each level's warm-up; the load generator runs on
   the same machine and its CPU is in the JSON (`producer_cpu_s`). A level the producer could not reach shows
-  a lower "produced" than "offered".
+  a lower "produced" than "offered". **cores needed** = offered rate × (the system's total CPU-s/M while
+  draining + the load generator's CPU-s/M at that level): a level that needs more cores than the machine has
+  cannot keep up, whatever the pipeline's design, and its latency grows with the level's length.
+- **Where the pipeline's CPU goes** splits the pipeline's CPU by process: *workers* are the Ray actors
+  (`ray::…`; B5's plain processes), *driver* is `loom_ray.main`, *Ray's own processes* the rest (raylet,
+  GCS, dashboard and its agents, log monitor): what B4 pays over B5.
 - **lost / dup**: offsets missing below each partition's highest written offset (a drain of the whole topic:
   offsets of the topic missing) / rows beyond distinct (partition, offset).
 - Every system runs with `synchronous_commit = on` on a freshly created table (dropped, recreated, CHECKPOINT).

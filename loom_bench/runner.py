@@ -282,7 +282,23 @@ def _cpu(series: Series, start: float, end: float, messages: int) -> dict[str, A
         "cpu_s_per_million_kafka": per_million(groups["kafka"], messages),
         "cpu_s_per_million_total": per_million(measured, messages),
         "other_cores": None if box is None else round(max(0.0, box - measured) / (end - start), 2),
+        "cpu_split": cpu_split(series, start, end, messages),
     }
+
+
+def cpu_split(series: Series, start: float, end: float, messages: int) -> dict[str, float]:
+    """The pipeline's CPU between ``start`` and ``end`` per process label, in CPU-s per million ``messages``.
+
+    Labels under 0.05 CPU-s per million are left out; the split shows where a system's cost goes (its
+    workers vs Ray's own processes)."""
+    labels = {name for _, values in series.pipeline_by_label for name in values}
+    found: dict[str, float] = {}
+    for name in sorted(labels):
+        points = [(t, values.get(name, 0.0)) for t, values in series.pipeline_by_label]
+        value = per_million(window_delta(points, start, end), messages)
+        if value is not None and value >= 0.05:
+            found[name] = round(value, 2)
+    return found
 
 
 def _total(points: list[tuple[float, float]]) -> float | None:

@@ -13,8 +13,7 @@ cd "$root"
 ./scripts/bootstrap.sh
 if [ "${1:-}" = --scale ]; then  # the real Coordinator with in-process handles: no bench venv needed
   shift
-  exec .venv/bin/python -m loom_bench.fetch
-./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
+  exec ./scripts/with-stack.sh .venv/bin/python -m loom_bench.scale "$@"
 fi
 bench_venv=.cache/bench-venv
 stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)

@@ -8,6 +8,8 @@ import pytest
 
 from loom_bench import report, summary
 from loom_bench.launch import malformed_variants, variants
+from loom_bench.measure import Series
+from loom_bench.runner import cpu_split
 from loom_bench.stats import (
     drain_rate,
     interpolate,
@@ -254,3 +256,51 @@ def test_malformed_table_says_who_survives() -> None:
     assert "| B4_tuned | B4_tuned | 990 | 10 | 1,000 of 1,000 | no | **yes** |" in lines
     assert "| B6 | B6 | 0 | 0 | 0 of 1,000 | yes | no |" in lines
     assert report.malformed_table(None) == ["Not measured in this run."]
+
+
+def test_cpu_split_per_label_inside_the_window() -> None:
+    series = Series(
+        pipeline_by_label=[
+            (0.0, {"raylet": 0.0}),
+            (1.0, {"raylet": 0.5, "ray::IDLE": 0.2}),
+            (2.0, {"raylet": 1.0, "ray::Consumer": 3.0}),
+            (3.0, {"raylet": 1.5, "ray::Consumer": 5.0, "dashboard.py": 0.00001}),
+        ]
+    )
+    found = cpu_split(series, 1.0, 3.0, 1_000_000)
+    # ray::IDLE became ray::Consumer (its count fell) and dashboard.py is under 0.05 CPU-s/M: both left out
+    assert found == {"raylet": 1.0, "ray::Consumer": 5.0}
+
+
+def test_cpu_split_aggregates_as_medians_a_missing_label_counting_zero() -> None:
+    reps = [
+        _rep(1.0, cpu_split={"raylet": 2.0, "ray::Consumer": 10.0}),
+        _rep(1.0, cpu_split={"ray::Consumer": 12.0}),
+        _rep(1.0, cpu_split={"raylet": 4.0, "ray::Consumer": 11.0}),
+        _rep(None, error="did not start"),
+    ]
+    assert summary.aggregate(reps)["cpu_split"] == {"ray::Consumer": 11.0, "raylet": 2.0}
+
+
+def test_cpu_split_table_separates_workers_driver_and_ray() -> None:
+    variants = {
+        "B4_tuned": {
+            "cpu_s_per_million": 10.0,
+            "cpu_split": {"ray::Consumer": 6.0, "loom_ray.main": 1.0, "raylet": 2.0, "gcs_server": 1.0},
+        },
+        "B5_2p": {"cpu_s_per_million": 6.5, "cpu_split": {"loom_bench.systems.core": 6.5}},
+        "B6_tuned": {"cpu_s_per_million": 40.0, "cpu_split": {"java": 40.0}},
+    }
+    lines = report.cpu_split_table({"variants": variants})
+    assert lines[2] == (
+        "| B4_tuned | 10.0 | 6.0 | 1.0 | 3.0 | "
+        "`ray::Consumer` 6.0, `raylet` 2.0, `loom_ray.main` 1.0, `gcs_server` 1.0 |"
+    )
+    assert lines[3].startswith("| B5_2p | 6.5 | 6.5 | 0.0 | 0.0 |")
+    assert len(lines) == 4  # Kafka Connect is neither loom-ray nor Ray-less loom-ray
+
+
+def test_cores_needed_adds_the_load_generator_to_the_systems_cost() -> None:
+    level = {"offered_per_s": 40_000.0, "messages": 400_000, "producer_cpu_s": 4.0}  # producer: 10 CPU-s/M
+    assert report.cores_needed(level, {"cpu_s_per_million_total": 40.0}) == pytest.approx(2.0)
+    assert report.cores_needed(level, {}) is None
