@@ -4,7 +4,8 @@ One system start serves all load levels: each level writes its own fresh topic (
 so the system subscribes to all of them), one after the other, for ``live_seconds`` each. Latency per
 message is PostgreSQL's commit timestamp minus the Kafka timestamp (same host clock), leaving out the
 first ``live_warmup_s`` of each level. The topics stamp messages with the broker's ``LogAppendTime``, so
-the producer's own queueing (it shares the cores) is not counted; the producer's CPU is reported.
+the producer's own queueing (it shares the cores) is not counted; the cores each part kept busy while the
+producer ran (the system, PostgreSQL, the broker, the producer, the whole machine) are reported per level.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 from loom_bench import database, kafka, processes
 from loom_bench.config import PARTITIONS, Plan, Workload
 from loom_bench.launch import LIVE_VARIANT, ROOT, Launch, Target, launch
+from loom_bench.measure import Series
 from loom_bench.runner import Services, sampler, target
+from loom_bench.stats import window_delta
 from loom_bench.workloads import loadgen_command
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,9 @@ def live(
             if not _wait(lambda: _ready(services, spec, where), READY_TIMEOUT_S):
                 return {"variant": LIVE_VARIANT[name], "error": "not ready in time"}
             for load, topic in zip(plan.live_loads, topics, strict=True):
-                levels[str(round(load * 100))] = _level(services, spec, where, workload, topic, load * drain_rate, plan)
+                level = _level(services, spec, where, workload, topic, load * drain_rate, plan)
+                level["cores_busy"] = cores_busy(sampling.series, level.pop("produce_window"), level["producer_cpu_s"])
+                levels[str(round(load * 100))] = level
         clean = processes.stop(running)
     finally:
         processes.kill(running)
@@ -74,7 +79,7 @@ def _level(
     A producer that cannot keep the rate (it shares the cores) is stopped after 1.5 x ``live_seconds``.
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     command = loadgen_command(services.bootstrap, topic, max(1, round(rate * plan.live_seconds)), workload.size, rate)
     producer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -82,7 +87,7 @@ def _level(
     except subprocess.TimeoutExpired:
         producer.send_signal(signal.SIGINT)  # loadgen flushes what it produced and exits
         producer.wait(60)
-    produced = time.monotonic()
+    produced, produced_at = time.monotonic(), time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     messages = kafka.total(kafka.watermarks(services.bootstrap, topic) or {})
     kept_up = _wait(lambda: _caught_up(services, spec, where, topic, messages), max(60.0, plan.live_seconds))
@@ -93,7 +98,24 @@ def _level(
         "producer_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
         "drain_after_s": round(time.monotonic() - produced, 2),
         "kept_up": kept_up,
+        "produce_window": (started_at, produced_at),
     }
+
+
+def cores_busy(series: Series, window: tuple[float, float], producer_cpu_s: float) -> dict[str, float | None]:
+    """Cores each part kept busy while a level's producer ran: the system, PostgreSQL, the broker, the
+    producer, and the whole machine (``box``; with ``other`` the part no one here explains)."""
+    start, end = window
+    seconds = end - start
+    found: dict[str, float | None] = {}
+    for name in ("pipeline", "postgres", "kafka", "box"):
+        delta = window_delta(getattr(series, name), start, end)
+        found[name] = None if delta is None or seconds <= 0 else round(delta / seconds, 2)
+    found["producer"] = round(producer_cpu_s / seconds, 2) if seconds > 0 else None
+    parts = [found[k] for k in ("pipeline", "postgres", "kafka", "producer")]
+    box = found["box"]
+    found["other"] = None if box is None or None in parts else round(max(0.0, box - sum(p or 0.0 for p in parts)), 2)
+    return found
 
 
 def _ready(services: Services, spec: Launch, where: Target) -> bool:

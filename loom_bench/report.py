@@ -120,14 +120,10 @@ def cpu_split_table(workload: dict[str, Any]) -> list[str]:
     return header + rows
 
 
-def cores_needed(level: dict[str, Any], system: dict[str, Any]) -> float | None:
-    """CPU cores a live level asks for: its offered rate x (the system's total CPU per message while draining
-    + the load generator's own CPU per message). Above the machine's cores, a backlog must build."""
-    per_million = system.get("cpu_s_per_million_total")
-    offered, messages, producer = level.get("offered_per_s"), level.get("messages"), level.get("producer_cpu_s")
-    if per_million is None or offered is None or not messages or producer is None:
-        return None
-    return float(offered) * (float(per_million) + float(producer) / float(messages) * 1e6) / 1e6
+def cores_cell(level: dict[str, Any]) -> str:
+    busy = level.get("cores_busy") or {}
+    parts = "/".join(number(busy.get(k), 2) for k in ("pipeline", "postgres", "kafka", "producer"))
+    return f"{number(busy.get('box'), 2)} ({parts})"
 
 
 def live_table(workload: dict[str, Any]) -> list[str]:
@@ -138,7 +134,7 @@ def live_table(workload: dict[str, Any]) -> list[str]:
         for load, level in (system.get("live") or {}).get("levels", {}).items():
             rows.append(
                 f"| {name} | {load} % | {rate(level.get('offered_per_s'))} | {rate(level.get('produced_per_s'))} | "
-                f"{number(cores_needed(level, system), 2)} | "
+                f"{cores_cell(level)} | "
                 f"{number(level.get('p50_ms'), 0)} | {number(level.get('p90_ms'), 0)} | "
                 f"{number(level.get('p99_ms'), 0)} | {number(level.get('max_ms'), 0)} | "
                 f"{number(level.get('drain_after_s'), 1) if level.get('kept_up') else 'no'} |"
@@ -146,7 +142,8 @@ def live_table(workload: dict[str, Any]) -> list[str]:
     if not rows:
         return ["Not measured in this run."]
     header = [
-        "| System | load | offered msgs/s | produced msgs/s | cores needed | p50 ms | p90 ms | p99 ms | max ms "
+        "| System | load | offered msgs/s | produced msgs/s | cores busy (system/PG/Kafka/producer) | p50 ms "
+        "| p90 ms | p99 ms | max ms "
         "| caught up after s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -344,9 +341,10 @@ MEANING = """
 - **latency** runs from the broker's append time (live topics use `LogAppendTime`, so the producer's own queueing
   on the shared cores is not counted) to the commit, leaving out each level's warm-up; the load generator runs on
   the same machine and its CPU is in the JSON (`producer_cpu_s`). A level the producer could not reach shows
-  a lower "produced" than "offered". **cores needed** = offered rate × (the system's total CPU-s/M while
-  draining + the load generator's CPU-s/M at that level): a level that needs more cores than the machine has
-  cannot keep up, whatever the pipeline's design, and its latency grows with the level's length.
+  a lower "produced" than "offered". **cores busy** is the whole machine's busy CPU while the level's
+  producer ran, in cores, then the part of it spent by the system, PostgreSQL, the broker and the producer: a
+  level that keeps every core busy cannot keep up, whatever the pipeline's design, and its latency grows with
+  the level's length.
 - **Where the pipeline's CPU goes** splits the pipeline's CPU by process: *workers* are the Ray actors
   (`ray::…`; B5's plain processes), *driver* is `loom_ray.main`, *Ray's own processes* the rest (raylet,
   GCS, dashboard and its agents, log monitor): what B4 pays over B5.

@@ -27,6 +27,7 @@ from loom_bench.stats import DrainRate, drain_rate, per_million, window_delta, w
 
 log = logging.getLogger(__name__)
 STALL_S = 20.0  # no new row for this long: a system stopped by bad input
+SHORT_WINDOW = 0.8  # a timed window that ends before this share of its length measured a tail, not a rate
 UNTIMED = Window(0.0, 0.0)  # drain the whole topic (the smoke run, the coordinator scale benchmark)
 STARTUP_S = 90.0  # no first row for this long: a system that never writes (bad input in its first batch)
 WINDOW_SLACK_S = 4.0
@@ -229,6 +230,10 @@ def _rates(
     if rate is None or rate.msgs_per_s is None:
         found["msgs_per_s"] = None
         return found
+    short = short_window(rate, window)
+    if short is not None:
+        found.update({"msgs_per_s": None, "error": short})
+        return found
     found.update(
         {
             "msgs_per_s": rate.msgs_per_s,
@@ -247,6 +252,16 @@ def _rates(
     else:
         found.update(_cpu(series, rate.first_commit, rate.last_commit, round(rate.msgs_per_s * rate.seconds)))
     return found
+
+
+def short_window(rate: DrainRate, window: Window) -> str | None:
+    """Why a timed rate is no measurement: the topic ran out well before the window closed; None if it is."""
+    if not window.timed or rate.seconds >= SHORT_WINDOW * window.seconds:
+        return None
+    return (
+        f"the topic ran out {rate.seconds:.1f} s into the {window.seconds:.0f} s window: too few messages "
+        "for this system's rate (raise --messages)"
+    )
 
 
 def _client_rate(outputs: list[dict[str, Any]]) -> DrainRate | None:

@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 
 from loom_bench import report, summary
+from loom_bench.config import Window
 from loom_bench.launch import malformed_variants, variants
+from loom_bench.live import cores_busy
 from loom_bench.measure import Series
-from loom_bench.runner import cpu_split
+from loom_bench.runner import cpu_split, short_window
 from loom_bench.stats import (
     drain_rate,
     interpolate,
@@ -300,7 +302,25 @@ def test_cpu_split_table_separates_workers_driver_and_ray() -> None:
     assert len(lines) == 4  # Kafka Connect is neither loom-ray nor Ray-less loom-ray
 
 
-def test_cores_needed_adds_the_load_generator_to_the_systems_cost() -> None:
-    level = {"offered_per_s": 40_000.0, "messages": 400_000, "producer_cpu_s": 4.0}  # producer: 10 CPU-s/M
-    assert report.cores_needed(level, {"cpu_s_per_million_total": 40.0}) == pytest.approx(2.0)
-    assert report.cores_needed(level, {}) is None
+def test_cores_busy_while_a_level_produces() -> None:
+    series = Series(
+        pipeline=[(0.0, 0.0), (10.0, 8.0)],
+        postgres=[(0.0, 0.0), (10.0, 4.0)],
+        kafka=[(0.0, 0.0), (10.0, 2.0)],
+        box=[(0.0, 100.0), (10.0, 119.0)],
+    )
+    found = cores_busy(series, (5.0, 10.0), producer_cpu_s=2.5)
+    assert found == {"pipeline": 0.8, "postgres": 0.4, "kafka": 0.2, "box": 1.9, "producer": 0.5, "other": 0.0}
+    level = {"offered_per_s": 1.0, "cores_busy": found}
+    assert report.cores_cell(level) == "1.90 (0.80/0.40/0.20/0.50)"
+    assert cores_busy(Series(), (5.0, 10.0), 1.0)["other"] is None
+
+
+def test_a_window_the_topic_ran_out_in_is_no_rate() -> None:
+    tail = drain_rate([(100.0, 5000), (100.01, 5000), (100.02, 5000)])
+    assert tail is not None and tail.msgs_per_s == pytest.approx(500_000.0)
+    reason = short_window(tail, Window(2.0, 10.0))
+    assert reason is not None and "ran out 0.0 s into the 10 s window" in reason
+    full = drain_rate([(100.0, 5000), (105.0, 5000), (110.0, 5000)])
+    assert full is not None and short_window(full, Window(2.0, 10.0)) is None
+    assert short_window(tail, Window(0.0, 0.0)) is None  # a smoke run drains the whole topic: no window
