@@ -27,6 +27,32 @@ if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# The Prometheus operator's PrometheusRule CRD, which tests/unit/test_kuberay_manifest.py validates
+# kuberay/prometheus-rules.yaml against. Not vendored: `go mod download` fetches the operator's module at the
+# release of tests/data/crds/'s PodMonitor CRD (checked by Go's checksum database and against the pinned h1
+# hash below) and the one file is copied into $LOOM_CACHE_DIR (default .cache/), keyed by version. Without Go
+# or the module proxy, that test skips and says so.
+cache=${LOOM_CACHE_DIR:-$root/.cache}
+operator=github.com/prometheus-operator/prometheus-operator@v0.93.0
+operator_sum=h1:AohlYJT+En8TmNpAcEUJ3GsaJTAqfEBwHmGTVpRm/Io=
+crd=$cache/crds/prometheus-operator-v0.93.0/monitoring.coreos.com_prometheusrules.yaml
+if [ ! -f "$crd" ]; then
+  if command -v go >/dev/null && module=$(cd / && GOFLAGS=-modcacherw GOMODCACHE="$cache/gomod" \
+    go mod download -json "$operator" | "$python" -c '
+import json, sys
+found = json.load(sys.stdin)
+if found.get("Error") or found["Sum"] != sys.argv[1]:
+    sys.exit(found.get("Error") or "module sum " + found["Sum"] + " is not the pinned " + sys.argv[1])
+print(found["Dir"])
+' "$operator_sum"); then
+    mkdir -p "$(dirname "$crd")"
+    cp "$module/example/prometheus-operator-crd/$(basename "$crd")" "$crd.tmp" && mv "$crd.tmp" "$crd"
+    echo "bootstrap: $crd fetched" >&2
+  else
+    echo "bootstrap: PrometheusRule CRD not fetched (needs go and the Go module proxy); its manifest test skips" >&2
+  fi
+fi
+
 stamp=.venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 [ -f "$stamp" ] && exit 0
 [ -x .venv/bin/python ] || "$python" -m venv .venv
