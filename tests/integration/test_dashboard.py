@@ -3,11 +3,15 @@ on, the Ray dashboard in headless Chromium (Jobs page log, Actors page), and a r
 job's metrics and evaluating kuberay/grafana-dashboard.json and kuberay/prometheus-rules.yaml.
 
 One `ray start --head` (token auth on, every port of its own) and one job serve the whole module; the tests run
-in order against them and the last one stops the job and checks what landed.
+in order against them and the last one stops the job and checks what landed. The job reads two topics: one
+with live traffic into ``loom_messages``, and a small one through a route (LOOM_ROUTES_FILE), so that every
+event a dashboard panel charts (a fenced flush, an outage, a gap, a blocked sink, a routed record) really
+happens while Prometheus scrapes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,8 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 import yaml
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tests.integration.conftest import RAY_BIN, _start_head, _stop_head
 from tests.support.browser import Browser, chromium_binary
@@ -52,9 +59,22 @@ HEAD_PORTS = (
 )
 HEAD_PORT_ENV = {"AUTOSCALER_METRIC_PORT": "29687", "DASHBOARD_METRIC_PORT": "29688"}
 TOKEN_COOKIE = "ray-authentication-token"  # what the dashboard's login sets (ray/_private/authentication)
-# Metrics this module's job does not produce: Ray exports a series only after its first event, and this job
-# has no gap, no blocked sink and no routes (it does cause a fenced flush and an outage).
-EVENT_ONLY = ("ray_loom_gap_offsets_total", "ray_loom_sink_blocked", "ray_loom_route_records_total")
+# The routed topic's one route: its records go into a table of their own (in a schema dropped afterwards).
+ROUTES = """
+[[route]]
+name = "dashboard"
+topic = "{topic}"
+table = "{schema}.routed"
+mode = "insert"
+key = ["src_partition", "src_offset"]
+auto_create = true
+
+[route.columns]
+src_partition = {{ type = "integer", from = "partition" }}
+src_offset    = {{ type = "bigint", from = "offset" }}
+"""
+ROUTED_MESSAGES = 300
+BLOCKED_SQLSTATE = "42501"  # insufficient_privilege: refused writes, not an outage
 CONSUMER_LINE = re.compile(
     r"consumer (loom-consumer-\d+-\w+): ([1-9]\d*) msg/s, \d+ rows/s, \d+ messages, ([1-9]\d*) dead letters, "
     r"lag \d+, partitions held: [1-9]\d*"
@@ -73,6 +93,8 @@ class Job:
     temp_dir: Path
     producer: subprocess.Popen[bytes]
     postgres: TcpProxy  # the job reaches PostgreSQL through it, so a test can cut it off
+    routed_topic: str
+    routed_schema: str
 
     def ray(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """A ``ray`` CLI command against the head, as the user runs it (token auth by default)."""
@@ -119,7 +141,10 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     client_env = {**os.environ, **auth}
     dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
-    topic = f"t-dash-{secrets.token_hex(4)}"
+    suffix = secrets.token_hex(4)
+    topic, routed_topic, routed_schema = f"t-dash-{suffix}", f"t-dash-routed-{suffix}", f"dash_{suffix}"
+    routes = folder / "routes.toml"
+    routes.write_text(ROUTES.format(topic=routed_topic, schema=routed_schema))
     producer: subprocess.Popen[bytes] | None = None
     host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
     postgres = TcpProxy(host, int(port)).start()
@@ -134,9 +159,10 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
         wait_until(up, 120, "the Ray head's job server")
         fill(endpoints, topic, 6_000, partitions=6, ratio=0.01)
+        fill(endpoints, routed_topic, ROUTED_MESSAGES, partitions=1)
         producer = _producer(endpoints, topic)
         dsn = endpoints.dsn.replace(f"{host}:{port}", f"127.0.0.1:{postgres.port}")
-        env = pipeline_env(endpoints, topic, min_actors=2, db_dsn=dsn)
+        env = pipeline_env(endpoints, f"{topic},{routed_topic}", min_actors=2, db_dsn=dsn, routes_file=routes)
         loom = {k: v for k, v in env.items() if k.startswith("LOOM_")}
         # `ray job stop` SIGKILLs the driver RAY_JOB_STOP_WAIT_TIME_S (3) after its SIGTERM: leave it the drain.
         runtime_env = {"env_vars": {**loom, "RAY_JOB_STOP_WAIT_TIME_S": "60"}}
@@ -164,13 +190,25 @@ def job(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Itera
             timeout=120,
         )
         assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-        yield Job(dashboard, submission_id, topic, client_env, token, temp_dir, producer, postgres)
+        yield Job(
+            dashboard,
+            submission_id,
+            topic,
+            client_env,
+            token,
+            temp_dir,
+            producer,
+            postgres,
+            routed_topic,
+            routed_schema,
+        )
     finally:
         if producer is not None:
             producer.kill()
             producer.wait(30)
         _stop_head(head)
         postgres.stop()
+        scalar(endpoints, f"DROP SCHEMA IF EXISTS {routed_schema} CASCADE")
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -250,35 +288,104 @@ def _dashboard_targets() -> list[tuple[str, str]]:
     return targets
 
 
-def _fence_one_flush(endpoints: Endpoints, topic: str) -> None:
-    """Bump partition 0's epoch behind its owner's back, as a newer claim would: its next flush is fenced."""
-    scalar(
-        endpoints,
-        'UPDATE loom_offsets SET epoch = epoch + 1 WHERE topic = $1 AND "partition" = 0 RETURNING epoch',
-        topic,
-    )
+async def _fence_and_cut(endpoints: Endpoints, topic: str) -> tuple[int, int]:
+    """Bump partition 0's epoch behind its owner's back, as a newer claim would, and while that offset row is
+    locked (neither the owner's flush nor the coordinator's claim can touch it), delete the partition's records
+    from its committed offset up to its high watermark, as retention overtaking a slow reader would. The
+    owner's next flush is fenced; the claim that follows finds its committed offset gone and records a gap.
+    Returns the gap, ``(committed offset, high watermark)``."""
+    conn = await asyncpg.connect(endpoints.dsn)
+    try:
+        async with conn.transaction():
+            start = await conn.fetchval(
+                'UPDATE loom_offsets SET epoch = epoch + 1 WHERE topic = $1 AND "partition" = 0 RETURNING next_offset',
+                topic,
+            )
+            deadline = time.monotonic() + 30
+            while (end := high_watermarks(endpoints.kafka, topic)[0][1]) <= start:
+                assert time.monotonic() < deadline, f"the producer wrote nothing to {topic}[0] past {start} in 30 s"
+                await asyncio.sleep(0.2)
+            admin = AdminClient({"bootstrap.servers": endpoints.kafka})
+            below = TopicPartition(topic, 0, end)
+            admin.delete_records([below])[below].result(30)
+    finally:
+        await conn.close()
+    return int(start), end
+
+
+def _refuse_rows(endpoints: Endpoints, job: Job) -> None:
+    """PostgreSQL refuses every row of the job's live topic (a row trigger raising ``BLOCKED_SQLSTATE``, as a
+    revoked privilege would), so the flushes of every consumer holding one of its partitions are blocked."""
+    for statement in (
+        f"""CREATE FUNCTION {job.routed_schema}.refuse_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'refused by test_dashboard' USING ERRCODE = '{BLOCKED_SQLSTATE}';
+            END $$""",
+        f"CREATE TRIGGER refuse_{job.routed_schema} BEFORE INSERT ON loom_messages FOR EACH ROW "
+        f"WHEN (NEW.topic = '{job.topic}') EXECUTE FUNCTION {job.routed_schema}.refuse_rows()",
+    ):
+        scalar(endpoints, statement)
 
 
 def test_prometheus_scrapes_the_job_and_every_dashboard_query_returns_data(
     job: Job, endpoints: Endpoints, tmp_path: Path
 ) -> None:
+    """Every panel query returns data once each event it charts has happened; of the alert rules,
+    LoomSinkBlocked's condition holds while the sink is blocked (the alert pending: it fires after its 5
+    minutes) and clears after; LoomPartitionStalled (10 minutes without a commit) and LoomLagGrowing (15
+    minutes of growth) would need that long, so they are only checked to evaluate, and to stay quiet."""
     if prometheus_binary() is None:
         pytest.skip("prometheus missing: scripts/bootstrap.sh installs Debian's prometheus (needs apt-get and root)")
     rules = yaml.safe_load((KUBERAY / "prometheus-rules.yaml").read_text())
     rule_file = tmp_path / "rules.yaml"
     rule_file.write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
+    exprs = {rule["alert"]: rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]}
     # Ray writes the file-SD list of its metrics endpoints (every node's, the autoscaler's) into its temp dir.
     discovery = job.temp_dir / "prom_metrics_service_discovery.json"
     wait_until(discovery.exists, 60, "Ray's Prometheus service-discovery file")
-    _fence_one_flush(endpoints, job.topic)
-    job.postgres.cut()  # an outage: flushes fail and are retried
-    time.sleep(3)
-    job.postgres.restore()
     with Prometheus(tmp_path / "prometheus", PROMETHEUS_PORT, discovery, [rule_file]) as prometheus:
+
+        def total(expr: str) -> float:
+            found = prometheus.query(expr)
+            return float(found[0]["value"][1]) if found else 0.0
+
+        start, end = asyncio.run(_fence_and_cut(endpoints, job.topic))
+        gaps = 'SELECT array_agg(ARRAY[from_offset, to_offset]) FROM loom_gaps WHERE topic = $1 AND "partition" = 0'
+        wait_until(lambda: scalar(endpoints, gaps, job.topic) == [[start, end]], 60, f"the gap {start}..{end}")
+        wait_until(
+            lambda: total(f'sum(ray_loom_gap_offsets_total{{topic="{job.topic}"}})') == end - start,
+            60,
+            f"ray_loom_gap_offsets_total to count the {end - start} offsets of the gap",
+        )
+        wait_until(lambda: total("sum(ray_loom_fenced_flushes_total)") >= 1, 60, "the fenced flush counted")
+
+        job.postgres.cut()  # an outage: flushes fail and are retried
+        time.sleep(3)
+        job.postgres.restore()
+
+        _refuse_rows(endpoints, job)
+        wait_until(
+            lambda: {s["metric"]["sqlstate"] for s in prometheus.query(exprs["LoomSinkBlocked"])} == {BLOCKED_SQLSTATE},
+            90,
+            f"ray_loom_sink_blocked at 1 with SQLSTATE {BLOCKED_SQLSTATE}",
+        )
+        wait_until(
+            lambda: any(
+                a["labels"]["alertname"] == "LoomSinkBlocked" and a["state"] == "pending"
+                for a in prometheus.api("alerts")["alerts"]
+            ),
+            30,
+            "the LoomSinkBlocked alert pending",
+        )
+        scalar(endpoints, f"DROP TRIGGER refuse_{job.routed_schema} ON loom_messages")
+        wait_until(lambda: not prometheus.query(exprs["LoomSinkBlocked"]), 90, "ray_loom_sink_blocked back at 0")
+
+        wait_until(
+            lambda: total('sum(ray_loom_route_records_total{route="dashboard",outcome="inserted"})') == ROUTED_MESSAGES,
+            60,
+            f"the route's {ROUTED_MESSAGES} inserted records counted",
+        )
         for title, expr in _dashboard_targets():
-            if any(name in expr for name in EVENT_ONLY):
-                prometheus.query(expr)  # valid PromQL; data only once such an event happened
-                continue
             wait_until(lambda e=expr: bool(prometheus.query(e)), 90, f"data for {title!r}: {expr}")
         consumers = {s["metric"]["consumer"] for s in prometheus.query("sum by (consumer) (ray_loom_rows_total)")}
         assert len(consumers) >= 2 and all(c.startswith("loom-consumer-") for c in consumers), consumers
@@ -289,11 +396,9 @@ def test_prometheus_scrapes_the_job_and_every_dashboard_query_returns_data(
             30,
             "every alert rule evaluated without error",
         )
-        exprs = {rule["alert"]: rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]}
-        # Right after the outage the counters were flat, so partitions may look stalled for a while; once the
-        # job commits again on every partition, none does (the rule needs 10 minutes of this to fire).
+        # Right after the outage and the blocked sink the counters were flat, so partitions may look stalled for
+        # a while; once the job commits again on every partition, none does.
         wait_until(lambda: not prometheus.query(exprs["LoomPartitionStalled"]), 90, "no partition to look stalled")
-        assert not prometheus.query(exprs["LoomSinkBlocked"])
         prometheus.query(exprs["LoomLagGrowing"])  # valid; needs 15 minutes of samples to mean anything
 
 
@@ -308,3 +413,4 @@ def test_the_job_drains_on_ray_job_stop_and_every_offset_lands_once(job: Job, en
     assert "received SIGTERM: draining" in logs and "summary: messages=" in logs, logs[-3000:]
     result = account(endpoints, job.topic)
     assert result.exact, str(result)
+    assert scalar(endpoints, f"SELECT count(*) FROM {job.routed_schema}.routed") == ROUTED_MESSAGES
