@@ -233,10 +233,10 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         f"From `{source}` ({results['mode']}, {results['started_at']}, `{results['command']}`), measured on a "
         f"shared 2-core machine (1-minute load average {min(loads):.1f}–{max(loads):.1f} before the runs, "
         f"{found['load_average_at_end'][0]:.1f} at the end). Rate: committed offsets per second, sampled every "
-        f"0.5 s; Kafka Connect over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s "
-        "of warm-up past its first commit (its consumer group's offsets); loom-ray from its first partition claim "
-        "to the end of its drain, its start-up ramp included (`loom_offsets`), because it reads ahead before its "
-        "first commit. Correct: after each run the table equals the "
+        f"0.5 s, over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s of warm-up past "
+        "each system's first commit, as W1 and W2 are timed (Kafka Connect: its consumer group's offsets; "
+        "loom-ray: `loom_offsets`, its rate from its first partition claim, start-up ramp included, is kept as "
+        "`claim_msgs_per_s` in the results file). Correct: after each run the table equals the "
         "last-writer-wins fold by key of the records below the committed offsets, tombstoned keys absent.",
         "",
         "| System | msgs/s median (min–max, spread) | runs correct | rows / expected (last run) |",

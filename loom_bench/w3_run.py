@@ -3,11 +3,10 @@ Debezium JDBC sink in upsert mode (B6, B6_tuned), into the same table ``w3_entit
 
 An upsert overwrites rows, so rows and their commit times cannot count messages: progress is the offsets a
 system committed (loom-ray: ``loom_offsets``, written in the transaction of its rows; B6: its consumer
-group, committed by Connect after the sink wrote), sampled every 0.5 s. B6's rate is its progress over the
-same window as W1/W2 (10 s after a 2 s warm-up past its first progress). loom-ray reads ahead for seconds
-before its first commit, so a window past its first commit would count that read-ahead as fast commits:
-its rate, as in W1/W2's drains, runs from its first partition claim (``bench_claims``) to the last
-progress, ramp included (conservative for loom-ray). After each run the table must equal the
+group, committed by Connect after the sink wrote), sampled every 0.5 s. Both systems' rates are their progress
+over the same window as W1/W2 (:func:`loom_bench.stats.windowed`: 10 s after a 2 s warm-up past the first
+progress), so neither's start-up counts. loom-ray's rate from its first partition claim to its last progress
+(start-up ramp included) is kept too, as ``claim_msgs_per_s``. After each run the table must equal the
 last-writer-wins fold, by key, of the topic's records below the committed offsets (tombstoned keys
 absent), read back from Kafka with a ``read_committed`` reader.
 """
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import os
 import random
@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from loom_bench import database, processes, runner, stats, summary, w3
 from loom_bench.config import Plan, Window
 from loom_bench.launch import launch
+from loom_bench.stats import DrainRate
 from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 
 log = logging.getLogger(__name__)
@@ -44,20 +45,12 @@ def claim_rate(samples: Progress, claimed_at: float | None) -> tuple[float, floa
     return (top / (reached - claimed_at), reached - claimed_at) if top and reached > claimed_at else None
 
 
-def window_rate(samples: Progress, window: Window) -> tuple[float, float] | None:
-    """``(msgs/s, seconds)`` over ``window`` from ``(time, committed offsets)`` samples; the whole span from the
-    first progress to the last sample when untimed. None without two distinct samples in the window."""
-    moving = [i for i, (_, n) in enumerate(samples) if n > 0]
-    if not moving:
-        return None
-    start_at = samples[moving[0]][0] + window.warmup_s
-    inside = [s for s in samples if s[0] >= start_at and (not window.timed or s[0] <= start_at + window.seconds)]
-    if not window.timed:
-        inside = [samples[moving[0]], *[s for s in samples if s[0] > samples[moving[0]][0]]]
-    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-        return None
-    (t0, n0), (t1, n1) = inside[0], inside[-1]
-    return (n1 - n0) / (t1 - t0), t1 - t0
+def progress_rate(samples: Progress, window: Window) -> DrainRate | None:
+    """The rate over ``window`` from ``(time, committed offsets)`` samples, timed as W1/W2 time commits: each
+    sample that moved counts as a commit of the offsets gained since the previous one (the first left out).
+    The whole span from the first progress when untimed; None without two samples that moved."""
+    commits = [(t1, n1 - n0) for (_, n0), (t1, n1) in itertools.pairwise([(0.0, 0), *samples]) if n1 > n0]
+    return stats.windowed(commits, window.warmup_s, window.seconds) if window.timed else stats.drain_rate(commits)
 
 
 def expected_table(found: list[Record], committed: dict[int, int], connect: bool) -> dict[str, tuple[Any, ...]]:
@@ -150,11 +143,12 @@ def drain(
     }
     if not finished:
         result["error"] = f"timed out after {svc.timeout_s:.0f}s or did not stop cleanly"
+    rate = progress_rate(samples, window)
+    result["msgs_per_s"] = None if rate is None else rate.msgs_per_s
+    result["window_s"] = None if rate is None else round(rate.seconds, 2)
     if variant == "B4_tuned":
-        rate = claim_rate(samples, asyncio.run(database.first_claim(svc.dsn)))
-    else:
-        rate = window_rate(samples, window)
-    result["msgs_per_s"], result["window_s"] = (None, None) if rate is None else (rate[0], round(rate[1], 2))
+        ramp = claim_rate(samples, asyncio.run(database.first_claim(svc.dsn)))
+        result["claim_msgs_per_s"] = None if ramp is None else ramp[0]
     result.update(check(svc, variant, topic, where.group, found))
     log.info("%s %s: %s", tag, variant, {k: result.get(k) for k in ("msgs_per_s", "correct", "error")})
     return result

@@ -11,12 +11,12 @@ from typing import Any
 
 import orjson
 
-from loom_bench import report, w3
+from loom_bench import report, stats, w3
 from loom_bench.config import Window
 from loom_bench.summary import aggregate
 from loom_bench.systems import connect
 from loom_bench.topic_fold import Record
-from loom_bench.w3_run import claim_rate, expected_table, window_rate
+from loom_bench.w3_run import claim_rate, expected_table, progress_rate
 from loom_ray.routes.model import load_routes
 from loom_ray.routes.types import TYPE_ALIASES
 
@@ -74,12 +74,15 @@ def test_w3_connector_upserts_by_record_key_and_deletes_tombstones() -> None:
     assert connect.W3_WORKER["value.converter.schemas.enable"] == "true"
 
 
-def test_window_rate_counts_offsets_inside_the_window_only() -> None:
-    samples = [(0.0, 0), (1.0, 100), (3.0, 300), (8.0, 1300), (13.0, 2300), (20.0, 9999)]
-    rate = window_rate(samples, Window(2.0, 10.0))
-    assert rate == (2000 / 10.0, 10.0)  # from t=3 (1 s + 2 s warm-up) to the last sample by t=13
-    assert window_rate(samples, Window(0.0, 0.0)) == ((9999 - 100) / 19.0, 19.0)
-    assert window_rate([(0.0, 0), (1.0, 0)], Window(2.0, 10.0)) is None
+def test_progress_rate_counts_offsets_inside_the_window_only() -> None:
+    samples = [(0.0, 0), (1.0, 100), (2.0, 100), (3.0, 300), (8.0, 1300), (13.0, 2300), (20.0, 9999)]
+    rate = progress_rate(samples, Window(2.0, 10.0))
+    assert rate is not None  # from t=3 (1 s + 2 s warm-up) to the first sample 10 s later, t=13
+    assert (rate.msgs_per_s, rate.seconds, rate.rows) == (2000 / 10.0, 10.0, 2200)
+    untimed = progress_rate(samples, Window(0.0, 0.0))
+    assert untimed is not None and (untimed.msgs_per_s, untimed.seconds) == ((9999 - 100) / 19.0, 19.0)
+    assert progress_rate([(0.0, 0), (1.0, 0)], Window(2.0, 10.0)) is None
+    assert progress_rate([(0.0, 0), (1.0, 50)], Window(2.0, 10.0)) == stats.DrainRate(50, 1.0, 1.0, None, None)
 
 
 def test_claim_rate_runs_from_the_first_claim_to_the_highest_progress() -> None:
