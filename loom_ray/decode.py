@@ -63,10 +63,21 @@ def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
 
 def decode_document(value: bytes | None, max_bytes: int) -> Any:
     """The parsed JSON value of a routed record (:mod:`loom_ray.routes`), or the :class:`Rejection` saying why
-    there is none: :func:`decode_value`'s checks, then a second parse of the text it accepted (the routed path
-    pays for it; the default path stays one parse)."""
-    text = decode_value(value, max_bytes)
-    return text if isinstance(text, Rejection) else orjson.loads(text)
+    there is none, with :func:`decode_value`'s checks.
+
+    The routed path needs the document, not the text, so an accepted value is parsed once, from its bytes
+    (orjson refuses bytes that are not UTF-8, as the decode in :func:`decode_value` does). A value refused
+    here goes through :func:`decode_value`, which says why in the same words as the default path.
+    """
+    if value is None or not 0 < len(value) <= max_bytes:
+        return decode_value(value, max_bytes)
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return decode_value(value, max_bytes)
+    if b"\\u0000" in value and contains_nul(document):
+        return decode_value(value, max_bytes)
+    return document
 
 
 def contains_nul(document: Any) -> bool:
