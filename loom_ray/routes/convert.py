@@ -118,32 +118,47 @@ def convert(
         except ValidationError as exc:
             return _model_rejection(plan, exc)
     values: list[Any] = []
+    append = values.append
+    is_object = type(document) is dict
     column = plan.columns[0]
     try:
         for column in plan.columns:
-            source = column.source
-            if source == "value":
-                field = column.field
-                if field is not None and type(document) is dict:
-                    raw = document.get(field, _MISSING)
-                else:
-                    raw = _lookup(document, column.path)
-            elif source == "key":
-                raw = _from_key(column, key)
-            elif source == "header":
-                raw = _header(headers, column.header)
-            elif source == "timestamp":
-                raw = None if timestamp[0] == 0 else timestamp[1]
+            field = column.field
+            if field is not None and is_object:
+                raw = document.get(field, _MISSING)
             else:
-                raw = {"topic": topic, "partition": partition, "offset": offset}[source]
+                raw = _raw(column, document, key, headers, timestamp, topic, partition, offset)
             if raw is None or raw is _MISSING:
                 _check_null(column, raw)
-                values.append(None)
+                append(None)
             else:
-                values.append(column.convert(raw))
+                append(column.convert(raw))
     except Unfit as unfit:
         return _reject(plan, column, unfit)
     return tuple(values)
+
+
+def _raw(
+    column: _ColumnPlan,
+    document: Any,
+    key: bytes | None,
+    headers: KafkaHeaders,
+    timestamp: tuple[int, int],
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Any:
+    """The column's raw value at its source (a one-step field of a JSON object is read by the caller)."""
+    source = column.source
+    if source == "value":
+        return _lookup(document, column.path)
+    if source == "key":
+        return _from_key(column, key)
+    if source == "header":
+        return _header(headers, column.header)
+    if source == "timestamp":
+        return None if timestamp[0] == 0 else timestamp[1]
+    return {"topic": topic, "partition": partition, "offset": offset}[source]
 
 
 def _convert(column: _ColumnPlan, raw: Any) -> Any:

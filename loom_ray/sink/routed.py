@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 import asyncpg
 
@@ -108,39 +107,37 @@ class RoutedWriter:
         route = batches[0].route
         assert route is not None
         create_stage, stage, apply, columns = self._statements(route)
-        records = [(b, cast(RoutedRecord, r)) for b in batches for r in b.rows]
+        records: list[RoutedRecord] = [r for b in batches for r in b.rows]  # type: ignore[misc]  # routed rows
         refused: list[tuple[int, Exception]] = []
         if records:
             await conn.execute(create_stage)
-            staged: list[tuple[Any, ...]] = [
-                (ord_, record.delete, *record.values) for ord_, (_, record) in enumerate(records)
-            ]
+            staged = [(ord_, record.delete, *record.values) for ord_, record in enumerate(records)]
             refused_copy = await copy_isolating(conn, stage, staged, columns)
             refused += [(row[0], exc) for row, exc in refused_copy]
             skipped = {ord_ for ord_, _ in refused}
-            ords = [ord_ for ord_ in range(len(records)) if ord_ not in skipped]
+            ords = [ord_ for ord_ in range(len(records)) if ord_ not in skipped] if skipped else range(len(records))
 
             async def run(part: Sequence[int]) -> object:
                 return await conn.execute(apply, part[0], part[-1] + 1)
 
             refused += await isolate(conn, ords, run)
+        refused.sort(key=lambda r: r[0])
+        first = 0
         for batch in batches:
+            rows: list[RoutedRecord] = batch.rows  # type: ignore[assignment]  # a routed batch's rows
+            end = first + len(rows)
+            here = [(ord_, exc) for ord_, exc in refused if first <= ord_ < end]
+            outcome.refused += [(batch, records[ord_], exc) for ord_, exc in here]
+            gone = {ord_ for ord_, _ in here}
+            deleted = sum(1 for ord_, r in enumerate(rows, first) if r.delete and ord_ not in gone)
             counts = outcome.counts.setdefault((route.name, batch.topic, batch.partition), RouteCounts())
-            counts.dead_letters += len(batch.dead_letters)
-        refused_ords = {ord_ for ord_, _ in refused}
-        for ord_, (batch, record) in enumerate(records):
-            counts = outcome.counts[(route.name, batch.topic, batch.partition)]
-            if ord_ in refused_ords:
-                counts.dead_letters += 1
-            elif record.delete:
-                counts.deleted += 1
-            elif route.mode == "upsert":
-                counts.upserted += 1
+            counts.dead_letters += len(batch.dead_letters) + len(gone)
+            counts.deleted += deleted
+            if route.mode == "upsert":
+                counts.upserted += len(rows) - len(gone) - deleted
             else:
-                counts.inserted += 1
-        outcome.refused += [
-            (records[ord_][0], records[ord_][1], exc) for ord_, exc in sorted(refused, key=lambda r: r[0])
-        ]
+                counts.inserted += len(rows) - len(gone) - deleted
+            first = end
 
     def _statements(self, route: Route) -> tuple[str, str, str, tuple[str, ...]]:
         found = self._sql.get(route.name)
