@@ -3,11 +3,12 @@ Debezium JDBC sink in upsert mode (B6, B6_tuned), into the same table ``w3_entit
 
 An upsert overwrites rows, so rows and their commit times cannot count messages: progress is the offsets a
 system committed (loom-ray: ``loom_offsets``, written in the transaction of its rows; B6: its consumer
-group, committed by Connect after the sink wrote), sampled every 0.5 s. Both systems' rates are their progress
-over the same window as W1/W2 (:func:`loom_bench.stats.windowed`: 10 s after a 2 s warm-up past the first
-progress), so neither's start-up counts. loom-ray's rate from its first partition claim to its last progress
-(start-up ramp included) is kept too, as ``claim_msgs_per_s``. After each run the table must equal the
-last-writer-wins fold, by key, of the topic's records below the committed offsets (tombstoned keys
+group, committed by Connect after the sink wrote), sampled every 0.5 s. Both systems' rates are their
+progress over the same window as W1/W2 (:func:`loom_bench.stats.windowed`: 10 s after a 2 s warm-up past the
+first progress), so neither's start-up counts; a window the topic ran out in is an error, not a rate
+(:func:`loom_bench.runner.short_window`). loom-ray's rate from its first partition claim to its last
+progress (start-up ramp included) is kept too, as ``claim_msgs_per_s``. After each run the table must equal
+the last-writer-wins fold, by key, of the topic's records below the committed offsets (tombstoned keys
 absent), read back from Kafka with a ``read_committed`` reader.
 """
 
@@ -144,8 +145,11 @@ def drain(
     if not finished:
         result["error"] = f"timed out after {svc.timeout_s:.0f}s or did not stop cleanly"
     rate = progress_rate(samples, window)
-    result["msgs_per_s"] = None if rate is None else rate.msgs_per_s
+    short = None if rate is None else runner.short_window(rate, window)
+    result["msgs_per_s"] = None if rate is None or short else rate.msgs_per_s
     result["window_s"] = None if rate is None else round(rate.seconds, 2)
+    if short:
+        result["error"] = short
     if variant == "B4_tuned":
         ramp = claim_rate(samples, asyncio.run(database.first_claim(svc.dsn)))
         result["claim_msgs_per_s"] = None if ramp is None else ramp[0]
