@@ -68,7 +68,7 @@ _SIZES = {"W1": 200, "W2": 2048, "W3": 300}  # W3: loom_bench/w3.py (upsert by k
 # Full mode times a 10 s window after 2 s of warm-up, so a topic must outlast the fastest sink for 12 s
 # (B1 copies from memory in passes and B0 reads in passes, so they need no more than this).
 _MESSAGES: dict[Mode, dict[str, int]] = {
-    "full": {"W1": 3_000_000, "W2": 600_000, "W3": 1_500_000},
+    "full": {"W1": 3_000_000, "W2": 600_000, "W3": 2_000_000},
     "quick": {"W1": 200_000, "W2": 100_000, "W3": 100_000},
     "smoke": {"W1": 5_000, "W2": 5_000, "W3": 5_000},
 }
