@@ -27,6 +27,9 @@ from tests.support.services import Endpoints
 from tests.support.tcp_proxy import proxy
 
 GRACE_S = 30  # kuberay/raycluster.yaml, consumers: terminationGracePeriodSeconds
+# Per run, over 12 partitions at 100 messages a flush: about 4,000 per partition and 40 flushes each, so a fault
+# that lands once a fifth (or a tenth) is committed still finds a backlog on every partition.
+MESSAGES = 50_000
 _OWNERS_SQL = """
 SELECT coalesce(jsonb_object_agg("partition", jsonb_build_array(owner, epoch)), '{}')::text
 FROM loom_offsets WHERE topic = $1
@@ -42,11 +45,11 @@ def kill_9_mid_run(
     sig: int = signal.SIGKILL,
     watch: Callable[[int], Callable[[], None]] | None = None,
 ) -> tuple[Accounting, str]:
-    """Run the job over 200 000 messages and, once a fifth is committed, send ``sig`` (kill -9 unless told) to
+    """Run the job over :data:`MESSAGES` messages and, once a fifth is committed, send ``sig`` (kill -9 unless told) to
     the first process whose PostgreSQL connections are named ``<application> ... pid=N``; return the
     accounting and the job's log. ``watch(pid)`` runs just before the signal and returns what to check just
     after it, while the job runs on."""
-    messages = 200_000
+    messages = MESSAGES
     fill(endpoints, topic, messages)
     log = tmp_path / "main.log"
     process = start_main(pipeline_env(endpoints, topic, kafka_batch_size=100), "--exit-when-drained", log=log)
@@ -107,7 +110,7 @@ def test_kill_9_of_the_coordinator_mid_run(endpoints: Endpoints, topic_name: str
 
 
 def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    messages = 200_000
+    messages = MESSAGES
     fill(endpoints, topic_name, messages)
     env = pipeline_env(endpoints, topic_name, kafka_batch_size=100)
     log = tmp_path / "main.log"
@@ -151,7 +154,7 @@ def test_restart_of_the_main_job_mid_run(endpoints: Endpoints, topic_name: str, 
 
 
 def test_postgres_unreachable_mid_run(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    messages = 150_000
+    messages = MESSAGES
     fill(endpoints, topic_name, messages)
     host, port = re.search(r"@([\d.]+|localhost):(\d+)/", endpoints.dsn).groups()  # type: ignore[union-attr]
     with proxy(host, int(port)) as pg:
