@@ -16,7 +16,8 @@ from tests.support.services import Endpoints
 def test_consumers_bring_nodes_up_and_their_end_brings_them_down(
     endpoints: Endpoints, topic_name: str, autoscaling_cluster: str, tmp_path: Path
 ) -> None:
-    messages = 100_000
+    # Few messages are enough: the head has no CPU, so nothing is consumed before both nodes are up.
+    messages = 10_000
     fill(endpoints, topic_name, messages, partitions=6)
     env = pipeline_env(endpoints, topic_name, actor_num_cpus=1, min_actors=2, max_actors=2, scale_catchup_s=0)
     env["RAY_ADDRESS"] = autoscaling_cluster
