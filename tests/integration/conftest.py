@@ -73,12 +73,14 @@ def _wait_for(head: subprocess.Popen[bytes], log: Path, ready: str) -> None:
     wait_until(up, 120, "the Ray head")
 
 
-@pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
-    """A `ray start --head` cluster with the job server and metrics port; yields the job server's address."""
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `ray start --head` cluster with the job server and metrics port; yields the job server's address.
+    One per test module: its start and the job agent's readiness take the longest part of a test that uses
+    it. Each job on it stops its own coordinator when it ends."""
     from ray.job_submission import JobSubmissionClient
 
-    log = tmp_path / "head.log"
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
     head = _start_head(
         log,
         f"--dashboard-port={DASHBOARD_PORT}",
