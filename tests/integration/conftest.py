@@ -76,8 +76,9 @@ def _wait_for(head: subprocess.Popen[bytes], log: Path, ready: str) -> None:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `ray start --head` cluster with the job server and metrics port; yields the job server's address.
-    One per test module: its start and the job agent's readiness take the longest part of a test that uses
-    it. Each job on it stops its own coordinator when it ends."""
+    One per test module (its start and the job agent's readiness are most of a test that uses it); a module
+    puts the tests that use it last, so that no local Ray of another test runs beside it. Each job on it
+    removes its own coordinator when it ends."""
     from ray.job_submission import JobSubmissionClient
 
     log = tmp_path_factory.mktemp("ray-head") / "head.log"

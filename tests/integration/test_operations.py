@@ -64,6 +64,50 @@ def test_refuses_to_start_beyond_the_connection_budget(endpoints: Endpoints, top
     assert scalar(endpoints, "SELECT count(*) FROM loom_offsets WHERE topic = $1", topic_name) == 0
 
 
+def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    messages = 200_000
+    fill(endpoints, topic_name, messages)
+    # A catch-up time well below the backlog's drain time at any speed: one consumer doing 100k msg/s still
+    # leaves more than half a second of backlog at its first measured rate, so the scale-up is certain.
+    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=0.5, kafka_batch_size=50)
+    log = tmp_path / "main.log"
+    process = start_main(env, log=log)
+    running = (process, log)
+    try:
+        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer", running=running)
+        wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=running)
+        scaled_down = re.compile(r"autoscale: 2 -> 1 consumers")
+        wait_until(lambda: scaled_down.search(log.read_text()), 120, "the scale-down to 1", running=running)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(process)
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+    assert "stopped consumer" in log.read_text()
+
+
+def test_tables_live_in_the_configured_schema(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
+    schema = f"loom_{topic_name.replace('-', '_')}"
+    fill(endpoints, topic_name, 3_000, partitions=3)
+    log = tmp_path / "main.log"
+    env = pipeline_env(endpoints, topic_name, db_schema=schema)
+    try:
+        assert start_main(env, "--exit-when-drained", log=log).wait(300) == 0, log.read_text()[-3000:]
+        assert scalar(endpoints, f"SELECT count(*) FROM {schema}.loom_messages WHERE topic = $1", topic_name) == 3_000
+        assert (
+            scalar(endpoints, f"SELECT sum(next_offset) FROM {schema}.loom_offsets WHERE topic = $1", topic_name)
+            == 3_000
+        )
+        assert scalar(endpoints, "SELECT count(*) FROM public.loom_messages WHERE topic = $1", topic_name) == 0
+        assert scalar(endpoints, "SELECT count(*) FROM public.loom_offsets WHERE topic = $1", topic_name) == 0
+    finally:
+        scalar(endpoints, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+# The tests on the module's `ray_head` come last, so no other test here starts a local Ray while it runs.
+
+
 def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, ray_head: str) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -156,7 +200,7 @@ def test_resize_mid_run_hands_partitions_over(
         wait_until(
             lambda: committed(endpoints, topic_name) >= 170_000, 180, "everything committed", running=(process, log)
         )
-        # The head is shared with the module's other tests: only this run's series count.
+        # The head is shared with the job submit test: only this run's series count.
         consumers = set(re.findall(r"consumer (loom-consumer-[\w-]+):", log.read_text()))
         assert consumers, log.read_text()[-3000:]
 
@@ -178,44 +222,3 @@ def test_resize_mid_run_hands_partitions_over(
     text = log.read_text()
     assert text.count(" released ") >= 6, "partitions were not handed over live"
     assert "fenced" not in text, "a clean hand-off must not need fencing"
-
-
-def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    messages = 200_000
-    fill(endpoints, topic_name, messages)
-    # A catch-up time well below the backlog's drain time at any speed: one consumer doing 100k msg/s still
-    # leaves more than half a second of backlog at its first measured rate, so the scale-up is certain.
-    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=0.5, kafka_batch_size=50)
-    log = tmp_path / "main.log"
-    process = start_main(env, log=log)
-    running = (process, log)
-    try:
-        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer", running=running)
-        wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=running)
-        scaled_down = re.compile(r"autoscale: 2 -> 1 consumers")
-        wait_until(lambda: scaled_down.search(log.read_text()), 120, "the scale-down to 1", running=running)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()[-3000:]
-    finally:
-        stop_group(process)
-    result = account(endpoints, topic_name)
-    assert result.exact, str(result)
-    assert "stopped consumer" in log.read_text()
-
-
-def test_tables_live_in_the_configured_schema(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    schema = f"loom_{topic_name.replace('-', '_')}"
-    fill(endpoints, topic_name, 3_000, partitions=3)
-    log = tmp_path / "main.log"
-    env = pipeline_env(endpoints, topic_name, db_schema=schema)
-    try:
-        assert start_main(env, "--exit-when-drained", log=log).wait(300) == 0, log.read_text()[-3000:]
-        assert scalar(endpoints, f"SELECT count(*) FROM {schema}.loom_messages WHERE topic = $1", topic_name) == 3_000
-        assert (
-            scalar(endpoints, f"SELECT sum(next_offset) FROM {schema}.loom_offsets WHERE topic = $1", topic_name)
-            == 3_000
-        )
-        assert scalar(endpoints, "SELECT count(*) FROM public.loom_messages WHERE topic = $1", topic_name) == 0
-        assert scalar(endpoints, "SELECT count(*) FROM public.loom_offsets WHERE topic = $1", topic_name) == 0
-    finally:
-        scalar(endpoints, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
