@@ -48,8 +48,9 @@ def _start_head(
 
 
 def _stop_head(head: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the head's process group, then SIGKILL what is left of it (by process group, never by name)."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+    """SIGTERM the head's process group, wait 2 s, then SIGKILL what is left of it (by process group, never by
+    name). Runs at the teardown of every fixture that started a head."""
+    for sig, grace in ((signal.SIGTERM, 2), (signal.SIGKILL, 30)):
         try:
             os.killpg(head.pid, sig)
             head.wait(grace)
