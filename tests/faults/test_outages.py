@@ -35,7 +35,7 @@ def test_t5_postgres_restart_and_crash(
     """
     seed = env_int("LOOM_FAULT_SEED", 7)
     job = job_factory(settings={"kafka_batch_size": 100})
-    producer, started = start_live(job, 80_000, seed)
+    producer, started = start_live(job, 50_000, seed)
     injector = Injector(seed, job)
     with Monitor(job) as monitor:
         _at_share(job, producer.messages, 0.3)
@@ -82,7 +82,7 @@ def test_t6_broker_kill_and_pause(
     """Broker ``kill -9`` at ~30 % (restarted after a pause), SIGSTOP at ~60 % (then SIGCONT)."""
     seed = env_int("LOOM_FAULT_SEED", 8)
     job = job_factory(settings={"kafka_batch_size": 100})
-    producer, started = start_live(job, 80_000, seed)
+    producer, started = start_live(job, 50_000, seed)
     injector = Injector(seed, job)
     with Monitor(job) as monitor:
         _at_share(job, producer.messages, 0.3)

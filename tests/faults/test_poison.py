@@ -79,7 +79,7 @@ def test_t8_poison_messages(
     check_constraint: None,
 ) -> None:
     seed = env_int("LOOM_FAULT_SEED", 12)
-    messages = env_int("LOOM_FAULT_T8_MESSAGES", 100_000)
+    messages = env_int("LOOM_FAULT_T8_MESSAGES", 40_000)
     producer = Producer(fault_stack, topic, tmp_path, messages, ratio=0.01, seed=seed).fill()
     job = job_factory()
     started = time.monotonic()

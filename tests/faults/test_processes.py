@@ -58,7 +58,7 @@ def test_t1b_crash_points(
     seed = env_int("LOOM_FAULT_SEED", 2)
     points = os.environ.get("LOOM_FAULT_CRASH_AT", CRASH_POINTS)
     job = job_factory(settings={"kafka_batch_size": 100}, env_extra={"LOOM_TEST_CRASH_AT": points})
-    producer, started = start_live(job, 80_000, seed)
+    producer, started = start_live(job, 50_000, seed)
     with Monitor(job) as monitor:
         producer.wait()
         job.finish()
@@ -82,7 +82,7 @@ def test_t2_cold_restart(
     """SIGKILL of the job's whole process group at ~30 % and ~70 %, restarted each time."""
     seed = env_int("LOOM_FAULT_SEED", 3)
     job = job_factory(settings={"kafka_batch_size": 100})
-    producer, started = start_live(job, 80_000, seed)
+    producer, started = start_live(job, 50_000, seed)
     injector = Injector(seed, job)
     with Monitor(job) as monitor:
         for share in (0.3, 0.7):
