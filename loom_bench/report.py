@@ -231,7 +231,7 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         "1 % tombstones, 16 partitions",
         "",
         f"From `{source}` ({results['mode']}, {results['started_at']}, `{results['command']}`), measured on a "
-        f"shared 2-core machine (1-minute load average {min(loads):.1f}–{max(loads):.1f} before the runs, "
+        f"2-core machine (1-minute load average {min(loads):.1f}–{max(loads):.1f} before the runs, "
         f"{found['load_average_at_end'][0]:.1f} at the end). Rate: committed offsets per second, sampled every "
         f"0.5 s, over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s of warm-up past "
         "each system's first commit, as W1 and W2 are timed (Kafka Connect: its consumer group's offsets; "
@@ -249,6 +249,17 @@ def w3_section(results: dict[str, Any], source: str) -> str:
     ratio = found["ratio"]
     verdict = "—" if ratio is None else "met" if ratio >= W3_TARGET else "**not met**"
     lines += ["", f"loom-ray (B4_tuned) ÷ Kafka Connect (B6_tuned): **{times(ratio)}** (target ≥ 3×: {verdict}).", ""]
+    limit = found.get("limit")
+    if limit:
+        lines += [
+            f"PostgreSQL's limit for these statements: **{rate(limit.get('msgs_per_s'))} msgs/s** "
+            f"(`loom_bench/w3_limit.py`: the route's staging COPY and upsert statement on records held in memory, "
+            f"{limit['variant'].removeprefix('upsert_only_').removesuffix('conn')} connections, batches of 10 000, "
+            f"one window); loom-ray reaches {percent(limit.get('loom_share'))} of it. No system writing this table "
+            f"this way can pass it, so on this machine the most loom-ray could be is "
+            f"**{times(limit.get('peer_ceiling'))}** Kafka Connect's rate.",
+            "",
+        ]
     lines += [
         "loom-ray reads plain JSON (the route names 10 typed columns); the Debezium JDBC sink reads the same "
         "records in Connect's JSON-with-schema envelope (`JsonConverter`, `schemas.enable=true`, ~1 KB per "

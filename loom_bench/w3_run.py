@@ -9,7 +9,8 @@ first progress), so neither's start-up counts; a window the topic ran out in is 
 (:func:`loom_bench.runner.short_window`). loom-ray's rate from its first partition claim to its last
 progress (start-up ramp included) is kept too, as ``claim_msgs_per_s``. After each run the table must equal
 the last-writer-wins fold, by key, of the topic's records below the committed offsets (tombstoned keys
-absent), read back from Kafka with a ``read_committed`` reader.
+absent), read back from Kafka with a ``read_committed`` reader. Before the runs, PostgreSQL's own limit for
+the route's statements is measured once (:mod:`loom_bench.w3_limit`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
-from loom_bench import database, processes, runner, stats, summary, w3
+from loom_bench import database, processes, runner, stats, summary, w3, w3_limit
 from loom_bench.config import Plan, Window
 from loom_bench.launch import launch
 from loom_bench.stats import DrainRate
@@ -34,6 +35,7 @@ from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 
 log = logging.getLogger(__name__)
 VARIANTS = ("B4_tuned", "B6", "B6_tuned")
+LIMIT_CONNECTIONS = 2  # as B1 on W1/W2, and as loom-ray's two tuned actors
 Progress = list[tuple[float, int]]
 
 
@@ -180,6 +182,9 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
     preload_s = w3.produce(svc.bootstrap, names, messages)
     chosen = [v for v in VARIANTS if v in selected]
     records = {t: read_topic(svc.bootstrap, t, 300) for t in {names.for_variant(v) for v in chosen}}
+    asyncio.run(_reset(svc.dsn, "loom"))
+    limit = asyncio.run(w3_limit.measure(svc.dsn, names.plain, messages, LIMIT_CONNECTIONS, plan.window))
+    log.info("W3 PostgreSQL limit: %s", limit)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
     order = []
     for rep in range(plan.reps):
@@ -191,6 +196,9 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
             runs[variant].append(drain(svc, variant, topic, messages, records[topic], f"W3-r{rep}", plan.window))
     systems = {v: summary.aggregate(rs) for v, rs in runs.items()}
     loom, peer = (systems.get(v, {}).get("msgs_per_s") for v in ("B4_tuned", "B6_tuned"))
+    limit.update(
+        {"loom_share": stats.ratio(loom, limit["msgs_per_s"]), "peer_ceiling": stats.ratio(limit["msgs_per_s"], peer)}
+    )
     return {
         "topics": dataclasses.asdict(names),
         "messages": messages,
@@ -199,6 +207,7 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
         "window": dataclasses.asdict(plan.window),
         "systems": systems,
         "ratio": stats.ratio(loom, peer),
+        "limit": limit,
         "order": order,
         "runs": runs,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

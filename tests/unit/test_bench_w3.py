@@ -11,12 +11,13 @@ from typing import Any
 
 import orjson
 
-from loom_bench import report, stats, w3
+from loom_bench import report, stats, w3, w3_limit
 from loom_bench.config import Window
 from loom_bench.summary import aggregate
 from loom_bench.systems import connect
 from loom_bench.topic_fold import Record
 from loom_bench.w3_run import claim_rate, expected_table, progress_rate
+from loom_ray.routes import convert
 from loom_ray.routes.model import load_routes
 from loom_ray.routes.types import TYPE_ALIASES
 
@@ -137,5 +138,35 @@ def test_w3_section_shows_rates_correct_runs_ratio_and_verdict() -> None:
     text = report.w3_section(_w3_results(60_000.0, 25_000.0), "bench-results/x.json")
     assert "| B4_tuned | 60\u202f000 (60\u202f000–60\u202f000, 0 %) | 1 / 1 | 90 / 90 |" in text
     assert "| B6_tuned | 25\u202f000 (25\u202f000–25\u202f000, 0 %) | 0 / 1 |" in text
-    assert "**2.40×** (target ≥ 3×: **not met**)" in text and "shared 2-core machine" in text
+    assert "**2.40×** (target ≥ 3×: **not met**)" in text and "2-core machine" in text
     assert "(target ≥ 3×: met)" in report.w3_section(_w3_results(90_000.0, 25_000.0), "x")
+    assert "PostgreSQL's limit" not in text  # results from before the limit was measured
+
+
+def test_w3_section_sets_the_ratio_against_postgresqls_own_limit() -> None:
+    results = _w3_results(60_000.0, 25_000.0)
+    results["w3"]["limit"] = {
+        "variant": "upsert_only_2conn",
+        "msgs_per_s": 66_000.0,
+        "loom_share": 60_000 / 66_000,
+        "peer_ceiling": 66_000 / 25_000,
+    }
+    text = report.w3_section(results, "x")
+    assert "PostgreSQL's limit for these statements: **66\u202f000 msgs/s**" in text
+    assert "2 connections" in text and "loom-ray reaches 91 % of it" in text
+    assert "the most loom-ray could be is **2.64×** Kafka Connect's rate" in text
+
+
+def test_the_limit_stages_what_loom_rays_route_stages() -> None:
+    route = w3_limit.route("t")
+    plan = convert.plan(route)
+    update, gone = w3_limit.staged(plan, "t", 3), w3_limit.staged(plan, "t", 50)
+    assert w3.is_tombstone(50) and not w3.is_tombstone(3)
+    assert update[0] is False and update[1:3] == (w3.entity_key(3), 3)
+    assert len(update) == 1 + len(route.columns)
+    assert gone[0] is True and gone[1] == w3.entity_key(50) and set(gone[2:]) == {None}
+    split = w3_limit.shares([w3_limit.staged(plan, "t", seq) for seq in range(2000)], 2)
+    assert sum(map(len, split)) == 2000 and all(split)
+    assert not {r[1] for r in split[0]} & {r[1] for r in split[1]}  # a key is applied by one connection only
+    records = [w3_limit.staged(plan, "t", seq) for seq in range(100)]
+    assert w3_limit.expected_rows(records) == len({w3.entity_key(s) for s in range(100)}) - 1  # seq 50 deletes
