@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loom_bench.stats import median_or_none
 from loom_bench.summary import REPORTED, SPREAD_FLAG
 
 DESCRIPTIONS = {
@@ -200,9 +201,23 @@ def _mapping(title: str, values: dict[str, Any]) -> list[str]:
 def _run_facts(results: dict[str, Any]) -> list[str]:
     machine = results["machine"]
     window = results.get("plan", {}).get("window") or {}
+    others = [
+        row["other_cores"]
+        for workload in results["workloads"].values()
+        for row in workload.get("variants", {}).values()
+        if row.get("other_cores") is not None
+    ]
+    typical = median_or_none(others)
+    if typical is not None and typical <= QUIET_OTHER_CORES:
+        where = (
+            f"Measured on a {machine.get('cores')}-core machine with nothing else running (busy CPU outside the "
+            f"run's processes: median {typical:.2f} cores over the variants; per variant below)."
+        )
+    else:
+        outside = "not measured" if typical is None else f"median {typical:.2f} cores over the variants"
+        where = f"Measured on a **shared machine** ({machine.get('cores')} cores; work outside the run: {outside})."
     lines = [
-        f"Measured on a **shared machine** ({machine.get('cores')} cores): other engineers' work ran at the "
-        f"same time. 1-min load average {machine.get('load_average_at_start', ['?'])[0]} at the start and "
+        f"{where} 1-min load average {machine.get('load_average_at_start', ['?'])[0]} at the start and "
         f"{(machine.get('load_average_at_end') or ['?'])[0]} at the end; per variant before → after below."
     ]
     if window.get("seconds"):
@@ -217,6 +232,7 @@ def _run_facts(results: dict[str, Any]) -> list[str]:
     return [" ".join(lines), ""]
 
 
+QUIET_OTHER_CORES = 0.25  # busy CPU outside the run (median over the variants) up to which the box is quiet
 W3_TARGET = 3.0  # issue 11: routes in upsert mode at >= 3x the Debezium JDBC sink in upsert mode
 
 

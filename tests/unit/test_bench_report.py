@@ -231,7 +231,20 @@ def test_report_renders_tables_targets_and_commands() -> None:
     )
     assert "L_shared = 1/(1/B0 + 1/B1) = 171\u202f429 msgs/s" in text
     assert "| W1 | B4_tuned p99 <= 1 s at 80 % load (ms) | 2500.00 | **not met** |" in text
-    assert "| B6_tuned | Kafka Connect + Debezium JDBC sink" in text and "**shared machine**" in text
+    assert "| B6_tuned | Kafka Connect + Debezium JDBC sink" in text
+    assert "**shared machine** (2 cores; work outside the run: not measured)" in text
+
+    def with_other(cores: float) -> dict[str, Any]:
+        w1 = results["workloads"]["W1"]
+        variants = {name: {**row, "other_cores": cores} for name, row in w1["variants"].items()}
+        return dict(results, workloads={"W1": {**w1, "variants": variants}})
+
+    quiet = with_other(0.1)
+    assert "2-core machine with nothing else running (busy CPU outside the run's processes: median 0.10" in (
+        report.render(quiet, "x")
+    )
+    busy = with_other(1.3)
+    assert "**shared machine** (2 cores; work outside the run: median 1.30 cores" in report.render(busy, "x")
     assert "**quick run: smoke figures, too short to compare systems.**" in text
     assert "| B4_tuned | 50 % |" in text and "`LOOM_KAFKA_BATCH_SIZE=5000`" in text
     assert "python -m loom_bench --quick" in text and "## What the numbers mean" in text
