@@ -30,6 +30,7 @@ from loom_ray.routes.convert import RoutePlan, plan, tombstone
 from loom_ray.routes.convert import convert as convert_record
 from loom_ray.routes.model import Route, RouteSet
 from loom_ray.routes.sql import apply_sql, create_stage_sql, stage_columns, stage_name, table_name
+from loom_ray.sink.codecs import install_codecs
 
 BATCH = 10_000
 ROWS_IN_MEMORY = 200_000
@@ -73,6 +74,7 @@ async def measure(dsn: str, topic: str, messages: int, connections: int, window:
     async def one(mine: list[Staged]) -> None:
         conn = await asyncpg.connect(dsn)
         try:
+            await install_codecs(conn)  # as loom-ray's pool: a timestamptz is staged as int microseconds
             schema = await conn.fetchval("SELECT current_schema()")
             apply = apply_sql(the_route, schema)
             await conn.execute(create_stage_sql(the_route))
