@@ -104,11 +104,12 @@ def _level(
 
 def cores_busy(series: Series, window: tuple[float, float], producer_cpu_s: float) -> dict[str, float | None]:
     """Cores each part kept busy while a level's producer ran: the system, PostgreSQL, the broker, the
-    producer, and the whole machine (``box``; with ``other`` the part no one here explains)."""
+    producer, and the whole machine (``box``; with ``other`` the part no one here explains); ``iowait``: cores
+    idle while the disk had I/O outstanding (PostgreSQL's WAL fsyncs, Kafka's log)."""
     start, end = window
     seconds = end - start
     found: dict[str, float | None] = {}
-    for name in ("pipeline", "postgres", "kafka", "box"):
+    for name in ("pipeline", "postgres", "kafka", "box", "iowait"):
         delta = window_delta(getattr(series, name), start, end)
         found[name] = None if delta is None or seconds <= 0 else round(delta / seconds, 2)
     found["producer"] = round(producer_cpu_s / seconds, 2) if seconds > 0 else None

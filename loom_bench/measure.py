@@ -30,6 +30,7 @@ class Series:
     postgres: list[tuple[float, float]] = field(default_factory=list)
     kafka: list[tuple[float, float]] = field(default_factory=list)
     box: list[tuple[float, float]] = field(default_factory=list)
+    iowait: list[tuple[float, float]] = field(default_factory=list)  # the machine's idle time waiting on I/O
     pipeline_by_label: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # cumulative per label
     peak_rss_bytes: int = 0
     peak_rss_by_process: dict[str, float] = field(default_factory=dict)  # MiB per label at the peak
@@ -134,6 +135,11 @@ def kafka_process(pid_file: Path | None) -> psutil.Process | None:
         return None
 
 
+def box_iowait_seconds() -> float:
+    """CPU seconds the whole machine sat idle with disk I/O outstanding since boot (0 where not reported)."""
+    return float(getattr(psutil.cpu_times(), "iowait", 0.0))
+
+
 def box_busy_seconds() -> float:
     """CPU seconds the whole machine spent not idle since boot."""
     times = psutil.cpu_times()
@@ -205,3 +211,4 @@ class Sampler:
         series.postgres.append((now, self._groups["postgres"].total))
         series.kafka.append((now, self._groups["kafka"].total))
         series.box.append((now, box_busy_seconds()))
+        series.iowait.append((now, box_iowait_seconds()))

@@ -124,7 +124,7 @@ def cpu_split_table(workload: dict[str, Any]) -> list[str]:
 def cores_cell(level: dict[str, Any]) -> str:
     busy = level.get("cores_busy") or {}
     parts = "/".join(number(busy.get(k), 2) for k in ("pipeline", "postgres", "kafka", "producer"))
-    return f"{number(busy.get('box'), 2)} ({parts})"
+    return f"{number(busy.get('box'), 2)} ({parts}); I/O wait {number(busy.get('iowait'), 2)}"
 
 
 def live_table(workload: dict[str, Any]) -> list[str]:
@@ -143,7 +143,7 @@ def live_table(workload: dict[str, Any]) -> list[str]:
     if not rows:
         return ["Not measured in this run."]
     header = [
-        "| System | load | offered msgs/s | produced msgs/s | cores busy (system/PG/Kafka/producer) | p50 ms "
+        "| System | load | offered msgs/s | produced msgs/s | cores busy (system/PG/Kafka/producer); I/O wait | p50 ms "
         "| p90 ms | p99 ms | max ms "
         "| caught up after s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -371,7 +371,8 @@ MEANING = """
   a lower "produced" than "offered". **cores busy** is the whole machine's busy CPU while the level's
   producer ran, in cores, then the part of it spent by the system, PostgreSQL, the broker and the producer: a
   level that keeps every core busy cannot keep up, whatever the pipeline's design, and its latency grows with
-  the level's length.
+  the level's length. *I/O wait* is idle CPU time with disk I/O outstanding (in cores): a level that leaves
+  cores idle while it waits on the disk is bound by the disk, not the CPU.
 - **Where the pipeline's CPU goes** splits the pipeline's CPU by process: *workers* are the Ray actors
   (`ray::…`; B5's plain processes), *driver* is `loom_ray.main`, *Ray's own processes* the rest (raylet,
   GCS, dashboard and its agents, log monitor): what B4 pays over B5.

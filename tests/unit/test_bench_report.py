@@ -321,11 +321,20 @@ def test_cores_busy_while_a_level_produces() -> None:
         postgres=[(0.0, 0.0), (10.0, 4.0)],
         kafka=[(0.0, 0.0), (10.0, 2.0)],
         box=[(0.0, 100.0), (10.0, 119.0)],
+        iowait=[(0.0, 0.0), (10.0, 1.0)],
     )
     found = cores_busy(series, (5.0, 10.0), producer_cpu_s=2.5)
-    assert found == {"pipeline": 0.8, "postgres": 0.4, "kafka": 0.2, "box": 1.9, "producer": 0.5, "other": 0.0}
+    assert found == {
+        "pipeline": 0.8,
+        "postgres": 0.4,
+        "kafka": 0.2,
+        "box": 1.9,
+        "iowait": 0.1,
+        "producer": 0.5,
+        "other": 0.0,
+    }
     level = {"offered_per_s": 1.0, "cores_busy": found}
-    assert report.cores_cell(level) == "1.90 (0.80/0.40/0.20/0.50)"
+    assert report.cores_cell(level) == "1.90 (0.80/0.40/0.20/0.50); I/O wait 0.10"
     assert cores_busy(Series(), (5.0, 10.0), 1.0)["other"] is None
 
 
