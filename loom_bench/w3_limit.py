@@ -7,8 +7,8 @@ whose hash falls to it (as loom-ray's actors hold disjoint partitions, so no two
 batch of ``BATCH`` records what a routed flush does in PostgreSQL: one transaction that COPYs the batch into
 the route's staging table and runs the route's one set-based statement
 (:func:`loom_ray.routes.sql.apply_sql`: last writer per key, tombstones delete). Left out: reading Kafka,
-decoding, the offset compare-and-set and the dead letters. Passes over the records repeat until the window
-is over; the rate is the window's, from client-side commit times (:func:`loom_bench.stats.windowed`). The
+decoding, the offset compare-and-set and the dead letters. Each connection repeats whole passes over its
+records until the window is over (a pass cut short would leave a replayed prefix, not the fold); the rate is the window's, from client-side commit times (:func:`loom_bench.stats.windowed`). The
 table must then hold one row per key whose last record is not a tombstone (``correct``).
 """
 
@@ -87,8 +87,6 @@ async def measure(dsn: str, topic: str, messages: int, connections: int, window:
                         )
                         await conn.execute(apply, 0, len(batch))
                     commits.append((time.time(), len(batch)))
-                    if time.monotonic() >= deadline:
-                        return
         finally:
             await conn.close()
 
