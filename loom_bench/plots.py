@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from loom_bench.summary import REPORTED  # noqa: E402
+from loom_bench.summary import REPORTED, is_quiet  # noqa: E402
 
 PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"))
 
@@ -41,7 +41,7 @@ def latency_series(workload: dict[str, Any]) -> dict[str, list[tuple[int, dict[s
     return found
 
 
-def render(name: str, workload: dict[str, Any], path: Path, mode: str) -> Path:
+def render(name: str, workload: dict[str, Any], path: Path, mode: str, quiet: bool = False) -> Path:
     """Draw ``workload``'s PNG at ``path``; the title names the mode (quick figures are labelled)."""
     points = throughput_points(workload)
     live = latency_series(workload)
@@ -71,7 +71,8 @@ def render(name: str, workload: dict[str, Any], path: Path, mode: str) -> Path:
         lines.legend(fontsize=7)
         lines.grid(alpha=0.3)
     label = "" if mode == "full" else f"\n{mode} run: smoke figures, not for comparison"
-    figure.suptitle(f"{workload['messages']:,} msgs of ~{workload['size']} B, on a shared machine{label}", fontsize=10)
+    machine = "a quiet machine" if quiet else "a shared machine"
+    figure.suptitle(f"{workload['messages']:,} msgs of ~{workload['size']} B, on {machine}{label}", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -83,6 +84,6 @@ def render_all(results: dict[str, Any], directory: Path) -> dict[str, Path]:
     """One ``<mode>-<workload>.png`` per workload in ``directory``."""
     mode = results["mode"]
     return {
-        name: render(name, workload, directory / f"{mode}-{name.lower()}.png", mode)
+        name: render(name, workload, directory / f"{mode}-{name.lower()}.png", mode, is_quiet(results))
         for name, workload in results["workloads"].items()
     }

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom_bench.stats import median_or_none
-from loom_bench.summary import REPORTED, SPREAD_FLAG
+from loom_bench.summary import REPORTED, SPREAD_FLAG, is_quiet, outside_load
 
 DESCRIPTIONS = {
     "B0": "Kafka only: confluent-kafka `consume(10000, 0.1)`, no parse, no DB, passes over the topic for >= 3 s",
@@ -201,14 +200,8 @@ def _mapping(title: str, values: dict[str, Any]) -> list[str]:
 def _run_facts(results: dict[str, Any]) -> list[str]:
     machine = results["machine"]
     window = results.get("plan", {}).get("window") or {}
-    others = [
-        row["other_cores"]
-        for workload in results["workloads"].values()
-        for row in workload.get("variants", {}).values()
-        if row.get("other_cores") is not None
-    ]
-    typical = median_or_none(others)
-    if typical is not None and typical <= QUIET_OTHER_CORES:
+    typical = outside_load(results)
+    if is_quiet(results):
         where = (
             f"Measured on a {machine.get('cores')}-core machine with nothing else running (busy CPU outside the "
             f"run's processes: median {typical:.2f} cores over the variants; per variant below)."
@@ -232,7 +225,6 @@ def _run_facts(results: dict[str, Any]) -> list[str]:
     return [" ".join(lines), ""]
 
 
-QUIET_OTHER_CORES = 0.25  # busy CPU outside the run (median over the variants) up to which the box is quiet
 W3_TARGET = 3.0  # issue 11: routes in upsert mode at >= 3x the Debezium JDBC sink in upsert mode
 
 

@@ -15,6 +15,7 @@ REPORTED = ("B0", "B1", "B2", "B3", "B4", "B4_tuned", "B5", "B6", "B6_tuned")
 LOOM = ("B4", "B4_tuned")  # loom-ray in the targets: the better of these two
 RSS_LIMIT_MB = 1536.0
 SPREAD_FLAG = 0.15  # (max - min) / median above this: the figure does not hold still
+QUIET_OTHER_CORES = 0.25  # busy CPU outside the run (median over the variants) up to which the box is quiet
 _MEDIANS = (
     "steady_msgs_per_s",
     "commit_window_msgs_per_s",
@@ -134,3 +135,21 @@ def targets(workload: str, table: dict[str, Any]) -> list[dict[str, Any]]:
 def _check(name: str, value: float | None, threshold: float, op: str) -> dict[str, Any]:
     met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
     return {"target": name, "value": value, "threshold": threshold, "op": op, "met": met}
+
+
+def outside_load(results: dict[str, Any]) -> float | None:
+    """Busy CPU no process of the run explains, in cores: the median over every variant of every workload."""
+    return median_or_none(
+        [
+            row["other_cores"]
+            for workload in results["workloads"].values()
+            for row in workload.get("variants", {}).values()
+            if row.get("other_cores") is not None
+        ]
+    )
+
+
+def is_quiet(results: dict[str, Any]) -> bool:
+    """Whether the run had the machine to itself (:data:`QUIET_OTHER_CORES`); unmeasured counts as shared."""
+    load = outside_load(results)
+    return load is not None and load <= QUIET_OTHER_CORES

@@ -8,8 +8,9 @@ batch of ``BATCH`` records what a routed flush does in PostgreSQL: one transacti
 the route's staging table and runs the route's one set-based statement
 (:func:`loom_ray.routes.sql.apply_sql`: last writer per key, tombstones delete). Left out: reading Kafka,
 decoding, the offset compare-and-set and the dead letters. Each connection repeats whole passes over its
-records until the window is over (a pass cut short would leave a replayed prefix, not the fold); the rate is the window's, from client-side commit times (:func:`loom_bench.stats.windowed`). The
-table must then hold one row per key whose last record is not a tombstone (``correct``).
+records until the window is over (a pass cut short would leave a replayed prefix, not the fold); the rate is
+the window's, from client-side commit times (:func:`loom_bench.stats.windowed`). The table must then hold
+one row per key whose last record is not a tombstone (``correct``).
 """
 
 from __future__ import annotations
