@@ -139,6 +139,14 @@ def _run(services: Services, plan: Launch, where: Target, name: str, stop_when: 
     with sampler(services, running) as sampling:
         finished = processes.wait(running, services.timeout_s, done)
     processes.kill(running)
+    return _Ended(running, sampling.series, run_facts(running, started, load_before, finished, services.timeout_s))
+
+
+def run_facts(
+    running: processes.Running, started: float, load_before: float, finished: bool, timeout_s: float
+) -> dict[str, Any]:
+    """What every measured run records once its processes are gone: wall time (from ``started``, monotonic),
+    exit codes, the 1-minute load average before and after, and a timeout as ``error``."""
     facts: dict[str, Any] = {
         "wall_s": round(time.monotonic() - started, 2),
         "exit_codes": running.exit_codes(),
@@ -146,8 +154,8 @@ def _run(services: Services, plan: Launch, where: Target, name: str, stop_when: 
         "load_1m_after": round(os.getloadavg()[0], 2),
     }
     if not finished:
-        facts["error"] = f"timed out after {services.timeout_s:.0f}s or did not stop cleanly"
-    return _Ended(running, sampling.series, facts)
+        facts["error"] = f"timed out after {timeout_s:.0f}s or did not stop cleanly"
+    return facts
 
 
 def _window_over(services: Services, plan: Launch, window: Window) -> Callable[[], bool]:

@@ -36,11 +36,15 @@ from loom_ray.sink.codecs import install_codecs
 BATCH = 10_000
 ROWS_IN_MEMORY = 200_000
 Staged = tuple[Any, ...]  # (delete, *column values): _loom_ord is added per batch
+KEY = 1  # a staged record's entity key: the route's first column, ``id``, right after the delete flag
 
 
 def route(topic: str) -> Route:
-    """W3's route, as loom-ray reads it from the harness's routes file."""
-    return RouteSet.model_validate(tomllib.loads(w3.routes_toml(topic))).routes[0]
+    """W3's route, as loom-ray reads it from the harness's routes file (its key the first column, :data:`KEY`)."""
+    found = RouteSet.model_validate(tomllib.loads(w3.routes_toml(topic))).routes[0]
+    if [c.name for c in found.columns[:1]] != list(found.key):
+        raise ValueError(f"W3's route must have its one key column first, not {found.key}")
+    return found
 
 
 def staged(route_plan: RoutePlan, topic: str, seq: int) -> Staged:
@@ -60,7 +64,7 @@ def shares(records: list[Staged], connections: int) -> list[list[Staged]]:
     """``records`` split by key hash into one list per connection, each in the original order."""
     found: list[list[Staged]] = [[] for _ in range(connections)]
     for record in records:
-        found[zlib.crc32(str(record[1]).encode()) % connections].append(record)
+        found[zlib.crc32(str(record[KEY]).encode()) % connections].append(record)
     return found
 
 
@@ -107,7 +111,7 @@ async def measure(dsn: str, topic: str, messages: int, connections: int, window:
 
 def expected_rows(records: list[Staged]) -> int:
     """Rows the table holds after the records are applied: keys whose last record is not a tombstone."""
-    last = {record[1]: record[0] for record in records}
+    last = {record[KEY]: record[0] for record in records}
     return sum(1 for deleted in last.values() if not deleted)
 
 

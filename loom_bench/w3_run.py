@@ -139,13 +139,8 @@ def drain(
     processes.kill(running)
     result: dict[str, Any] = {
         "variant": variant,
-        "wall_s": round(time.monotonic() - started, 2),
-        "exit_codes": running.exit_codes(),
-        "load_1m_before": round(load_before, 2),
-        "load_1m_after": round(os.getloadavg()[0], 2),
+        **runner.run_facts(running, started, load_before, finished, svc.timeout_s),
     }
-    if not finished:
-        result["error"] = f"timed out after {svc.timeout_s:.0f}s or did not stop cleanly"
     rate = progress_rate(samples, window)
     short = None if rate is None else runner.short_window(rate, window)
     result["msgs_per_s"] = None if rate is None or short else rate.msgs_per_s
