@@ -1,4 +1,4 @@
-"""assign(): balanced, sticky and deterministic; moves(): the partitions whose owner changes."""
+"""assign(): balanced in all and per topic, sticky and deterministic; moves(): the partitions whose owner changes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from loom_ray.policy import assignment
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, moves
 
 
@@ -119,6 +120,82 @@ def test_partitions_of_several_topics() -> None:
     result = assign(parts, ["x", "y"], {})
     _assert_balanced(result, parts, ["x", "y"])  # 9 over 2: 5 and 4
     assert sorted(Counter(result.values()).values()) == [4, 5]
+
+
+def _assert_topics_balanced(result: dict[TopicPartition, str], parts: list[TopicPartition], actors: list[str]) -> None:
+    """Every actor holds n_t // k or n_t // k + 1 of each topic t (and n // k or n // k + 1 in all)."""
+    _assert_balanced(result, parts, actors)
+    k = len(actors)
+    for topic, n in Counter(t for t, _ in parts).items():
+        load = Counter({name: 0 for name in actors})
+        load.update(owner for (t, _), owner in result.items() if t == topic)
+        for name, held in load.items():
+            assert held in (n // k, n // k + 1), f"{name} holds {held} of {topic}'s {n} over {k} actors"
+
+
+def _random_layout(seed: int) -> tuple[list[TopicPartition], list[str], dict[TopicPartition, str]]:
+    rng = random.Random(seed)
+    parts = [(f"t{t}", p) for t in range(rng.randint(1, 8)) for p in range(rng.randint(1, 12))]
+    actors = _actors(rng.randint(1, 9))
+    return parts, actors, _random_current(parts, actors, seed)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_several_topics_are_balanced_per_topic_and_in_all(seed: int) -> None:
+    parts, actors, current = _random_layout(seed)
+    result = assign(parts, actors, current)
+    _assert_topics_balanced(result, parts, actors)
+    assert assign(parts, actors, result) == result  # a fixed point: the next round moves nothing
+    # Sticky: an actor holding no more than the smaller share of a topic keeps all it holds of it.
+    k = len(actors)
+    for topic, n in Counter(t for t, _ in parts).items():
+        mine = Counter(owner for (t, _), owner in current.items() if t == topic)
+        for name, held in mine.items():
+            if name in actors and held <= n // k:
+                assert all(result[tp] == name for tp, owner in current.items() if owner == name and tp[0] == topic)
+    _assert_topics_balanced(assign(parts, [*actors, "new"], result), parts, [*actors, "new"])
+
+
+def test_each_actor_reads_a_share_of_every_topic() -> None:
+    # Three topics of 8 partitions over two actors: 4 of each per actor. Balanced only in all, one actor could
+    # hold one topic and a half and the other sit idle while only that topic has traffic.
+    parts = _parts(8, "a") + _parts(8, "b") + _parts(8, "c")
+    result = assign(parts, ["x", "y"], {})
+    assert Counter((t, owner) for (t, _), owner in result.items()) == {(t, owner): 4 for t in "abc" for owner in "xy"}
+
+
+def test_adding_or_removing_an_actor_with_several_topics_moves_the_minimum() -> None:
+    parts = _parts(8, "a") + _parts(8, "b") + _parts(8, "c")
+    before = assign(parts, ["x", "y"], {})
+    grown = assign(parts, ["x", "y", "z"], before)
+    _assert_topics_balanced(grown, parts, ["x", "y", "z"])
+    assert len(moves(before, grown)) == len(parts) // 3  # only what the newcomer must take
+    shrunk = assign(parts, ["x", "z"], grown)
+    _assert_topics_balanced(shrunk, parts, ["x", "z"])
+    assert moves(grown, shrunk) == sorted(tp for tp, owner in grown.items() if owner == "y")
+
+
+def test_extras_are_dealt_round_robin_when_the_sticky_choice_runs_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On this layout the sticky choice of who holds a topic's extra partition leaves one topic without
+    # enough candidates; the round-robin deal takes over and both balances still hold.
+    sizes = {"t0": 6, "t1": 5, "t2": 7, "t3": 6, "t4": 9, "t5": 6}
+    held = {
+        "t0": {"a5": [0], "a7": [1], "a6": [2], "gone": [3], "a2": [4]},
+        "t1": {"a3": [0, 1], "a4": [2, 3]},
+        "t2": {"a7": [0], "a2": [1], "a4": [2], "a5": [3], "gone": [5, 6]},
+        "t3": {"a1": [0], "a2": [1, 2], "a3": [3], "a4": [4], "a6": [5]},
+        "t4": {"a7": [0, 2, 4, 6], "a3": [1, 3], "a4": [5, 8], "a5": [7]},
+        "t5": {"a1": [0], "a7": [1], "a5": [2, 3, 5], "gone": [4]},
+    }
+    parts = [(t, p) for t, n in sizes.items() for p in range(n)]
+    current = {(t, p): owner for t, owners in held.items() for owner, ps in owners.items() for p in ps}
+    actors = [f"a{i}" for i in range(8)]
+    dealt: list[int] = []
+    deal = assignment._deal
+    monkeypatch.setattr(assignment, "_deal", lambda *args: dealt.append(1) or deal(*args))
+    result = assign(parts, actors, current)
+    assert dealt
+    _assert_topics_balanced(result, parts, actors)
 
 
 def test_partitions_that_disappear_are_dropped() -> None:
