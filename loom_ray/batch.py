@@ -22,6 +22,9 @@ Row = tuple[Any, ...]
 DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
 
 OFFSET_OUT_OF_RANGE = "offset_out_of_range"  # loom_gaps.reason: the log start moved past the offset
+# Memory a buffered record holds beyond its value's bytes: the row tuple, its key, offset and timestamp
+# objects and the decoded text's header (tracemalloc: ~270 bytes for a loom_messages row of a 189-byte value).
+RECORD_OVERHEAD_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,12 @@ class PartitionBatch:
     def count(self) -> int:
         """Messages in the batch, rows and dead letters together."""
         return len(self.rows) + len(self.dead_letters)
+
+    @property
+    def held_bytes(self) -> int:
+        """About the memory the batch holds: its values' bytes and :data:`RECORD_OVERHEAD_BYTES` per record
+        (what LOOM_BUFFER_MAX_BYTES bounds; ``size_bytes``, the values alone, is what fills a batch)."""
+        return self.size_bytes + self.count * RECORD_OVERHEAD_BYTES
 
     @property
     def advances(self) -> bool:

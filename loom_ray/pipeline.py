@@ -403,7 +403,7 @@ class IngestWorker:
             if batch.advances and (force or flush_due(batch, self._limits, now, self._paused)):
                 due.append(batch)
                 part.open = batch.after()
-        self._inflight_bytes = sum(b.size_bytes for b in due)
+        self._inflight_bytes = sum(b.held_bytes for b in due)
         return due
 
     async def _flush(self, batches: list[PartitionBatch]) -> None:
@@ -552,8 +552,8 @@ class IngestWorker:
         log.info("%s dropped %s[%d]: %s", self.name, *tp, reason)
 
     def buffered_bytes(self) -> int:
-        """Bytes held in open and in-flight batches."""
-        return self._inflight_bytes + sum(p.open.size_bytes for p in self._parts.values())
+        """Bytes held in open and in-flight batches (:attr:`PartitionBatch.held_bytes`)."""
+        return self._inflight_bytes + sum(p.open.held_bytes for p in self._parts.values())
 
     async def _apply_backpressure(self) -> None:
         assert self._kafka is not None

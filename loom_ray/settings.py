@@ -111,7 +111,10 @@ class Settings(BaseSettings):
         8 * _MiB, ge=1024, le=1024 * _MiB, description="Bytes per partition batch that trigger a flush."
     )
     buffer_max_bytes: int = Field(
-        64 * _MiB, ge=1024, le=16 * 1024 * _MiB, description="Per actor: fetching pauses while buffers hold more."
+        64 * _MiB,
+        ge=1024,
+        le=16 * 1024 * _MiB,
+        description="Per actor: fetching pauses while buffered records take more (values plus ~256 bytes each).",
     )
     max_message_bytes: int = Field(
         256 * 1024, ge=1, le=1024 * _MiB, description="A larger value becomes a dead letter (Oversize)."

@@ -5,9 +5,11 @@ from __future__ import annotations
 import operator
 import random
 import struct
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
@@ -218,3 +220,22 @@ def test_take_due_while_paused_takes_young_batches() -> None:
     due = worker._take_due(NOW, force=False)
     assert [(b.partition, b.start, b.end) for b in due] == [(0, 0, 1)]
     assert worker._parts[("t", 0)].open.start == 1  # a fresh batch opens after it
+
+
+@pytest.mark.parametrize("value_bytes", [200, 2048])
+def test_buffered_bytes_is_about_the_memory_the_buffered_rows_take(value_bytes: int) -> None:
+    # LOOM_BUFFER_MAX_BYTES bounds memory: the estimate must follow what the rows really take, values of the
+    # benchmark's W1 and W2 sizes, a key and a timestamp each (the Messages themselves are dropped).
+    worker = _worker([0])
+    value = orjson.dumps({"payload": "x" * (value_bytes - 14)})
+    messages = [_message(0, offset, value, key=f"key-{offset}".encode()) for offset in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        worker._add_all(messages, NOW, 0)
+        del messages
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert worker._parts[("t", 0)].open.count == 20_000
+    assert 0.75 * taken <= worker.buffered_bytes() <= 1.25 * taken
