@@ -217,6 +217,16 @@ def test_added_partitions_start_at_their_first_offset_while_a_deleted_topic_fail
             "the first claims",
             running=(process, log),
         )
+        # Each topic is spread over both actors: the two partitions of topic_name have two owners (balanced
+        # only in all, sorted order gave one actor both and the other actor the other topic).
+        wait_until(
+            lambda: (
+                scalar(endpoints, "SELECT count(DISTINCT owner) FROM loom_offsets WHERE topic = $1", topic_name) == 2
+            ),
+            60,
+            "topic_name's partitions on both actors",
+            running=(process, log),
+        )
         # One topic's metadata now fails for good; the other must still be coordinated.
         admin = _admin(endpoints)
         admin.delete_topics([other])[other].result(30)
