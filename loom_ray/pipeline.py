@@ -72,6 +72,41 @@ class _Partition:
     stats: PartitionStats = field(default_factory=PartitionStats)
 
 
+_FAULTS_KEPT = 100  # faults stats() reports; each carries a sequence number, so none is counted twice
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A partition this consumer dropped because its own flush failed for a reason nobody classified (a bug
+    or a broken invariant, :data:`loom_ray.policy.sink_errors.Kind.FATAL`)."""
+
+    seq: int  # per consumer, from 1: the coordinator counts each fault once
+    topic: str
+    partition: int
+    epoch: int
+    exc: BaseException
+    at: float  # epoch seconds
+
+    @property
+    def error(self) -> str:
+        """The error's class and first line, e.g. ``UniqueViolationError: duplicate key value ...``."""
+        first = (str(self.exc).splitlines() or [""])[0]
+        return f"{type(self.exc).__name__}: {first}"[:500]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for ``stats()`` (the coordinator's fault history and parking)."""
+        return {
+            "seq": self.seq,
+            "topic": self.topic,
+            "partition": self.partition,
+            "epoch": self.epoch,
+            "error_class": type(self.exc).__name__,
+            "sqlstate": getattr(self.exc, "sqlstate", None),
+            "error": self.error,
+            "at": self.at,
+        }
+
+
 HeaderValue = str | bytes | None
 
 
@@ -143,6 +178,8 @@ class IngestWorker:
         self.fenced: list[tuple[str, int, int]] = []  # (topic, partition, epoch) of every fenced batch
         self.outages = 0
         self.blocker: Blocker | None = None  # why flushes are refused now (see loom_ray.policy.sink_errors)
+        self.faults: list[Fault] = []  # the newest partitions dropped because their flush failed (a bug)
+        self._fault_seq = 0
         self._rows_committed = 0  # by this worker since it started, on every partition it held
         self._dead_letters_committed = 0
 
@@ -198,7 +235,7 @@ class IngestWorker:
             if (topic, partition, part.claim.epoch) in self.fenced:
                 return None
             result = await self._write_with_retry([part.open]) if part.open.advances else FlushResult()
-        if result.fenced:
+        if result.fenced or result.faulted:
             return None
         committed = part.open.end
         log.info("%s released %s[%d] at offset %d", self.name, topic, partition, committed)
@@ -412,11 +449,13 @@ class IngestWorker:
         self._inflight_bytes = 0
 
     async def _write_with_retry(self, batches: list[PartitionBatch]) -> FlushResult:
-        """Write until committed or fenced; never drops anything.
+        """Write until committed, fenced or faulted; never drops anything silently.
 
         Outages and blockers (:func:`classify`) are retried with capped, jittered backoff, each retry on
         fresh connections: a statement cached before an ALTER TABLE or a re-created table, or a connection to
-        a primary demoted to standby, must not fail the retry for ever. A fatal failure raises.
+        a primary demoted to standby, must not fail the retry for ever. A fatal failure (a bug or a broken
+        invariant) is narrowed down to the partitions whose own flush fails (:meth:`_isolate_fault`): those
+        are dropped and reported as faults, the others commit, and the consumer goes on.
         """
         assert self._sink is not None
         pending = batches
@@ -427,10 +466,13 @@ class IngestWorker:
             try:
                 result = await self._sink.write(pending)
                 pending = []
-            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            except Exception as exc:
                 verdict = classify(exc)
                 if verdict.kind is Kind.FATAL:
-                    raise
+                    result = await self._isolate_fault(pending, exc)
+                    pending = []
+                    self._merge(total, result)
+                    continue
                 delay = backoff_delay(attempt)
                 self._note_failure(verdict, exc, len(pending), attempt, delay)
                 await self._pool.expire_connections()
@@ -440,11 +482,60 @@ class IngestWorker:
             else:
                 self._note_unblocked()
             self._account(result, time.monotonic() - started)
-            total.committed += result.committed
-            total.fenced += result.fenced
-            total.rows += result.rows
-            total.dead_letters += result.dead_letters
+            self._merge(total, result)
         return total
+
+    @staticmethod
+    def _merge(total: FlushResult, result: FlushResult) -> None:
+        total.committed += result.committed
+        total.fenced += result.fenced
+        total.faulted += result.faulted
+        total.rows += result.rows
+        total.dead_letters += result.dead_letters
+
+    async def _isolate_fault(self, batches: list[PartitionBatch], exc: Exception) -> FlushResult:
+        """A flush failed for no reason :func:`classify` knows: find the partitions it belongs to.
+
+        One batch: that partition faults (:meth:`_fault`). Several: each is written again in a flush of its
+        own, so the partitions that are not at fault commit and the one that is faults alone; its neighbours
+        never stop with it. The coordinator decides what a partition's faults mean (claim it again with
+        backoff, or park it after repeated faults with the same error).
+        """
+        if len(batches) == 1:
+            self._fault(batches[0], exc)
+            return FlushResult(faulted=list(batches))
+        log.warning(
+            "%s: a flush of %d partitions failed (%s: %s); writing each partition alone to find the one at fault",
+            self.name,
+            len(batches),
+            type(exc).__name__,
+            exc,
+        )
+        total = FlushResult()
+        for batch in batches:
+            self._merge(total, await self._write_with_retry([batch]))
+        return total
+
+    def _fault(self, batch: PartitionBatch, exc: Exception) -> None:
+        """Drop a partition whose own flush fails for a reason nobody classified, and report it (``stats()``).
+
+        Its buffer is dropped, not lost: nothing of it committed, so the next claim reads it again."""
+        tp = (batch.topic, batch.partition)
+        self._fault_seq += 1
+        fault = Fault(self._fault_seq, batch.topic, batch.partition, batch.epoch, exc, time.time())
+        self.faults.append(fault)
+        del self.faults[:-_FAULTS_KEPT]
+        log.error(
+            "%s: %s[%d] faulted: its flush fails on its own (%s); dropping it for the coordinator to claim again",
+            self.name,
+            *tp,
+            fault.error,
+            exc_info=exc,
+        )
+        part = self._parts.get(tp)
+        if part is not None and part.open.epoch == batch.epoch:
+            self._parts.pop(tp)
+            self._unassigning[tp] = asyncio.get_running_loop().create_task(self._unassign_quietly(tp))
 
     async def _resolve(self, pending: list[PartitionBatch]) -> tuple[list[PartitionBatch], FlushResult]:
         """After an outage, learn from the offset rows which batches committed; the rest to retry."""
@@ -599,6 +690,7 @@ class IngestWorker:
             "fenced": len(self.fenced),
             "outages": self.outages,
             "blocked": None if self.blocker is None else self.blocker.as_dict(),
+            "faults": [fault.as_dict() for fault in self.faults],
             "totals": {"rows": self._rows_committed, "dead_letters": self._dead_letters_committed},
         }
 

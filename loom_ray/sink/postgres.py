@@ -85,6 +85,7 @@ class FlushResult:
 
     committed: list[PartitionBatch] = field(default_factory=list)
     fenced: list[PartitionBatch] = field(default_factory=list)
+    faulted: list[PartitionBatch] = field(default_factory=list)  # dropped: their flush fails for a bug
     rows: int = 0  # rows into loom_messages, plus records applied to routes' tables
     dead_letters: int = 0
     routes: dict[tuple[str, str, int], RouteCounts] = field(default_factory=dict)  # (route, topic, partition)
