@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loom_ray.routes.model import Route
+    from loom_ray.routes.convert import RoutePlan
 
 # A loom_messages record, in sink.postgres.MESSAGE_COLUMNS order; kafka_ts is an int, microseconds since
 # 2000-01-01 UTC (sink.codecs), or None. In a routed batch, a loom_ray.routes.convert.RoutedRecord.
@@ -56,7 +56,9 @@ class PartitionBatch:
     start: int
     end: int = -1
     incarnation: int = 0  # of the topic (loom_offsets.incarnation), stored with every record
-    route: Route | None = None  # the topic's route (LOOM_ROUTES_FILE); None: rows go to loom_messages
+    # The topic's route (LOOM_ROUTES_FILE) and the table shape its records were converted for; None: rows go to
+    # loom_messages. A batch keeps the plan it was opened with; the next one takes the consumer's current plan.
+    plan: RoutePlan | None = None
     rows: list[Row] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -83,11 +85,10 @@ class PartitionBatch:
         """Whether committing the batch moves the stored offset (records, gaps or offsets without a record)."""
         return self.end > self.start
 
-    def after(self) -> PartitionBatch:
-        """An empty batch that starts where this one ends, with the same claim."""
-        return PartitionBatch(
-            self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation, route=self.route
-        )
+    def after(self, plan: RoutePlan | None = None) -> PartitionBatch:
+        """An empty batch that starts where this one ends, with the same claim (and ``plan``, for a routed
+        topic: the plan its records will be converted by)."""
+        return PartitionBatch(self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation, plan=plan)
 
     def skip_to(self, offset: int, now: float) -> None:
         """Account for offsets up to ``offset`` that hold no record for a read_committed consumer."""

@@ -63,7 +63,8 @@ def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
 
 def decode_document(value: bytes | None, max_bytes: int) -> Any:
     """The parsed JSON value of a routed record (:mod:`loom_ray.routes`), or the :class:`Rejection` saying why
-    there is none, with :func:`decode_value`'s checks.
+    there is none: :func:`decode_value`'s checks but the one for ``\\u0000``, which the route's columns make
+    (a text or jsonb column refuses it and names the column; a field no column reads does not matter).
 
     The routed path needs the document, not the text, so an accepted value is parsed once, from its bytes
     (orjson refuses bytes that are not UTF-8, as the decode in :func:`decode_value` does). A value refused
@@ -72,12 +73,9 @@ def decode_document(value: bytes | None, max_bytes: int) -> Any:
     if value is None or not 0 < len(value) <= max_bytes:
         return decode_value(value, max_bytes)
     try:
-        document = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError:
         return decode_value(value, max_bytes)
-    if b"\\u0000" in value and contains_nul(document):
-        return decode_value(value, max_bytes)
-    return document
 
 
 def contains_nul(document: Any) -> bool:

@@ -50,3 +50,12 @@ class RoutesFileError(ConfigError):
 class RouteTableError(ConfigError):
     """A route's table exists but does not fit the route (a column missing, a type that differs, no unique
     key for an upsert), found at start; the message names the table, the column and the fix."""
+
+
+class RouteTableChangedError(LoomError):
+    """A route's table was altered while loom-ray ran in a way the route cannot take in (a column dropped or
+    narrowed, a type changed, a NOT NULL column added): the message says what, and the route's flushes wait
+    (retried with backoff, reported as ``sink_blocked``) until a person fixes the table or restarts the job.
+    Carries SQLSTATE ``LR001``, which :mod:`loom_ray.policy.sink_errors` classes as needing a person."""
+
+    sqlstate = "LR001"

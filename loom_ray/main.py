@@ -29,6 +29,7 @@ from loom_ray.errors import ConfigError, RayUnreachableError
 from loom_ray.kafka.admin import KafkaMetadata, explain
 from loom_ray.migrate import migrate
 from loom_ray.progress import MIN_RATE_WINDOW_S, ConsumerLines, IngestWindow
+from loom_ray.routes.fit import upsert_order_warnings
 from loom_ray.routes.tables import prepare_tables, route_counts, summary_lines
 from loom_ray.settings import SECRET_FIELDS, Settings, env_name
 from loom_ray.sink.routed import RouteCounts
@@ -87,14 +88,15 @@ class Counts:
     routes: dict[str, RouteCounts] | None = None  # per route (LOOM_ROUTES_FILE); rows includes what they applied
 
 
-async def prepare(settings: Settings) -> Counts:
-    """Migrate, check capacity, check the topics; return the counts before this run."""
+async def prepare(settings: Settings) -> tuple[Settings, Counts]:
+    """Migrate, prepare the routes' tables, check capacity; return the settings with the routes' tables as
+    the catalog has them (what the consumers convert records for) and the counts before this run."""
     conn = await db.connect(settings, f"loom-driver pid={os.getpid()}")
     try:
         await migrate(conn, schema=settings.db_schema)
-        await prepare_tables(conn, settings.routes, settings.db_schema)
+        tables = await prepare_tables(conn, settings.routes, settings.db_schema)
         await db.check_capacity(conn, settings)
-        return await counts(conn, settings)
+        return settings.with_route_tables(tables), await counts(conn, settings)
     finally:
         await conn.close()
 
@@ -111,7 +113,7 @@ async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
     )
     assert row is not None
     routes = await route_counts(conn, topics) if settings.routes.routes else None
-    routed = sum(c.written for c in routes.values()) if routes else 0
+    routed = sum(c.records for c in routes.values()) if routes else 0
     return Counts(
         int(row["committed"]), int(row["rows"]) + routed, int(row["dead_letters"]), int(row["gap_offsets"]), routes
     )
@@ -125,15 +127,24 @@ async def final_counts(settings: Settings) -> Counts:
         await conn.close()
 
 
-def check_topics(settings: Settings) -> int:
-    """The number of partitions; raises ConfigError naming a missing topic, bad credentials or no answer."""
+def check_topics(settings: Settings) -> dict[str, int]:
+    """Each topic's partition count; raises ConfigError naming a missing topic, bad credentials or no answer."""
     metadata = KafkaMetadata(settings)
     try:
-        return len(metadata.partitions())
+        found = metadata.partitions()
     except KafkaException as exc:
         raise ConfigError(explain(exc, metadata.errors, settings.kafka_bootstrap_servers)) from None
     finally:
         metadata.close()
+    return {topic: sum(1 for t, _ in found if t == topic) for topic in settings.kafka_topics}
+
+
+def warn_upsert_order(settings: Settings, partitions: dict[str, int]) -> None:
+    """Log a warning for each upsert route whose records of one key may arrive out of order and that names
+    no version (:func:`loom_ray.routes.fit.upsert_order_warnings`)."""
+    for route in settings.routes.routes:
+        for warning in upsert_order_warnings(route, partitions, settings.kafka_topics):
+            log.warning("%s", warning)
 
 
 def connect_ray(settings: Settings, address: str | None) -> None:
@@ -195,10 +206,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from actors.coordinator import COORDINATOR_NAME, CoordinatorActor
 
-    before = asyncio.run(prepare(settings))
+    settings, before = asyncio.run(prepare(settings))
     partitions = check_topics(settings)
     log.info("settings: %s", settings.summary())
-    log.info("%d partitions in %s", partitions, ",".join(settings.kafka_topics))
+    log.info("%d partitions in %s", sum(partitions.values()), ",".join(settings.kafka_topics))
+    warn_upsert_order(settings, partitions)
     connect_ray(settings, args.address)
     stop = Stop()
     placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]

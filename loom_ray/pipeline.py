@@ -33,10 +33,12 @@ from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.sink_errors import Blocker, Kind, Verdict, classify
-from loom_ray.routes.convert import RoutedRecord, RoutePlan, convert, plan, tombstone
+from loom_ray.routes.convert import RoutedRecord, RoutePlan, convert, tombstone
+from loom_ray.routes.model import Route
 from loom_ray.settings import Settings
 from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
 from loom_ray.sink.postgres import FlushResult, PostgresSink
+from loom_ray.sink.routed import RouteTables
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class _Partition:
     committed: int  # next_offset as committed in PostgreSQL
     open: PartitionBatch  # the batch messages are added to now
     assigned: int  # IngestWorker._assignments when this claim was taken: older consume() results are stale
-    plan: RoutePlan | None = None  # the topic's route (LOOM_ROUTES_FILE), or None for loom_messages
+    route: Route | None = None  # the topic's route (LOOM_ROUTES_FILE), or None for loom_messages
     stats: PartitionStats = field(default_factory=PartitionStats)
 
 
@@ -167,6 +169,7 @@ class IngestWorker:
         self._unassigning: dict[TopicPartition, asyncio.Task[None]] = {}
         self._kafka: PartitionConsumer | None = None
         self._sink: PostgresSink | None = None
+        self._tables = RouteTables(settings.routes, settings.db_schema) if settings.routes.routes else None
         self._pool: Any = None
         self._flush_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
@@ -189,11 +192,7 @@ class IngestWorker:
             self._settings, f"loom-ray {self.name} pid={os.getpid()}", init=install_codecs
         )
         self._sink = PostgresSink(
-            self._pool,
-            self.name,
-            self._settings.dead_letter_max_bytes,
-            self._settings.audit,
-            self._settings.db_schema,
+            self._pool, self.name, self._settings.dead_letter_max_bytes, self._settings.audit, self._tables
         )
         self._kafka = PartitionConsumer(self._settings, self.name)
         _tune_gc()
@@ -209,11 +208,15 @@ class IngestWorker:
             await pending  # the unassign after a fence must not land after this assign
         route = self._settings.routes.route_for(claim.topic)
         batch = PartitionBatch(
-            claim.topic, claim.partition, claim.epoch, claim.next_offset, incarnation=claim.incarnation, route=route
+            claim.topic,
+            claim.partition,
+            claim.epoch,
+            claim.next_offset,
+            incarnation=claim.incarnation,
+            plan=self._plan(route),
         )
         self._assignments += 1
-        route_plan = None if route is None else plan(route)
-        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route_plan)
+        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route)
         await self._kafka.assign(claim.topic, claim.partition, claim.next_offset, paused=self._paused)
         log.info(
             "%s assigned %s[%d] epoch=%d incarnation=%d from offset %d",
@@ -267,6 +270,13 @@ class IngestWorker:
                     self._flush_task = asyncio.create_task(self._flush(due))
             await self._mirror_offsets(now)
 
+    def _plan(self, route: Route | None) -> RoutePlan | None:
+        """The plan a new batch of ``route``'s records is converted by (the table as known now)."""
+        if route is None:
+            return None
+        assert self._tables is not None
+        return self._tables.plan_for(route)
+
     def _check_flush_task(self) -> None:
         task = self._flush_task
         if task is not None and task.done():
@@ -297,7 +307,7 @@ class IngestWorker:
                 if part is not None and part.assigned > assignments:
                     part = None
                 incarnation = 0 if part is None else part.open.incarnation
-                route_plan = None if part is None else part.plan
+                route_plan = None if part is None else part.open.plan
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
@@ -327,14 +337,14 @@ class IngestWorker:
         value = message.value()
         key = message.key()
         headers = encode_headers(raw_headers) if raw_headers else None
+        batch = part.open
         if value is None:
-            values = tombstone(route_plan, key)
+            values = tombstone(route_plan, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset)
         else:
             document = decode_document(value, self._settings.max_message_bytes)
             if isinstance(document, Rejection):
                 self._add_dead_letter(part, message, offset, headers, document, now)
                 return
-            batch = part.open
             values = convert(
                 route_plan, document, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
             )
@@ -439,7 +449,7 @@ class IngestWorker:
             batch = part.open
             if batch.advances and (force or flush_due(batch, self._limits, now, self._paused)):
                 due.append(batch)
-                part.open = batch.after()
+                part.open = batch.after(self._plan(part.route))
         self._inflight_bytes = sum(b.held_bytes for b in due)
         return due
 

@@ -8,6 +8,7 @@ Names and meanings follow the seed system (``LOOM_KAFKA_BATCH_SIZE``, ``LOOM_DB_
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from loom_ray.errors import ConfigError, RoutesFileError
+from loom_ray.routes.catalog import TableShape
 from loom_ray.routes.model import RouteSet, load_routes
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -253,6 +255,12 @@ class Settings(BaseSettings):
     def routes(self) -> RouteSet:
         """The routes of LOOM_ROUTES_FILE, parsed at start (none without the file)."""
         return self._routes
+
+    def with_route_tables(self, tables: Mapping[str, TableShape]) -> Settings:
+        """A copy whose routes carry their tables as the driver read them at start (route name -> shape)."""
+        copy = self.model_copy()
+        copy._routes = self._routes.with_tables(tables)
+        return copy
 
     @property
     def dsn(self) -> str:

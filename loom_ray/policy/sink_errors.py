@@ -10,17 +10,39 @@ Pure. The pipeline calls :func:`classify` on every exception a flush (or its in-
 - ``FATAL``: anything else, a bug or a broken invariant (a unique violation after a successful offset
   compare-and-set means a duplicate write). The flush stops loudly and the consumer's loop ends with it.
 
-Errors about one row's content never get here: the sink turns them into dead letters. Blocked kinds are
-told apart by SQLSTATE, never by message text.
+Errors about one row's content never get here: the sink isolates the row and dead-letters it
+(:func:`refuses_message`, :func:`refuses_route_row`). Everything is told apart by SQLSTATE and the error's
+structured fields, never by message text.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
+
 from loom_ray.db import TRANSIENT_ERRORS
+
+# asyncpg's binary encoder refusing one value (a str that is not UTF-8, an int wider than its column, a
+# numeric exponent beyond PostgreSQL's): it aborts the COPY, and the savepoint rolls that back as it does a
+# server error. Not TypeError: a value of the wrong Python type for its column means the column's type is not
+# the one the row was built for, the same for every row.
+ENCODE_ERRORS = (ValueError, OverflowError, struct.error)
+# SQLSTATE classes about one row's content: 22 a value PostgreSQL cannot take, 23 a constraint (NOT NULL,
+# CHECK, foreign key, unique, exclusion), 27 a triggered data change, 09 a triggered action, 2F/38/39 a
+# function the row ran into, P0 PL/pgSQL (RAISE).
+_ROW_CLASSES = frozenset({"22", "23", "27", "09", "2F", "38", "39", "P0"})
+_ROW_STATES = frozenset({"54000"})  # program_limit_exceeded: one row too large (an index entry)
+# In loom's own tables, constraints that a row can break without a bug in loom-ray. A unique violation in
+# loom_messages after a successful offset compare-and-set is a duplicate write: a broken invariant, not data.
+_MESSAGE_STATES = frozenset({"23502", "23503", "23514", "54000"})
+# Raised by the PL/pgSQL RAISE statement (PostgreSQL's server_source_function): a trigger or function of the
+# user's table refused the row, whatever SQLSTATE it chose.
+_RAISE = "exec_stmt_raise"
+ROUTE_TABLE_CHANGED = "LR001"  # raised by loom_route_guard(): the route's table is not the shape read
 
 
 class Kind(StrEnum):
@@ -63,6 +85,28 @@ BLOCKING: dict[str, Condition] = {
         ),
         Condition("42703", "undefined_column", Kind.NEEDS_PERSON, f"a column was dropped or renamed: {_RESTORE}"),
         Condition("42804", "datatype_mismatch", Kind.NEEDS_PERSON, f"a column changed type: {_RESTORE}"),
+        Condition(
+            "42P10",
+            "invalid_column_reference",
+            Kind.NEEDS_PERSON,
+            "an upsert route's table lost the unique key on the route's key (INSERT ... ON CONFLICT needs one): "
+            "CREATE UNIQUE INDEX ON the table (the route's key columns)",
+        ),
+        Condition(
+            "55000",
+            "object_not_in_prerequisite_state",
+            Kind.NEEDS_PERSON,
+            "the unique key an upsert route writes by became DEFERRABLE, which INSERT ... ON CONFLICT cannot "
+            "use: ALTER TABLE ... ALTER CONSTRAINT ... NOT DEFERRABLE",
+        ),
+        Condition(
+            ROUTE_TABLE_CHANGED,
+            "route_table_changed",
+            Kind.NEEDS_PERSON,
+            "a route's table was altered while loom-ray ran and no longer takes what was buffered for it (the "
+            "message says which column and how): alter it back, or stop the job and start it again to route "
+            "into the table as it is now (nothing buffered is lost: it was not committed)",
+        ),
         Condition(
             "3F000",
             "invalid_schema_name",
@@ -146,3 +190,28 @@ class Blocker:
             "fix": self.condition.fix,
             "since": self.since,
         }
+
+
+def refuses_message(exc: BaseException) -> bool:
+    """Whether ``exc``, raised writing loom's own tables, is about one row's content: isolate the row and
+    dead-letter it (a value PostgreSQL cannot take, a NOT NULL, CHECK or foreign key, a row too large, a
+    value asyncpg cannot encode). Anything else fails every row alike, or means a bug."""
+    if isinstance(exc, ENCODE_ERRORS):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and (state[:2] == "22" or state in _MESSAGE_STATES)
+
+
+def refuses_route_row(exc: BaseException) -> bool:
+    """Whether ``exc``, raised writing a route's table, is the table refusing one row: any value or
+    constraint error (a unique key and an exclusion constraint included), and anything a trigger or
+    function of the table raises (PL/pgSQL RAISE, whatever its SQLSTATE). Not the route's own guard: a table
+    altered under the route is a condition of the table, not of a row."""
+    if isinstance(exc, ENCODE_ERRORS):
+        return True
+    if not isinstance(exc, asyncpg.PostgresError):
+        return False
+    state = exc.sqlstate or ""
+    if state == ROUTE_TABLE_CHANGED:
+        return False
+    return state[:2] in _ROW_CLASSES or state in _ROW_STATES or exc.server_source_function == _RAISE

@@ -2,13 +2,15 @@
 
 Pure; runs on the consumer actor for every record of a routed topic (``IngestWorker._add_routed``), after
 the value is parsed once (:func:`loom_ray.decode.decode_document`). Each column's value is looked up at its
-source and converted by :mod:`loom_ray.routes.types`; the first column that does not fit rejects the record
-with a message naming the route, the column and the reason (stage ``validate``). A tombstone (no value)
-is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter.
+source and converted for the column's type as the table has it (:func:`plan` builds the converters from
+the :class:`~loom_ray.routes.catalog.TableShape` once); the first column that does not fit rejects the
+record with a message naming the route, the column and the reason (stage ``validate``). A tombstone (no
+value) is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -16,10 +18,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from loom_ray.decode import DECODE, VALIDATE, Rejection
+from loom_ray.routes.catalog import PgType, TableShape
 from loom_ray.routes.model import Column, Route
 from loom_ray.routes.models import load_model
-from loom_ray.routes.types import FROM_BYTES, FROM_JSON, Converter, Unfit
-from loom_ray.sink.codecs import kafka_ts_micros
+from loom_ray.routes.types import Converter, Unfit, converter
 
 _MISSING = object()
 KafkaHeaders = list[tuple[str, bytes | str | None]] | None
@@ -27,8 +29,8 @@ KafkaHeaders = list[tuple[str, bytes | str | None]] | None
 
 class RoutedRecord(NamedTuple):
     """What a batch holds for one routed record (a tuple, as a batch's rows are): its values in the route's
-    column order (key columns only for a delete), and the raw record for a dead letter should PostgreSQL
-    refuse the row at write time."""
+    column order (for a delete, the columns a tombstone has: the key and the record's metadata), and the raw
+    record for a dead letter should PostgreSQL refuse the row at write time."""
 
     offset: int
     delete: bool
@@ -45,41 +47,81 @@ class _ColumnPlan:
     path: tuple[str, ...]
     field: str | None  # the path's only step, for the common one-step lookup into a JSON object
     header: str | None
-    refuses_null: bool  # required, or part of the key
+    refuses_null: bool  # required, part of the key, or the version
     convert: Converter
+    validated: bool  # read from the route's model's validated value (else from the value as it came)
+    type: PgType
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    """A route made ready for the hot path: a converter per column (built once per partition assigned), and
-    the route's pydantic model, if it names one."""
+    """A route made ready for the hot path against its table as the catalog described it: a converter per
+    column (built once per route and table shape), the positions of the key and version columns, the
+    route's pydantic model if it names one, and the staging table this shape's records go through."""
 
     route: Route
+    table: TableShape
     columns: tuple[_ColumnPlan, ...]
+    key_index: tuple[int, ...]
+    version_index: int | None
+    stage: str
     model: type[BaseModel] | None = None
 
-
-def plan(route: Route) -> RoutePlan:
-    """The conversion plan of ``route`` (imports its model: raises ValueError if that fails)."""
-    columns = tuple(_column_plan(c, c.name in route.key) for c in route.columns)
-    return RoutePlan(route, columns, None if route.model is None else load_model(route.model))
+    def key_of(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A record's key values, hashable (a list made a tuple), to find a key's records in a flush."""
+        return tuple(tuple(v) if type(v) is list else v for v in (values[i] for i in self.key_index))
 
 
-def _column_plan(column: Column, in_key: bool) -> _ColumnPlan:
-    convert: Converter
-    if column.source == "timestamp":
-        convert = _record_timestamp
-    elif column.source in ("topic", "partition", "offset"):
-        convert = _same
+def plan(route: Route, table: TableShape) -> RoutePlan:
+    """The conversion plan of ``route`` into ``table`` (imports its model: raises ValueError if that fails).
+
+    The table fits the route (:func:`loom_ray.routes.fit.problems` found nothing), so every column exists
+    with a type its source can fill."""
+    validated = set(route.model_fields_read)
+    columns = tuple(
+        _column_plan(c, table, c.name in route.key or c.name == route.version, c.name in validated)
+        for c in route.columns
+    )
+    names = [c.name for c in route.columns]
+    digest = hashlib.sha256(f"{route.name}\x00{table.signature}".encode()).hexdigest()[:16]
+    return RoutePlan(
+        route,
+        table,
+        columns,
+        tuple(names.index(k) for k in route.key),
+        None if route.version is None else names.index(route.version),
+        f"loom_stage_{digest}",
+        None if route.model is None else load_model(route.model),
+    )
+
+
+def _column_plan(column: Column, table: TableShape, refuses_null: bool, validated: bool) -> _ColumnPlan:
+    pg = table.columns[column.name].type
+    assert pg is not None  # fit.problems refuses a column of a type no route fills
+    if column.source in ("value", "key", "header"):
+        source = "bytes" if column.reads_bytes else "json"
     else:
-        convert = FROM_BYTES[column.type] if column.reads_bytes else FROM_JSON[column.type]
+        source = column.source
+    convert = converter(pg, source, column.round)
+    assert convert is not None  # fit.problems refuses a source that cannot fill the type
     path = column.json_path if column.source == "value" else column.path
     field = path[0] if column.source == "value" and len(path) == 1 else None
-    return _ColumnPlan(column.name, column.source, path, field, column.header, column.required or in_key, convert)
+    return _ColumnPlan(
+        column.name, column.source, path, field, column.header, column.required or refuses_null, convert, validated, pg
+    )
 
 
-def tombstone(plan: RoutePlan, key: bytes | None) -> tuple[Any, ...] | Rejection:
-    """The key values a tombstone deletes by, or why it is a dead letter."""
+def tombstone(
+    plan: RoutePlan,
+    key: bytes | None,
+    headers: KafkaHeaders,
+    timestamp: tuple[int, int],
+    topic: str,
+    partition: int,
+    offset: int,
+) -> tuple[Any, ...] | Rejection:
+    """The values a tombstone deletes by (its key columns, and every column not read from the value, such as
+    a version from the record's timestamp), or why it is a dead letter."""
     route = plan.route
     if route.on_tombstone != "delete":
         return Rejection(
@@ -88,13 +130,15 @@ def tombstone(plan: RoutePlan, key: bytes | None) -> tuple[Any, ...] | Rejection
             '(set on_tombstone = "delete" with a key read from = "key")',
             DECODE,
         )
-    values: list[Any] = [None] * len(plan.columns)
-    for index, column in enumerate(plan.columns):
-        if column.name in route.key:
-            try:
-                values[index] = _convert(column, _from_key(column, key))
-            except Unfit as unfit:
-                return _reject(plan, column, unfit)
+    values: list[Any] = []
+    for column in plan.columns:
+        if column.source == "value":
+            values.append(None)
+            continue
+        try:
+            values.append(_convert(column, _raw(column, None, key, headers, timestamp, topic, partition, offset)))
+        except Unfit as unfit:
+            return _reject(plan, column, unfit)
     return tuple(values)
 
 
@@ -112,22 +156,23 @@ def convert(
 
     ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL).
     """
+    validated = document
     if plan.model is not None:
         try:
-            document = plan.model.model_validate(document).model_dump(mode="json")
+            validated = plan.model.model_validate(document).model_dump(mode="json")
         except ValidationError as exc:
             return _model_rejection(plan, exc)
     values: list[Any] = []
     append = values.append
-    is_object = type(document) is dict
     column = plan.columns[0]
     try:
         for column in plan.columns:
+            source = validated if column.validated else document
             field = column.field
-            if field is not None and is_object:
-                raw = document.get(field, _MISSING)
+            if field is not None and type(source) is dict:
+                raw = source.get(field, _MISSING)
             else:
-                raw = _raw(column, document, key, headers, timestamp, topic, partition, offset)
+                raw = _raw(column, source, key, headers, timestamp, topic, partition, offset)
             if raw is None or raw is _MISSING:
                 _check_null(column, raw)
                 append(None)
@@ -195,7 +240,9 @@ def _model_rejection(plan: RoutePlan, exc: ValidationError) -> Rejection:
 
 
 def _lookup(document: Any, path: tuple[str, ...]) -> Any:
-    """The JSON value at ``path``, or _MISSING where a step finds nothing."""
+    """The JSON value at ``path``, or _MISSING where a step finds nothing (or there is no document)."""
+    if document is None:
+        return _MISSING
     for step in path:
         if type(document) is dict:
             document = document.get(step, _MISSING)
@@ -224,15 +271,3 @@ def _header(headers: KafkaHeaders, name: str | None) -> bytes | None:
         if key == name:
             found = value
     return found.encode("utf-8") if isinstance(found, str) else found
-
-
-def _same(value: Any) -> Any:
-    """topic, partition and offset: already what their column holds."""
-    return value
-
-
-def _record_timestamp(ts_ms: int) -> int:
-    try:
-        return kafka_ts_micros(ts_ms)
-    except ValueError as exc:
-        raise Unfit("BadTimestamp", f"the record's timestamp: {exc}") from None

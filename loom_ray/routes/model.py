@@ -3,33 +3,42 @@
 Read by :class:`loom_ray.settings.Settings` when it is built, so a bad file stops the start before anything
 connects, with a :class:`~loom_ray.errors.RoutesFileError` naming the file, the route and what to change;
 the parsed routes travel to the consumer actors inside the settings (the file is needed on the driver's
-machine only). The format, with every key::
+machine only), with each table's shape as the driver read it at start (:meth:`RouteSet.with_tables`). The
+format, with every key::
 
     [[route]]
     name = "orders"                 # names the route in dead letters, metrics and loom_route_counts
     topic = "orders"                # or topic_pattern = "orders\\\\..*" (a regular expression, whole name)
-    table = "shop.orders"           # schema.table, or table (then in LOOM_DB_SCHEMA)
+    table = "shop.orders"           # schema.table, or table (then in LOOM_DB_SCHEMA); names exactly as the
+                                    # catalog spells them ("Sales.Orders"; '"a.b".t' for a dot in a name)
     mode = "upsert"                 # or "insert" (the default): append every record
-    key = ["order_id"]              # columns of the unique key; required for upsert
+    key = ["order_id"]              # columns of a unique key of the table; required for upsert
+    version = "placed_at"           # upsert: a column whose greater value is the newer record (optional)
+    on_duplicate = "ignore"         # insert with a key: a repeated key is a dead letter (default) or ignored
     on_tombstone = "delete"         # or "dead_letter" (the default); delete needs every key column from the key
     auto_create = true              # create the table (and schema) when missing; default false
     add_columns = true              # add the route's columns an existing table lacks (nullable); default false
 
     [route.columns]                 # in table order
-    order_id = { type = "bigint", from = "key" }              # the whole Kafka key, as decimal digits
-    customer = { type = "text", path = "customer.name", required = true }
-    amount   = { type = "numeric" }                            # path defaults to the column's name
-    placed   = { type = "timestamptz", path = "placed_at" }
-    source   = { type = "text", from = "header", header = "source" }
-    kafka_ts = { type = "timestamptz", from = "timestamp" }
-    src_off  = { type = "bigint", from = "offset" }           # also from = "topic" (text), "partition"
+    order_id = { from = "key" }                                 # the whole Kafka key, as decimal digits
+    customer = { path = "customer.name", required = true }
+    amount   = { type = "numeric(12,2)", round = true }        # type: optional for an existing table
+    placed   = { path = "placed_at" }
+    "createdAt" = { path = "created_at" }                      # a name as the table spells it
+    source   = { from = "header", header = "source" }
+    kafka_ts = { from = "timestamp" }
+    src_off  = { from = "offset" }                             # also from = "topic", "partition"
 
+Each column's type is the table's (read from the catalog at start: :mod:`loom_ray.routes.catalog`); a
+``type`` given here must name the same type, and is needed where ``auto_create`` creates the table.
 Instead of (or besides) ``[route.columns]``, ``model = "package.module:Class"`` names a pydantic model: its
-fields become columns read from the value, and it validates each value (:mod:`loom_ray.routes.models`).
+fields become columns read from the validated value, and it validates each value
+(:mod:`loom_ray.routes.models`); ``[route.columns]`` then add or replace columns, read from the value as
+it came.
 
 ``from`` is ``value`` (default: a JSON path into the value), ``key`` (the whole key as bytes, or with a
 ``path`` the key as JSON), ``header``, ``timestamp``, ``topic``, ``partition`` or ``offset``. A path is
-dotted names, with a number for a list's element (``items.0.sku``). Types: :mod:`loom_ray.routes.types`.
+dotted names, with a number for a list's element (``items.0.sku``). Conversions: :mod:`loom_ray.routes.types`.
 A topic no route matches is stored in ``loom_messages``, as without a routes file.
 """
 
@@ -37,33 +46,51 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from loom_ray.errors import RoutesFileError
+from loom_ray.routes.catalog import TableShape, quote_identifier
 from loom_ray.routes.models import model_columns
-from loom_ray.routes.types import BYTES_TYPES, TYPE_ALIASES
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 Source = Literal["value", "key", "header", "timestamp", "topic", "partition", "offset"]
-# The type a metadata source gives, and the types its column may have.
-_METADATA_TYPES = {
-    "timestamp": frozenset({"timestamp with time zone"}),
-    "topic": frozenset({"text"}),
-    "partition": frozenset({"integer", "bigint"}),
-    "offset": frozenset({"bigint"}),
-}
+RESERVED_PREFIX = "_loom"  # the staging table's own columns (routes/sql.py)
+_TYPE_TEXT = re.compile(r'^[A-Za-z_][A-Za-z0-9_ ."(),\[\]]{0,200}$')
+_QUALIFIED = re.compile(r'\s*("(?:[^"]|"")+"|[^."]+)\s*')
 
 
 def _identifier(value: str, what: str) -> str:
-    if not _IDENTIFIER.match(value) or value.startswith("pg_") or value.startswith("_loom"):
-        raise ValueError(
-            f"{what} {value!r} must be a lower-case SQL identifier: a letter or _, then letters, digits or _, "
-            "at most 63, not starting with pg_ or _loom"
-        )
+    """A name as the catalog spells it: any characters but NUL, at most 63 bytes (PostgreSQL's limit)."""
+    if not value or "\x00" in value or len(value.encode("utf-8")) > 63:
+        raise ValueError(f"{what} {value!r} must be a name of 1 to 63 bytes (as the table spells it, any case)")
     return value
+
+
+def split_qualified(text: str) -> tuple[str | None, str]:
+    """``schema.table`` or ``table`` into its names, exactly as written; a name in double quotes may hold a
+    dot (``"a.b".t``). Raises ValueError saying how to write it."""
+    parts = []
+    position = 0
+    while True:
+        match = _QUALIFIED.match(text, position)
+        if match is None:
+            raise ValueError(f"table {text!r}: write schema.table or table ('\"a.b\".t' for a dot in a name)")
+        name = match.group(1)
+        parts.append(name[1:-1].replace('""', '"') if name.startswith('"') else name)
+        position = match.end()
+        if position == len(text):
+            break
+        if text[position] != ".":
+            raise ValueError(f"table {text!r}: write schema.table or table ('\"a.b\".t' for a dot in a name)")
+        position += 1
+    if len(parts) > 2:
+        raise ValueError(f"table {text!r}: write schema.table or table ('\"a.b\".t' for a dot in a name)")
+    for part in parts:
+        _identifier(part, "schema" if len(parts) == 2 and part is parts[0] else "table")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
 class Column(BaseModel):
@@ -72,19 +99,19 @@ class Column(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str = ""  # set from the key of [route.columns]
-    type: str
+    type: str | None = None  # checked against the table at start (to_regtype), the DDL of auto_create
     source: Source = Field("value", alias="from")
     path: tuple[str, ...] = ()
     header: str | None = None
     required: bool = False
+    round: bool = False  # numeric(p,s), time(p), timestamp(p): round extra digits as PostgreSQL does
 
     @field_validator("type")
     @classmethod
-    def _known_type(cls, value: str) -> str:
-        canonical = TYPE_ALIASES.get(" ".join(value.lower().split()))
-        if canonical is None:
-            raise ValueError(f"unknown type {value!r}; use one of: {', '.join(sorted(set(TYPE_ALIASES)))}")
-        return canonical
+    def _type_text(cls, value: str | None) -> str | None:
+        if value is not None and not _TYPE_TEXT.match(value):
+            raise ValueError(f"type {value!r} is not a PostgreSQL type name (e.g. bigint, varchar(64), numeric(12,2))")
+        return None if value is None else " ".join(value.split())
 
     @field_validator("path", mode="before")
     @classmethod
@@ -104,14 +131,6 @@ class Column(BaseModel):
             raise ValueError(f'header = {self.header!r} is only read with from = "header"')
         if self.path and self.source not in ("value", "key"):
             raise ValueError(f'path is only read with from = "value" or "key", not from = "{self.source}"')
-        allowed = _METADATA_TYPES.get(self.source)
-        if allowed is not None and self.type not in allowed:
-            raise ValueError(f'from = "{self.source}" gives {" or ".join(sorted(allowed))}, not {self.type}')
-        if self.reads_bytes and self.type not in BYTES_TYPES:
-            raise ValueError(
-                f'from = "{self.source}" without a path reads bytes, which fit {", ".join(sorted(BYTES_TYPES))}; '
-                f"for {self.type}, give a path into a JSON key" + (" (or use a value field)" if self.header else "")
-            )
         return self
 
     @property
@@ -123,6 +142,11 @@ class Column(BaseModel):
     def json_path(self) -> tuple[str, ...]:
         """The path into the value (or JSON key): the given one, else the column's name."""
         return self.path or (self.name,)
+
+    @property
+    def quoted(self) -> str:
+        """The column's name as a quoted SQL identifier."""
+        return quote_identifier(self.name)
 
 
 class Route(BaseModel):
@@ -136,21 +160,32 @@ class Route(BaseModel):
     table: str
     mode: Literal["insert", "upsert"] = "insert"
     key: tuple[str, ...] = ()
+    version: str | None = None  # upsert: the column whose greater value is the newer record
+    on_duplicate: Literal["dead_letter", "ignore"] = "dead_letter"
     on_tombstone: Literal["delete", "dead_letter"] = "dead_letter"
     auto_create: bool = False
     add_columns: bool = False
     model: str | None = None  # "module:Class": a pydantic model whose fields give columns (loom_ray.routes.models)
     columns: tuple[Column, ...] = ()
+    model_fields_read: tuple[str, ...] = ()  # set from model: the columns read from the model's validated value
 
     @model_validator(mode="before")
     @classmethod
     def _model_fields(cls, data: Any) -> Any:
-        """With ``model``, the model's fields are the columns; ``[route.columns]`` adds or overrides some."""
+        """With ``model``, the model's fields are the columns (read from the validated value); the columns of
+        ``[route.columns]`` add to or replace them (read from the value as it came)."""
+        if isinstance(data, dict) and data.get("model_fields_read") and data.get("model") is None:
+            raise ValueError("model_fields_read is set by loom-ray from model; remove it")
         if isinstance(data, dict) and data.get("model") is not None:
             explicit = data.get("columns") or {}
             if not isinstance(explicit, dict):
                 return data
-            return {**data, "columns": {**model_columns(str(data["model"])), **explicit}}
+            fields = model_columns(str(data["model"]))
+            return {
+                **data,
+                "columns": {**fields, **explicit},
+                "model_fields_read": tuple(name for name in fields if name not in explicit),
+            }
         return data
 
     @field_validator("name")
@@ -173,11 +208,7 @@ class Route(BaseModel):
     @field_validator("table")
     @classmethod
     def _check_table(cls, value: str) -> str:
-        parts = value.split(".")
-        if len(parts) > 2:
-            raise ValueError(f"table {value!r}: write schema.table or table")
-        for part in parts:
-            _identifier(part, "table" if part is parts[-1] else "schema")
+        split_qualified(value)
         return value
 
     @field_validator("columns", mode="before")
@@ -189,8 +220,10 @@ class Route(BaseModel):
             named = []
             for name, spec in value.items():
                 _identifier(name, "column")
+                if name.startswith(RESERVED_PREFIX):
+                    raise ValueError(f"column {name!r}: names starting with {RESERVED_PREFIX} are loom-ray's own")
                 if not isinstance(spec, dict):
-                    raise ValueError(f'column {name}: write {name} = {{ type = "text", ... }}')
+                    raise ValueError(f'column {name}: write {name} = {{ path = "...", ... }}')
                 named.append({**spec, "name": name})
             return named
         return value
@@ -209,25 +242,40 @@ class Route(BaseModel):
             raise ValueError("key names a column twice")
         if self.mode == "upsert" and not self.key:
             raise ValueError('mode = "upsert" needs key = ["<column>", ...]: the columns that identify a row')
+        if self.version is not None:
+            if self.mode != "upsert":
+                raise ValueError('version orders the records of a key for mode = "upsert" only')
+            if self.version not in by_name:
+                raise ValueError(
+                    f"version names {self.version}, not among the columns; declare it under [route.columns]"
+                )
+            if self.version in self.key:
+                raise ValueError(f"version {self.version} is part of the key; name a column outside it")
+        if self.on_duplicate != "dead_letter" and not (self.mode == "insert" and self.key):
+            raise ValueError('on_duplicate says what a repeated key does to mode = "insert" with a key')
         if self.on_tombstone == "delete":
             if self.mode != "upsert":
                 raise ValueError('on_tombstone = "delete" needs mode = "upsert" (a key to delete by)')
-            from_value = [k for k in self.key if by_name[k].source != "key"]
+            from_value = [k for k in self.key if by_name[k].source == "value"]
             if from_value:
                 raise ValueError(
                     f'on_tombstone = "delete": a tombstone has no value, so key column {from_value[0]} must be '
-                    'read from = "key"'
+                    'read from = "key" (or another source than the value)'
                 )
         return self
 
     @property
     def schema_name(self) -> str | None:
         """The table's schema, or None for LOOM_DB_SCHEMA."""
-        return self.table.split(".")[0] if "." in self.table else None
+        return split_qualified(self.table)[0]
 
     @property
     def table_name(self) -> str:
-        return self.table.split(".")[-1]
+        return split_qualified(self.table)[1]
+
+    def label(self, default_schema: str) -> str:
+        """The route's table, schema-qualified and quoted."""
+        return f"{quote_identifier(self.schema_name or default_schema)}.{quote_identifier(self.table_name)}"
 
     def matches(self, topic: str) -> bool:
         """Whether ``topic`` goes to this route."""
@@ -243,6 +291,7 @@ class RouteSet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     routes: tuple[Route, ...] = Field((), alias="route")
+    _tables: Mapping[str, TableShape] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _distinct(self) -> RouteSet:
@@ -254,6 +303,16 @@ class RouteSet(BaseModel):
     def route_for(self, topic: str) -> Route | None:
         """The route of ``topic``: the first that matches, or None (the topic goes to loom_messages)."""
         return next((r for r in self.routes if r.matches(topic)), None)
+
+    def with_tables(self, tables: Mapping[str, TableShape]) -> RouteSet:
+        """A copy that carries each route's table as the catalog described it (route name -> shape)."""
+        copy = self.model_copy()
+        copy._tables = dict(tables)
+        return copy
+
+    def table(self, route: str) -> TableShape:
+        """The shape of ``route``'s table read at start; KeyError if the driver did not read it."""
+        return self._tables[route]
 
 
 def load_routes(path: Path) -> RouteSet:

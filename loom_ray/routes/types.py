@@ -1,24 +1,38 @@
-"""The PostgreSQL types a route's column may have, and the pure conversions of a record's field into each.
+"""The conversions of a record's field into the type its column really has (:class:`~loom_ray.routes.catalog.PgType`).
 
-Runs on the consumer actor for every routed record, inside the decode step. A conversion returns the value
-asyncpg's binary COPY sends for the column, or raises :class:`Unfit` with the reason; the caller makes that
-a dead letter naming the route and the column. Nothing is coerced that would change the data:
+Built once per route and table shape (:func:`converter`), run on the consumer actor for every routed record.
+A conversion returns what asyncpg's binary COPY sends for the column, or raises :class:`Unfit` with the
+reason; the caller makes that a dead letter naming the route and the column. Nothing is coerced that would
+change the data, and nothing is rounded or cut unless PostgreSQL's own rule says so and the message below
+says it:
 
-- from JSON (a value field, or a key read with a ``path``): integers only into ``smallint``/``integer``/
-  ``bigint`` (in range; ``true``, ``1.0`` and ``"1"`` are refused); a JSON integer into ``numeric``
-  exactly, a JSON number with a fraction through its shortest decimal form (send a JSON string, e.g.
-  ``"12.50"``, to keep every digit; a string must hold a finite decimal number); any JSON number into
-  ``double precision`` if the double holds it exactly; ``real`` rounds to single precision and refuses what
-  is beyond its range; ``boolean`` from ``true``/``false``; ``text`` from a JSON string only; ``jsonb``
-  from any JSON value; ``timestamptz`` from an ISO 8601 string with a time zone (``Z`` or ``+02:00``);
-  ``date`` from ``YYYY-MM-DD``; ``uuid`` from its text form; ``bytea`` from base64 text;
-- from bytes (the whole Kafka key, a header): ``bytea`` as is; ``text`` from UTF-8; ``smallint``/
-  ``integer``/``bigint`` from decimal digits; ``uuid`` from its text form;
-- a JSON ``null`` and a missing field are SQL NULL; a column marked ``required`` refuses both;
-- the JSON parser (orjson) reads integers outside 64 bits, and so beyond ``bigint``, as doubles: into
-  ``numeric`` they keep 17 significant digits. Send such numbers as strings to keep every digit.
+- integers (``smallint``/``integer``/``bigint``): JSON integers in range only (``true``, ``1.0`` and ``"1"``
+  are refused);
+- ``numeric(p,s)``/``numeric``: a JSON integer exactly, a number with a fraction through its shortest decimal
+  form (send a string such as ``"12.50"`` to keep every digit), a string holding a finite decimal. A value
+  with more decimals than ``s`` is refused (PostgreSQL would round it), unless the column says
+  ``round = true``: then it is rounded half away from zero, as PostgreSQL does; one whose integer part has
+  more than ``p - s`` digits, or beyond what PostgreSQL's numeric holds (131072 digits before the point,
+  16383 after), is refused;
+- ``real``/``double precision``: numbers (a double only if it holds the integer exactly; real's range);
+- ``boolean``: ``true``/``false``; ``text``: JSON strings; ``varchar(n)``/``char(n)``: strings of at most
+  ``n`` characters (longer ones are refused, except that trailing spaces beyond ``n`` are cut, as
+  PostgreSQL cuts them; ``char(n)`` pads shorter ones, as PostgreSQL does);
+- ``timestamptz``: an ISO 8601 string with a time zone (``Z`` or ``+02:00``); ``timestamp`` (without time
+  zone): an ISO 8601 string, stored as written when it has no zone and converted to UTC when it has one;
+  ``date``: ``YYYY-MM-DD``; ``time``: ``HH:MM[:SS[.ffffff]]`` without a zone. A time with more fractional
+  digits than the column keeps (``timestamp(3)``) is refused unless ``round = true``;
+- ``uuid``: its text form; ``bytea``: base64 text; ``json``: any JSON value; ``jsonb``: any JSON value
+  without U+0000; an enum: one of its labels; a domain: its base type's conversion (its CHECK constraints are
+  the table's: a refused row is isolated at write time); a one-dimensional array of any of these: a JSON
+  array (``null`` elements allowed);
+- from bytes (the whole Kafka key, a header): the text types (UTF-8), ``bytea`` as is, the integers and
+  ``numeric`` from their decimal text, ``uuid``, an enum's label;
+- from the record's metadata: its timestamp into ``timestamptz`` or ``timestamp`` (UTC), its topic into a
+  text type, its partition and offset into an integer or ``numeric``;
+- a JSON ``null`` and a missing field are SQL NULL; a column marked ``required`` refuses both.
 
-Strings holding U+0000 are refused for ``text`` and ``jsonb``: PostgreSQL cannot store that character.
+Strings holding U+0000 are refused for the text types and ``jsonb``: PostgreSQL cannot store that character.
 """
 
 from __future__ import annotations
@@ -28,57 +42,44 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from functools import partial
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
 from loom_ray.decode import contains_nul
-from loom_ray.sink.codecs import PG_EPOCH
+from loom_ray.routes.catalog import ARRAY, ENUM, PgType
+from loom_ray.sink.codecs import PG_EPOCH, kafka_ts_micros
 
-# Canonical names, as information_schema.columns.data_type spells them, and the aliases a file may use.
-TYPE_ALIASES = {
-    "text": "text",
-    "boolean": "boolean",
-    "bool": "boolean",
-    "smallint": "smallint",
-    "int2": "smallint",
-    "integer": "integer",
-    "int": "integer",
-    "int4": "integer",
-    "bigint": "bigint",
-    "int8": "bigint",
-    "real": "real",
-    "float4": "real",
-    "double precision": "double precision",
-    "float8": "double precision",
-    "numeric": "numeric",
-    "decimal": "numeric",
-    "timestamptz": "timestamp with time zone",
-    "timestamp with time zone": "timestamp with time zone",
-    "date": "date",
-    "uuid": "uuid",
-    "jsonb": "jsonb",
-    "bytea": "bytea",
-}
-# Types a column read from raw bytes (the whole key, a header) may have.
-BYTES_TYPES = frozenset({"text", "bytea", "smallint", "integer", "bigint", "uuid"})
-# What each canonical type is called in DDL.
-DDL_NAMES = {name: "timestamptz" if name == "timestamp with time zone" else name for name in TYPE_ALIASES.values()}
+Converter = Callable[[Any], Any]
 
-_INT_RANGES = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+_INT_BOUNDS = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+_INTEGERS = frozenset(_INT_BOUNDS)
+_TEXTS = frozenset({"text", "varchar", "bpchar"})
+_TIMES = frozenset({"timestamp", "timestamptz"})
 _REAL_MAX = 3.4028234663852886e38
+_NUMERIC_MAX_ADJUSTED = 131071  # the most significant digit's exponent PostgreSQL's numeric holds
+_NUMERIC_MIN_EXPONENT = -16383  # digits after the point
+_DECIMALS = Context(prec=1_000_000, Emax=1_000_000, Emin=-1_000_000)  # exact arithmetic for the checks
 _DIGITS = re.compile(r"^[+-]?[0-9]+$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _MICROSECOND = timedelta(microseconds=1)
 
-Converter = Callable[[Any], Any]
+# What each source may fill, by PgType.kind (arrays from JSON only).
+BYTES_KINDS = frozenset({*_TEXTS, "bytea", *_INTEGERS, "numeric", "uuid", ENUM})
+METADATA_KINDS = {
+    "timestamp": frozenset(_TIMES),
+    "topic": frozenset(_TEXTS),
+    "partition": frozenset({*_INTEGERS, "numeric"}),
+    "offset": frozenset({*_INTEGERS, "numeric"}),
+}
+# Kinds a route's version may have: ordered, and compared the same way in Python and PostgreSQL.
+VERSION_KINDS = frozenset({*_INTEGERS, "numeric", "timestamp", "timestamptz", "date"})
 
 
 class Unfit(Exception):
-    """A field that does not fit its column: ``error_class`` (MissingField, WrongType, OutOfRange,
+    """A field that does not fit its column: ``error_class`` (MissingField, WrongType, OutOfRange, TooLong,
     BadTimestamp, BadValue) and the reason, which the dead letter's message carries."""
 
     def __init__(self, error_class: str, reason: str) -> None:
@@ -100,41 +101,160 @@ def _wrong(expected: str, value: Any) -> Unfit:
     return Unfit("WrongType", f"expected {expected}, got {describe(value)}")
 
 
-def _integer(pg_type: str, value: int) -> int:
-    bound = _INT_RANGES[pg_type]
-    if not -bound <= value < bound:
-        raise Unfit("OutOfRange", f"{value} is outside {pg_type} ({-bound} to {bound - 1})")
-    return value
+def converter(pg: PgType, source: str, rounds: bool = False) -> Converter | None:
+    """The conversion of a field from ``source`` (``json``, ``bytes``, or a metadata source: ``timestamp``,
+    ``topic``, ``partition``, ``offset``) into a column of type ``pg``; None if that source cannot fill that
+    type. ``rounds``: the column's ``round = true``."""
+    if source == "json":
+        return _json(pg, rounds)
+    if source == "bytes":
+        return _from_bytes(pg, rounds) if pg.kind in BYTES_KINDS else None
+    if pg.kind not in METADATA_KINDS[source]:
+        return None
+    if source == "timestamp":
+        return _kafka_timestamp(pg, rounds)
+    if source == "topic":
+        return _text(pg)
+    bound = _INT_BOUNDS.get(pg.kind)
+    return Decimal if bound is None else _integer(pg, bound)
 
 
-def _json_integer(pg_type: str) -> Converter:
-    """The converter of a JSON integer into ``pg_type``: one call per value, the range check inlined."""
-    bound = _INT_RANGES[pg_type]
+def _json(pg: PgType, rounds: bool) -> Converter:
+    kind = pg.kind
+    if kind in _INT_BOUNDS:
+        return _json_integer(pg, _INT_BOUNDS[kind])
+    if kind == ARRAY:
+        assert pg.element is not None
+        return _array(pg, _json(pg.element, rounds))
+    simple: dict[str, Converter] = {
+        "float4": _json_real,
+        "float8": _json_double,
+        "bool": _json_boolean,
+        "uuid": _json_uuid,
+        "json": _json_json,
+        "jsonb": _json_jsonb,
+        "bytea": _json_bytea,
+        "date": _json_date,
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "numeric":
+        return _numeric(pg, rounds, _json_decimal)
+    if kind in _TEXTS:
+        return _json_string(_text(pg))
+    if kind == ENUM:
+        return _json_string(_enum(pg))
+    if kind == "time":
+        return _json_string(_time(pg, rounds))
+    return _json_string(_timestamp(pg, rounds))
 
-    def convert(value: Any) -> int:
-        if type(value) is not int:
-            raise _wrong("a JSON integer", value)
+
+def _from_bytes(pg: PgType, rounds: bool) -> Converter:
+    if pg.kind == "bytea":
+        return _same
+    if pg.kind in _INT_BOUNDS:
+        to_int = _integer(pg, _INT_BOUNDS[pg.kind])
+        return lambda raw: to_int(_digits(_utf8(raw)))
+    if pg.kind == "numeric":
+        return _numeric(pg, rounds, lambda raw: _decimal_text(_utf8(raw)))
+    if pg.kind == "uuid":
+        return lambda raw: _uuid(_utf8(raw))
+    finish = _text(pg) if pg.kind in _TEXTS else _enum(pg)
+    return lambda raw: finish(_utf8(raw))
+
+
+# --- numbers -------------------------------------------------------------------------------------------------
+
+
+def _integer(pg: PgType, bound: int) -> Converter:
+    def convert(value: int) -> int:
         if not -bound <= value < bound:
-            return _integer(pg_type, value)  # raises OutOfRange
+            raise Unfit("OutOfRange", f"{value} is outside {pg.describe()} ({-bound} to {bound - 1})")
         return value
 
     return convert
 
 
-def _json_numeric(value: Any) -> Decimal:
+def _json_integer(pg: PgType, bound: int) -> Converter:
+    """A JSON integer into an integer column: one call per value, the range check inlined."""
+    in_range = _integer(pg, bound)
+
+    def convert(value: Any) -> Any:
+        if type(value) is not int:
+            raise _wrong("a JSON integer", value)
+        if not -bound <= value < bound:
+            in_range(value)  # raises OutOfRange
+        return value
+
+    return convert
+
+
+def _digits(text: str) -> int:
+    if not _DIGITS.match(text):
+        raise Unfit("WrongType", f"expected decimal digits, got {text[:60]!r}")
+    return int(text)
+
+
+def _json_decimal(value: Any) -> Decimal:
     if type(value) is int:
         return Decimal(value)
     if type(value) is float:
         return Decimal(repr(value))
     if type(value) is str:
-        try:
-            number = Decimal(value)
-        except InvalidOperation:
-            raise Unfit("WrongType", f"expected a decimal number, got {describe(value)}") from None
-        if not number.is_finite():
-            raise Unfit("OutOfRange", f"{value!r} is not a finite number")
-        return number
+        return _decimal_text(value)
     raise _wrong("a JSON number or a string holding a decimal number", value)
+
+
+def _decimal_text(text: str) -> Decimal:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise Unfit("WrongType", f"expected a decimal number, got {describe(text)}") from None
+    if not number.is_finite():
+        raise Unfit("OutOfRange", f"{text[:60]!r} is not a finite number")
+    return number
+
+
+def _numeric(pg: PgType, rounds: bool, read: Converter) -> Converter:
+    """``read`` (a field into a Decimal), then the checks of ``numeric(p,s)`` or of numeric's own limits."""
+    name = pg.describe()
+    if pg.precision is None:
+
+        def unconstrained(value: Any) -> Decimal:
+            number: Decimal = read(value)
+            if number and number.adjusted() > _NUMERIC_MAX_ADJUSTED:
+                raise Unfit("OutOfRange", f"{_short(number)} has more digits before the point than numeric holds")
+            exponent = number.as_tuple().exponent
+            assert isinstance(exponent, int)  # finite
+            if exponent < _NUMERIC_MIN_EXPONENT:
+                raise Unfit("OutOfRange", f"{_short(number)} has more than 16383 digits after the point")
+            return number
+
+        return unconstrained
+    assert pg.scale is not None
+    step = Decimal(1).scaleb(-pg.scale)
+    digits = pg.precision - pg.scale
+    bound = Decimal(1).scaleb(digits)
+
+    def constrained(value: Any) -> Decimal:
+        number: Decimal = read(value)
+        rounded = number.quantize(step, rounding=ROUND_HALF_UP, context=_DECIMALS)
+        if rounded != number and not rounds:
+            raise Unfit(
+                "OutOfRange",
+                f"{_short(number)} has more decimals than {name} keeps ({pg.scale}); PostgreSQL would round it: "
+                "send it rounded, or set round = true on the column",
+            )
+        if abs(rounded) >= bound:
+            raise Unfit("OutOfRange", f"{_short(number)} does not fit {name} (below 10^{digits})")
+        return rounded
+
+    return constrained
+
+
+def _short(number: Decimal) -> str:
+    text = str(number)
+    return text if len(text) <= 60 else f"{text[:40]}...e{number.adjusted()}"
 
 
 def _json_double(value: Any) -> float:
@@ -166,12 +286,60 @@ def _json_boolean(value: Any) -> bool:
     return value
 
 
-def _json_text(value: Any) -> str:
-    if type(value) is not str:
-        raise _wrong("a JSON string", value)
-    if "\x00" in value:
+# --- text --------------------------------------------------------------------------------------------------
+
+
+def _json_string(then: Callable[[str], Any]) -> Converter:
+    """A converter that takes JSON strings only and hands them to ``then``."""
+
+    def convert(value: Any) -> Any:
+        if type(value) is not str:
+            raise _wrong("a JSON string", value)
+        return then(value)
+
+    return convert
+
+
+def _text(pg: PgType) -> Callable[[str], str]:
+    """A string into a text type: no U+0000, and at most ``n`` characters for ``varchar(n)``/``char(n)``."""
+    limit = pg.length
+
+    def convert(text: str) -> str:
+        if "\x00" in text:
+            raise Unfit("BadValue", "holds U+0000, which PostgreSQL text cannot store")
+        if limit is not None and len(text) > limit:
+            if text[limit:].strip(" "):
+                raise Unfit("TooLong", f"{len(text)} characters, over {pg.describe()}")
+            return text[:limit]  # PostgreSQL cuts trailing spaces beyond the length the same way
+        return text
+
+    return convert
+
+
+def _enum(pg: PgType) -> Callable[[str], str]:
+    labels = frozenset(pg.labels)
+    shown = ", ".join(pg.labels[:10]) + (", ..." if len(pg.labels) > 10 else "")
+
+    def convert(text: str) -> str:
+        if text not in labels:
+            raise Unfit("BadValue", f"{text[:60]!r} is not a label of {pg.describe()} ({shown})")
+        return text
+
+    return convert
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unfit("BadValue", f"{raw[:30]!r} is not UTF-8") from None
+    if "\x00" in text:
         raise Unfit("BadValue", "holds U+0000, which PostgreSQL text cannot store")
-    return value
+    return text
+
+
+def _json_json(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
 
 
 def _json_jsonb(value: Any) -> str:
@@ -180,21 +348,29 @@ def _json_jsonb(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def timestamp_micros(text: str) -> int:
-    """An ISO 8601 time with a time zone as the int microseconds since 2000 the timestamptz codec sends."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Unfit("BadTimestamp", f"{text[:60]!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
-    if moment.tzinfo is None:
-        raise Unfit("BadTimestamp", f"{text[:60]!r} has no time zone: add Z or an offset such as +02:00")
-    return (moment - PG_EPOCH) // _MICROSECOND
-
-
-def _json_timestamptz(value: Any) -> int:
+def _json_uuid(value: Any) -> uuid.UUID:
     if type(value) is not str:
-        raise _wrong("an ISO 8601 string with a time zone", value)
-    return timestamp_micros(value)
+        raise _wrong("a UUID string", value)
+    return _uuid(value)
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise Unfit("BadValue", f"{text[:60]!r} is not a UUID") from None
+
+
+def _json_bytea(value: Any) -> bytes:
+    if type(value) is not str:
+        raise _wrong("a base64 string", value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise Unfit("BadValue", f"{value[:60]!r} is not base64") from None
+
+
+# --- times ---------------------------------------------------------------------------------------------------
 
 
 def _json_date(value: Any) -> date:
@@ -208,77 +384,109 @@ def _json_date(value: Any) -> date:
         raise Unfit("BadValue", f"{value[:60]!r} is not a date YYYY-MM-DD") from None
 
 
-def _uuid(text: str) -> uuid.UUID:
+def _fraction_step(pg: PgType) -> int:
+    """Microseconds per step of the column's fractional precision (1 for the default, 6 digits)."""
+    return 1 if pg.precision is None else 10 ** (6 - min(pg.precision, 6))
+
+
+def _round_micros(micros: int, step: int, pg: PgType, rounds: bool, text: str) -> int:
+    """``micros`` at the column's precision: refused with more digits, unless ``rounds`` (half away from zero,
+    as PostgreSQL rounds)."""
+    if step == 1 or micros % step == 0:
+        return micros
+    if not rounds:
+        raise Unfit(
+            "BadTimestamp",
+            f"{text[:60]!r} has more fractional digits than {pg.describe()} keeps; PostgreSQL would round it: "
+            "send it rounded, or set round = true on the column",
+        )
+    half = step // 2
+    return (micros + half) // step * step if micros >= 0 else -((-micros + half) // step * step)
+
+
+def timestamp_micros(text: str, zone_required: bool = True) -> int:
+    """An ISO 8601 time as the int microseconds since 2000-01-01 (UTC) the timestamp codecs send: with a
+    zone, converted to UTC; without one, as written (refused when ``zone_required``)."""
     try:
-        return uuid.UUID(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise Unfit("BadValue", f"{text[:60]!r} is not a UUID") from None
+        raise Unfit("BadTimestamp", f"{text[:60]!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+    if moment.tzinfo is None:
+        if zone_required:
+            raise Unfit("BadTimestamp", f"{text[:60]!r} has no time zone: add Z or an offset such as +02:00")
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - PG_EPOCH) // _MICROSECOND
 
 
-def _json_uuid(value: Any) -> uuid.UUID:
-    if type(value) is not str:
-        raise _wrong("a UUID string", value)
-    return _uuid(value)
+def _timestamp(pg: PgType, rounds: bool) -> Callable[[str], int]:
+    zone_required = pg.kind == "timestamptz"
+    step = _fraction_step(pg)
+
+    def convert(text: str) -> int:
+        return _round_micros(timestamp_micros(text, zone_required), step, pg, rounds, text)
+
+    return convert
 
 
-def _json_bytea(value: Any) -> bytes:
-    if type(value) is not str:
-        raise _wrong("a base64 string", value)
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error:
-        raise Unfit("BadValue", f"{value[:60]!r} is not base64") from None
+def _time(pg: PgType, rounds: bool) -> Callable[[str], time]:
+    step = _fraction_step(pg)
+
+    def convert(text: str) -> time:
+        try:
+            moment = time.fromisoformat(text)
+        except ValueError:
+            raise Unfit("BadTimestamp", f"{text[:60]!r} is not a time HH:MM[:SS[.ffffff]]") from None
+        if moment.tzinfo is not None:
+            raise Unfit("BadTimestamp", f"{text[:60]!r} has a time zone, which {pg.describe()} does not keep")
+        micros = ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + moment.microsecond
+        micros = _round_micros(micros, step, pg, rounds, text)
+        if micros == 86_400_000_000:
+            raise Unfit("BadTimestamp", f"{text[:60]!r} rounds to 24:00:00")
+        seconds, micro = divmod(micros, 1_000_000)
+        return time(seconds // 3600, seconds // 60 % 60, seconds % 60, micro)
+
+    return convert
 
 
-def _utf8(raw: bytes) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Unfit("BadValue", f"{raw[:30]!r} is not UTF-8") from None
-    if "\x00" in text:
-        raise Unfit("BadValue", "holds U+0000, which PostgreSQL text cannot store")
-    return text
+def _kafka_timestamp(pg: PgType, rounds: bool) -> Converter:
+    """The record's timestamp (ms since 1970) into ``timestamptz`` or ``timestamp`` (its UTC wall time)."""
+    step = _fraction_step(pg)
+
+    def convert(ts_ms: int) -> int:
+        try:
+            micros = kafka_ts_micros(ts_ms)
+        except ValueError as exc:
+            raise Unfit("BadTimestamp", f"the record's timestamp: {exc}") from None
+        return _round_micros(micros, step, pg, rounds, f"{ts_ms} ms")
+
+    return convert
 
 
-def _bytes_integer(pg_type: str, raw: bytes) -> int:
-    text = _utf8(raw)
-    if not _DIGITS.match(text):
-        raise Unfit("WrongType", f"expected decimal digits, got {text[:60]!r}")
-    return _integer(pg_type, int(text))
+# --- composites ----------------------------------------------------------------------------------------------
 
 
-def _bytes_text(raw: bytes) -> str:
-    return _utf8(raw)
+def _array(pg: PgType, element: Converter) -> Converter:
+    """A JSON array into a one-dimensional array; ``null`` elements are NULL."""
+
+    def convert(value: Any) -> list[Any]:
+        if type(value) is not list:
+            raise _wrong(f"a JSON array ({pg.describe()})", value)
+        out: list[Any] = []
+        for index, item in enumerate(value):
+            if item is None:
+                out.append(None)
+                continue
+            if type(item) is list:
+                raise Unfit("WrongType", f"element {index} is an array: {pg.describe()} takes one dimension")
+            try:
+                out.append(element(item))
+            except Unfit as unfit:
+                raise Unfit(unfit.error_class, f"element {index}: {unfit.reason}") from None
+        return out
+
+    return convert
 
 
-def _bytes_bytea(raw: bytes) -> bytes:
-    return raw
-
-
-def _bytes_uuid(raw: bytes) -> uuid.UUID:
-    return _uuid(_utf8(raw))
-
-
-FROM_JSON: dict[str, Converter] = {
-    "text": _json_text,
-    "boolean": _json_boolean,
-    "smallint": _json_integer("smallint"),
-    "integer": _json_integer("integer"),
-    "bigint": _json_integer("bigint"),
-    "real": _json_real,
-    "double precision": _json_double,
-    "numeric": _json_numeric,
-    "timestamp with time zone": _json_timestamptz,
-    "date": _json_date,
-    "uuid": _json_uuid,
-    "jsonb": _json_jsonb,
-    "bytea": _json_bytea,
-}
-FROM_BYTES: dict[str, Converter] = {
-    "text": _bytes_text,
-    "bytea": _bytes_bytea,
-    "smallint": partial(_bytes_integer, "smallint"),
-    "integer": partial(_bytes_integer, "integer"),
-    "bigint": partial(_bytes_integer, "bigint"),
-    "uuid": _bytes_uuid,
-}
+def _same(value: bytes) -> bytes:
+    """Raw bytes into ``bytea``: as they are."""
+    return value

@@ -17,9 +17,10 @@ int64 the encoder sends (a failure of the whole COPY, not of one row). A record 
 the range is refused before COPY: the consume loop makes it a dead letter (``loom_ray.fields``).
 
 The codec is per connection: the consumer's pool installs it on every new connection
-(``db.create_pool(init=install_codecs)``). Every timestamptz parameter on such a connection must then be
-such an ``int`` (only ``loom_messages.kafka_ts`` is one: the sink's other statements bind none). Results
-are decoded back to the ``datetime`` asyncpg would have returned.
+(``db.create_pool(init=install_codecs)``), for ``timestamptz`` and ``timestamp`` (a route's column without
+time zone: its UTC wall time, the same int). Every such parameter on such a connection must then be an
+``int`` (``loom_messages.kafka_ts`` and the routes' staging COPY: the sink's other statements bind none).
+Results are decoded back to the ``datetime`` asyncpg would have returned.
 """
 
 from __future__ import annotations
@@ -78,8 +79,17 @@ def decode_timestamptz(value: bytes) -> datetime:
     return PG_EPOCH + timedelta(microseconds=micros)
 
 
+def decode_timestamp(value: bytes) -> datetime:
+    """The naive ``datetime`` asyncpg's default codec returns for a binary timestamp (without time zone)."""
+    moment = decode_timestamptz(value)
+    return moment if moment.tzinfo is None else moment.replace(tzinfo=None)
+
+
 async def install_codecs(conn: asyncpg.Connection) -> None:
-    """Put the int-microseconds timestamptz codec on ``conn`` (a pool's ``init``)."""
+    """Put the int-microseconds codecs of timestamptz and timestamp on ``conn`` (a pool's ``init``)."""
     await conn.set_type_codec(
         "timestamptz", schema="pg_catalog", encoder=_INT64.pack, decoder=decode_timestamptz, format="binary"
+    )
+    await conn.set_type_codec(
+        "timestamp", schema="pg_catalog", encoder=_INT64.pack, decoder=decode_timestamp, format="binary"
     )

@@ -24,8 +24,9 @@ Outages (:data:`loom_ray.db.TRANSIENT_ERRORS`) propagate; the caller resolves an
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -33,11 +34,14 @@ from loom_ray.batch import DeadLetter, PartitionBatch, Row
 from loom_ray.crashpoints import crash_point
 from loom_ray.decode import DB_ROW, capped, sha256
 from loom_ray.errors import ColumnTypeChangedError, FencedError
+from loom_ray.policy.sink_errors import refuses_message
 from loom_ray.routes.convert import RoutedRecord
 from loom_ray.sink.isolate import copy_isolating
-from loom_ray.sink.routed import RouteCounts, RoutedWriter
+from loom_ray.sink.refusals import Refusal, message_refusal, route_refusal
+from loom_ray.sink.routed import RouteCounts, RoutedWriter, RouteTables, TableTakenIn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MESSAGE_COLUMNS = ("topic", "partition", "offset", "key", "payload", "headers", "kafka_ts", "incarnation")
 DEAD_LETTER_COLUMNS = (
@@ -100,34 +104,45 @@ class PostgresSink:
         owner: str,
         dead_letter_max_bytes: int,
         audit: bool = False,
-        default_schema: str = "public",
+        routes: RouteTables | None = None,
     ) -> None:
         self._pool = pool
         self._owner = owner
         self._dead_letter_max_bytes = dead_letter_max_bytes
         self._audit = audit
-        self._routed = RoutedWriter(default_schema)
+        self._routed = None if routes is None else RoutedWriter(routes)
 
     async def write(self, batches: Sequence[PartitionBatch]) -> FlushResult:
-        """Commit ``batches``; fenced ones are returned, not written. Outages raise."""
+        """Commit ``batches``; fenced ones are returned, not written. Outages, blockers and bugs raise."""
         result = FlushResult()
         pending = [b for b in batches if b.advances]
         while pending:
             try:
                 result.rows, result.dead_letters, result.routes = await self._write_once(pending)
-            except TypeError as exc:
-                raise ColumnTypeChangedError(f"a column's type is not the one sql/ defines: {exc}") from exc
             except FencedError as exc:
                 lost = set(exc.partitions)
                 result.fenced.extend(b for b in pending if (b.topic, b.partition) in lost)
                 pending = [b for b in pending if (b.topic, b.partition) not in lost]
                 log.warning("flush fenced, rolled back and retrying the rest: %s", exc)
                 continue
+            except TableTakenIn as exc:
+                log.info("%s", exc)
+                continue
             result.committed = pending
             break
         return result
 
     async def _write_once(
+        self, batches: list[PartitionBatch]
+    ) -> tuple[int, int, dict[tuple[str, str, int], RouteCounts]]:
+        try:
+            return await self._transaction(batches)
+        except BaseException:
+            if self._routed is not None:
+                self._routed.forget_stages()  # a staging table created in the rolled-back transaction is gone
+            raise
+
+    async def _transaction(
         self, batches: list[PartitionBatch]
     ) -> tuple[int, int, dict[tuple[str, str, int], RouteCounts]]:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -143,42 +158,57 @@ class PostgresSink:
                 won = {(r["topic"], r["partition"]) for r in matched}
                 raise FencedError([(b.topic, b.partition) for b in batches if (b.topic, b.partition) not in won])
             crash_point("after_offset_cas")
-            rows = [row for b in batches if b.route is None for row in b.rows]
-            refused = await copy_isolating(conn, "loom_messages", rows, MESSAGE_COLUMNS)
-            routed = [b for b in batches if b.route is not None]
-            outcome = await self._routed.write(conn, routed) if routed else None
+            rows = [row for b in batches if b.plan is None for row in b.rows]
+            refused = await _loom_tables(copy_isolating(conn, "loom_messages", rows, MESSAGE_COLUMNS, refuses_message))
+            routed = [b for b in batches if b.plan is not None]
+            outcome = None
+            if routed:
+                assert self._routed is not None, "routed batches need the sink's RouteTables"
+                outcome = await self._routed.write(conn, routed)
             crash_point("after_data_copy")
             dead_letters = [dl for b in batches for dl in b.dead_letters]
             dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
             if outcome is not None:
                 dead_letters.extend(self._refused_record(b, record, exc) for b, record, exc in outcome.refused)
-            if dead_letters:
-                await conn.copy_records_to_table("loom_dead_letters", records=dead_letters, columns=DEAD_LETTER_COLUMNS)
             gaps = [
                 (b.topic, b.partition, b.incarnation, g.from_offset, g.to_offset, g.reason, g.detail)
                 for b in batches
                 for g in b.gaps
             ]
-            if gaps:
-                await conn.copy_records_to_table("loom_gaps", records=gaps, columns=_GAP_COLUMNS)
-            if self._audit:
-                await conn.copy_records_to_table(
-                    "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
-                )
+            await _loom_tables(self._bookkeeping(conn, dead_letters, gaps, batches))
         crash_point("after_commit")
         if outcome is None:
             return len(rows) - len(refused), len(dead_letters), {}
-        return len(rows) - len(refused) + outcome.written, len(dead_letters), outcome.counts
+        return len(rows) - len(refused) + outcome.records, len(dead_letters), outcome.counts
+
+    async def _bookkeeping(
+        self,
+        conn: asyncpg.Connection,
+        dead_letters: list[DeadLetter],
+        gaps: Sequence[tuple[object, ...]],
+        batches: list[PartitionBatch],
+    ) -> None:
+        """COPY the flush's dead letters, gaps and (if asked) audit rows."""
+        if dead_letters:
+            await conn.copy_records_to_table("loom_dead_letters", records=dead_letters, columns=DEAD_LETTER_COLUMNS)
+        if gaps:
+            await conn.copy_records_to_table("loom_gaps", records=gaps, columns=_GAP_COLUMNS)
+        if self._audit:
+            await conn.copy_records_to_table(
+                "loom_audit", records=[self._audit_row(b) for b in batches], columns=_AUDIT_COLUMNS
+            )
 
     def _refused_row(self, row: Row, exc: Exception) -> DeadLetter:
         topic, partition, offset, key, payload, headers, _, incarnation = row
         raw = payload.encode("utf-8", "surrogatepass")
-        return self._db_row_dead_letter(topic, partition, offset, key, raw, headers, incarnation, _refusal(exc))
+        refusal = message_refusal(exc)
+        return self._db_row_dead_letter(topic, partition, offset, key, raw, headers, incarnation, refusal)
 
     def _refused_record(self, batch: PartitionBatch, record: RoutedRecord, exc: Exception) -> DeadLetter:
-        assert batch.route is not None
-        error_class, error_message, sqlstate = _refusal(exc, f"the staging table of {batch.route.table}")
-        refusal = (error_class, f"route {batch.route.name!r}: {error_message}", sqlstate)
+        assert batch.plan is not None
+        route = batch.plan.route
+        error_class, error_message, sqlstate = route_refusal(exc, batch.plan.table.label)
+        refusal = (error_class, f"route {route.name!r}: {error_message}", sqlstate)
         return self._db_row_dead_letter(
             batch.topic,
             batch.partition,
@@ -199,7 +229,7 @@ class PostgresSink:
         raw: bytes | None,
         headers: str | None,
         incarnation: int,
-        refusal: tuple[str, str, str | None],
+        refusal: Refusal,
     ) -> DeadLetter:
         error_class, error_message, sqlstate = refusal
         return (
@@ -255,14 +285,10 @@ class PostgresSink:
         return done, fenced
 
 
-def _refusal(exc: Exception, table: str = "loom_messages") -> tuple[str, str, str | None]:
-    """A refused row's ``error_class``, ``error_message`` and ``sqlstate``; the message starts with where
-    PostgreSQL says the row failed (``COPY loom_messages, line 1, column kafka_ts``), which names the field."""
-    if isinstance(exc, asyncpg.PostgresError):
-        where = f"{exc.context}: " if exc.context else ""
-        return type(exc).__name__, f"{where}{exc}", exc.sqlstate
-    return (
-        "Unencodable",
-        f"COPY {table}: asyncpg cannot encode a value of the row ({type(exc).__name__}: {exc})",
-        None,
-    )
+async def _loom_tables(write: Awaitable[T]) -> T:
+    """Await a write of loom's own tables; asyncpg's TypeError there means a column's type is not the one sql/
+    defines (someone altered it): :class:`ColumnTypeChangedError`, a blocker the consumer retries and reports."""
+    try:
+        return await write
+    except TypeError as exc:
+        raise ColumnTypeChangedError(f"a column's type is not the one sql/ defines: {exc}") from exc

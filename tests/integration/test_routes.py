@@ -255,9 +255,9 @@ customer = {{ type = "text" }}
     )
     refused = _start(endpoints, topic_name, routes)
     assert refused.returncode == 2, refused.stderr
-    assert f'table "{schema}"."orders": column amount is text but route \'orders\' says numeric' in refused.stderr
+    assert f"table \"{schema}\".\"orders\": column 'amount' is text but route 'orders' says numeric" in refused.stderr
     assert f'ALTER TABLE "{schema}"."orders" ALTER COLUMN "amount" TYPE numeric' in refused.stderr
-    assert f'column customer is missing; fix: ALTER TABLE "{schema}"."orders" ADD COLUMN' in refused.stderr
+    assert f'column \'customer\' is missing; fix: ALTER TABLE "{schema}"."orders" ADD COLUMN' in refused.stderr
     assert "Started a local Ray instance" not in refused.stdout + refused.stderr  # refused before Ray
 
     routes.write_text(

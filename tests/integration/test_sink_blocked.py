@@ -257,3 +257,20 @@ def test_an_altered_column_type_does_not_wedge_the_flush_on_a_stale_statement(
     result = account(schema.endpoints, topic_name)
     assert result.exact, str(result)
     assert result.dead_letters == 0
+
+
+def test_a_column_of_loom_messages_altered_to_another_type_blocks_until_restored(
+    endpoints: Endpoints, schema: Schema, topic_name: str, tmp_path: Path
+) -> None:
+    # The encoder then refuses every row alike (asyncpg's TypeError, ColumnTypeChangedError): a person must fix
+    # the table. The consumer is not restarted (it once died on it, and its replacement on the same record).
+    schema.execute("ALTER TABLE loom_messages ALTER COLUMN key TYPE text USING encode(key, 'hex')")
+    run_blocked(
+        endpoints,
+        schema,
+        topic_name,
+        tmp_path,
+        "42804",
+        "datatype_mismatch",
+        fix=lambda: schema.execute("ALTER TABLE loom_messages ALTER COLUMN key TYPE bytea USING decode(key, 'hex')"),
+    )

@@ -19,7 +19,7 @@ from loom_bench.topic_fold import Record
 from loom_bench.w3_run import claim_rate, expected_table, progress_rate
 from loom_ray.routes import convert
 from loom_ray.routes.model import load_routes
-from loom_ray.routes.types import TYPE_ALIASES
+from tests.support.shapes import pg, shape
 
 
 def test_keys_repeat_over_100k_entities_and_1_percent_are_tombstones_of_earlier_keys() -> None:
@@ -62,7 +62,7 @@ def test_routes_file_is_an_upsert_by_key_that_deletes_on_tombstones(tmp_path: Pa
     path.write_text(w3.routes_toml("bench-w3"))
     (route,) = load_routes(path).routes
     assert (route.topic, route.mode, route.on_tombstone, route.key) == ("bench-w3", "upsert", "delete", ("id",))
-    assert [(column.name, column.type) for column in route.columns] == [(c, TYPE_ALIASES[t]) for c, t, _ in w3.COLUMNS]
+    assert [(column.name, column.type) for column in route.columns] == [(c, t) for c, t, _ in w3.COLUMNS]
     assert route.columns[0].source == "key" and all(c.required for c in route.columns[1:])
 
 
@@ -157,16 +157,20 @@ def test_w3_section_sets_the_ratio_against_postgresqls_own_limit() -> None:
     assert "the most loom-ray could be is **2.64×** Kafka Connect's rate" in text
 
 
+_KINDS = {"text": "text", "bigint": "int8", "integer": "int4", "numeric": "numeric", "double precision": "float8"}
+
+
 def test_the_limit_stages_what_loom_rays_route_stages() -> None:
     route = w3_limit.route("t")
-    plan = convert.plan(route)
+    kinds = {**_KINDS, "boolean": "bool", "timestamptz": "timestamptz"}
+    plan = convert.plan(route, shape({c: pg(kinds[t]) for c, t, _ in w3.COLUMNS}, keys=[("id",)]))
     update, gone = w3_limit.staged(plan, "t", 3), w3_limit.staged(plan, "t", 50)
     assert w3.is_tombstone(50) and not w3.is_tombstone(3)
-    assert update[0] is False and update[1:3] == (w3.entity_key(3), 3)
-    assert len(update) == 1 + len(route.columns)
-    assert gone[0] is True and gone[1] == w3.entity_key(50) and set(gone[2:]) == {None}
+    assert update.delete is False and update.values[:2] == (w3.entity_key(3), 3)
+    assert len(update.values) == len(route.columns)
+    assert gone.delete is True and gone.values[0] == w3.entity_key(50) and set(gone.values[1:]) == {None}
     split = w3_limit.shares([w3_limit.staged(plan, "t", seq) for seq in range(2000)], 2)
     assert sum(map(len, split)) == 2000 and all(split)
-    assert not {r[1] for r in split[0]} & {r[1] for r in split[1]}  # a key is applied by one connection only
+    assert not {r.values[0] for r in split[0]} & {r.values[0] for r in split[1]}  # a key on one connection only
     records = [w3_limit.staged(plan, "t", seq) for seq in range(100)]
     assert w3_limit.expected_rows(records) == len({w3.entity_key(s) for s in range(100)}) - 1  # seq 50 deletes

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from loom_ray.errors import ColumnTypeChangedError, RouteTableChangedError
 from loom_ray.main import blocked_note
-from loom_ray.policy.sink_errors import BLOCKING, Blocker, Kind, classify
+from loom_ray.policy.sink_errors import BLOCKING, Blocker, Kind, classify, refuses_message, refuses_route_row
 
 
 @pytest.mark.parametrize(
@@ -127,3 +128,54 @@ def test_progress_note_groups_actors_by_sqlstate_with_the_oldest_since_and_the_f
         f"fix: {BLOCKING['53100'].fix}"
     )
     assert blocked_note({}, now=130.0) == ""
+
+
+def _pg(sqlstate: str, routine: str = "ExecConstraints", **fields: str) -> asyncpg.PostgresError:
+    """A server error as asyncpg builds it from PostgreSQL's fields (``R``: the C function that raised it)."""
+    return asyncpg.PostgresError.new({"C": sqlstate, "M": "m", "R": routine, **fields})
+
+
+@pytest.mark.parametrize(
+    ("exc", "message_row", "route_row"),
+    [
+        (_pg("22001"), True, True),  # a value too long
+        (_pg("23502"), True, True),  # NOT NULL
+        (_pg("23514"), True, True),  # CHECK
+        (_pg("23503"), True, True),  # foreign key
+        (_pg("54000"), True, True),  # one row too large for an index
+        (ValueError("cannot encode"), True, True),  # asyncpg's encoder
+        # A unique key or an exclusion constraint: in loom_messages a duplicate write (a bug); in a user's table
+        # the table refusing the row (on_duplicate = "dead_letter").
+        (_pg("23505"), False, True),
+        (_pg("23P01"), False, True),
+        (_pg("P0001", "exec_stmt_raise"), False, True),  # a trigger's RAISE
+        (_pg("U0001", "exec_stmt_raise"), False, True),  # a trigger's RAISE with a code of its own
+        (_pg("42501", "exec_stmt_raise"), False, True),  # ... even one PostgreSQL uses for something else
+        (_pg("42501", "aclcheck_error"), False, False),  # a privilege really missing: every row alike
+        (_pg("LR001", "exec_stmt_raise"), False, False),  # the route's own guard: the table changed
+        (_pg("40P01", "DeadLockReport"), False, False),  # a deadlock: retried whole
+        (TypeError("expected str"), False, False),  # a column's type changed: every row alike
+    ],
+)
+def test_which_errors_refuse_one_row(exc: BaseException, message_row: bool, route_row: bool) -> None:
+    assert refuses_message(exc) is message_row
+    assert refuses_route_row(exc) is route_row
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "condition"),
+    [
+        ("42P10", "invalid_column_reference"),
+        ("55000", "object_not_in_prerequisite_state"),
+        ("LR001", "route_table_changed"),
+    ],
+)
+def test_a_routes_table_that_needs_a_person_blocks_its_flushes(sqlstate: str, condition: str) -> None:
+    verdict = classify(_pg(sqlstate))
+    assert verdict.kind is Kind.NEEDS_PERSON
+    assert verdict.condition is not None and verdict.condition.name == condition
+
+
+def test_loom_errors_that_carry_a_sqlstate_are_classified_by_it() -> None:
+    assert classify(ColumnTypeChangedError("x")).kind is Kind.NEEDS_PERSON
+    assert classify(RouteTableChangedError("x")).condition == BLOCKING["LR001"]
