@@ -44,7 +44,8 @@ class FlushMetrics:
         )
         self.route_records = Counter(
             "loom_route_records",
-            "Records of a routed topic committed, by route and outcome: inserted, upserted, deleted, dead_letter.",
+            "Records of a routed topic committed, by route and outcome: inserted, upserted, deleted, stale (older "
+            "than the key's row), duplicate (a key the table held, ignored), dead_letter.",
             ("route", "outcome"),
         )
         self.flush_seconds = Histogram(
@@ -80,6 +81,8 @@ class FlushMetrics:
                 ("inserted", counts.inserted),
                 ("upserted", counts.upserted),
                 ("deleted", counts.deleted),
+                ("stale", counts.stale),
+                ("duplicate", counts.duplicates),
                 ("dead_letter", counts.dead_letters),
             ):
                 if value:

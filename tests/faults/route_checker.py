@@ -10,6 +10,10 @@ and from the tables, never from loom-ray's own conversions:
   record applied twice, so per partition the records the flushes applied and dead-lettered
   (``loom_route_counts``, written in the flush transaction) must add up to the records in the topic:
   ``applied_twice`` counts the excess, ``unapplied`` the shortfall;
+- upsert route with a version, its key read from the value (records of a key in every partition): the table
+  must equal the fold by highest version (``missing``, ``extra``, ``stale``: a row that is not the newest
+  record of its key), and per partition the records applied, left out as older and dead-lettered must add up
+  to the records in the topic (``applied_twice``, ``unapplied``);
 - insert route: each good record's (partition, offset) is in the table exactly once (``duplicated``,
   ``lost``), and no other row is (``extra``);
 - both: every bad record is one dead letter (``dead_letters_off``: the difference per partition), and
@@ -30,6 +34,7 @@ from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 from tests.support.pipeline import high_watermarks
 
 ExpectedRow = Callable[[Record], tuple[Any, ...] | None]
+Version = Callable[[tuple[Any, ...]], Any]  # the version of an expected row
 
 
 @dataclass
@@ -98,10 +103,38 @@ def _common(report: RouteReport, dsn: str, kafka: str, topic: str, records: list
 def check_upsert(
     dsn: str, kafka: str, topic: str, route: str, table: str, select: str, expected_row: ExpectedRow
 ) -> RouteReport:
-    """The upsert ``table`` (its rows by ``select``, key first) against the fold of ``topic``."""
-    report = RouteReport(route)
+    """The upsert ``table`` (its rows by ``select``, key first) against the last-writer fold of ``topic``."""
     records = read_topic(kafka, topic)
     fold = {row[0]: row for row in last_writer_fold(records, expected_row).values()}
+    return _against(RouteReport(route), dsn, kafka, topic, table, select, expected_row, records, fold)
+
+
+def check_versioned(
+    dsn: str, kafka: str, topic: str, route: str, table: str, select: str, expected_row: ExpectedRow, version: Version
+) -> RouteReport:
+    """The upsert ``table`` of a route with a version (rows by ``select``, key first) against the fold of
+    ``topic`` by highest ``version``, whatever partition each record is in and whatever order they were read."""
+    records = read_topic(kafka, topic)
+    fold: dict[Any, tuple[Any, ...]] = {}
+    for record in records:
+        row = None if record.value is None else expected_row(record)
+        if row is not None and (row[0] not in fold or version(row) >= version(fold[row[0]])):
+            fold[row[0]] = row
+    return _against(RouteReport(route), dsn, kafka, topic, table, select, expected_row, records, fold)
+
+
+def _against(
+    report: RouteReport,
+    dsn: str,
+    kafka: str,
+    topic: str,
+    table: str,
+    select: str,
+    expected_row: ExpectedRow,
+    records: list[Record],
+    fold: dict[Any, tuple[Any, ...]],
+) -> RouteReport:
+    """Compare the table with ``fold`` (key -> row); each record counted once by the flushes that took it."""
     stored = {tuple(r)[0]: tuple(r) for r in _rows(dsn, f"SELECT {select} FROM {table}")}
     report.rows = len(stored)
     report.missing = len(fold.keys() - stored.keys())
@@ -112,9 +145,9 @@ def check_upsert(
         r["partition"]: r["n"]
         for r in _rows(
             dsn,
-            'SELECT "partition", sum(upserted + deleted + dead_letters) AS n FROM loom_route_counts '
+            'SELECT "partition", sum(upserted + deleted + stale + dead_letters) AS n FROM loom_route_counts '
             "WHERE route = $1 AND topic = $2 GROUP BY 1",
-            route,
+            report.route,
             topic,
         )
     }

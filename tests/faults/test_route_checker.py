@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from loom_bench.topic_fold import Record, last_writer_fold, read_topic
 from loom_ray import loadgen
-from tests.faults.route_checker import RouteReport, check_insert, check_upsert
+from tests.faults.route_checker import RouteReport, check_insert, check_upsert, check_versioned
 from tests.faults.stack import FaultStack
 
 # (key, amount or None for a tombstone, or "bad" for a record that must be a dead letter), in offset order.
@@ -98,3 +98,52 @@ def test_each_violation_is_counted(fault_stack: FaultStack, topic: str, mutation
     assert not report.ok
     value = getattr(report, mutation)
     assert value is False if mutation == "at_end" else value == 1, report.counts()
+
+
+# (partition, account, seq): one account's records over two partitions; the newest (seq 3) is in partition 0.
+VERSIONED: list[tuple[int, int, int]] = [(0, 1, 1), (1, 1, 2), (0, 1, 3), (1, 2, 4)]
+
+
+def _account(record: Record) -> tuple[Any, ...] | None:
+    assert record.value is not None
+    value = orjson.loads(record.value)
+    return (value["account"], value["seq"])
+
+
+@pytest.mark.parametrize("mutation", ["none", "older_won"])
+def test_the_versioned_check_catches_an_older_record_applied_last(
+    fault_stack: FaultStack, topic: str, mutation: str
+) -> None:
+    loadgen.ensure_topic(fault_stack.kafka, topic, 2)
+    producer = Producer({"bootstrap.servers": fault_stack.kafka})
+    for partition, account, seq in VERSIONED:
+        producer.produce(topic, value=orjson.dumps({"account": account, "seq": seq}), partition=partition)
+    assert producer.flush(30) == 0
+    schema = f"v_{topic.replace('-', '_')}"
+    newest = {1: 2 if mutation == "older_won" else 3, 2: 4}  # an older record applied over the newer one
+
+    async def write() -> None:
+        conn = await asyncpg.connect(fault_stack.dsn)
+        try:
+            await conn.execute(
+                f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (account bigint PRIMARY KEY, seq bigint)"
+            )
+            await conn.executemany(f"INSERT INTO {schema}.t VALUES ($1, $2)", list(newest.items()))
+            await conn.executemany(
+                'INSERT INTO loom_route_counts (route, topic, "partition", upserted, stale) '
+                "VALUES ($1, $1, $2, $3, $4)",
+                [(topic, 0, 2, 0), (topic, 1, 1, 1)],
+            )
+            await conn.executemany(
+                'INSERT INTO loom_offsets (topic, "partition", next_offset, epoch) VALUES ($1, $2, 2, 1)',
+                [(topic, 0), (topic, 1)],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+    report = check_versioned(
+        fault_stack.dsn, fault_stack.kafka, topic, topic, f"{schema}.t", "account, seq", _account, lambda r: r[1]
+    )
+    assert report.ok is (mutation == "none"), report.counts()
+    assert report.stale == (1 if mutation == "older_won" else 0)

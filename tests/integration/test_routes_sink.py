@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ import pytest
 
 from loom_ray.errors import RouteTableChangedError, RouteTableError
 from loom_ray.policy.sink_errors import Kind, classify
+from tests.support.pipeline import scalar_at
 from tests.support.routed import Record, RoutedSink, routed_sink
 from tests.support.services import Endpoints
 
@@ -329,3 +331,22 @@ def test_add_columns_extends_an_existing_table_only_when_asked(endpoints: Endpoi
             await sink.pool.close()
 
     assert asyncio.run(evolve()) == [("id", "NO"), ("owner", "YES"), ("balance", "YES"), ("src_offset", "YES")]
+
+
+def test_the_example_routes_file_creates_its_tables_and_takes_a_record(endpoints: Endpoints) -> None:
+    """README's example, as a user would start it: auto_create makes the tables from the declared types."""
+    example = (Path(__file__).resolve().parents[2] / "examples" / "routes.toml").read_text()
+    shop = f"shop_{uuid.uuid4().hex[:8]}"
+
+    async def body(sink: RoutedSink) -> None:
+        order = {"customer": {"name": "ann"}, "amount": "12.5", "currency": "EUR", "items": [{"sku": "a"}]}
+        await sink.write(sink.batch("orders", [Record(b"7", order, [("source", b"web")], 1_700_000_000_000)]))
+        assert await sink.fetch(f"SELECT order_id, customer, amount, currency, source FROM {shop}.orders") == [
+            (7, "ann", Decimal("12.50"), "EUR", "web")
+        ]
+        assert await sink.fetch(f"SELECT count(*) FROM {shop}.clicks") == [(0,)]
+
+    try:
+        _run(endpoints, example.replace("shop.", f"{shop}.").replace("topic_pattern = 'clicks\\..*'", 'topic = "clicks"'), body)
+    finally:
+        scalar_at(endpoints.dsn, f"DROP SCHEMA IF EXISTS {shop} CASCADE")
