@@ -346,7 +346,8 @@ def test_the_example_routes_file_creates_its_tables_and_takes_a_record(endpoints
         ]
         assert await sink.fetch(f"SELECT count(*) FROM {shop}.clicks") == [(0,)]
 
+    routes = example.replace("shop.", f"{shop}.").replace("topic_pattern = 'clicks\\..*'", 'topic = "clicks"')
     try:
-        _run(endpoints, example.replace("shop.", f"{shop}.").replace("topic_pattern = 'clicks\\..*'", 'topic = "clicks"'), body)
+        _run(endpoints, routes, body)
     finally:
         scalar_at(endpoints.dsn, f"DROP SCHEMA IF EXISTS {shop} CASCADE")
