@@ -73,9 +73,11 @@ BLOCKING: dict[str, Condition] = {
             "42501",
             "insufficient_privilege",
             Kind.NEEDS_PERSON,
-            "GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit and SELECT, INSERT, UPDATE ON "
-            "loom_offsets (plus CONNECT on the database, USAGE on the schema) TO the role in LOOM_DB_DSN, as "
-            "sql/roles/least_privilege.sql does",
+            "GRANT the role in LOOM_DB_DSN what it lacks on the table PostgreSQL names: for loom-ray's own, "
+            "SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit and SELECT, INSERT, UPDATE ON "
+            "loom_offsets (plus CONNECT on the database, USAGE on the schema), as sql/roles/least_privilege.sql "
+            "does; for a route's table, SELECT, INSERT (and UPDATE, DELETE for an upsert route), USAGE on its "
+            "schema",
         ),
         Condition(
             "42P01",
