@@ -15,6 +15,11 @@ class CapacityError(ConfigError):
     """The database cannot hold the connections the configured actors may open."""
 
 
+class ServiceUnavailableError(LoomError):
+    """PostgreSQL or Kafka did not answer at start within LOOM_STARTUP_TIMEOUT_S (the driver exits 3: a
+    supervisor submits it again)."""
+
+
 class RayUnreachableError(LoomError):
     """The driver could not join the Ray cluster it was pointed at (``--address`` or ``RAY_ADDRESS``)."""
 

@@ -17,17 +17,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from confluent_kafka import KafkaException
 
 from loom_ray import db
-from loom_ray.errors import ConfigError, RayUnreachableError
-from loom_ray.kafka.admin import KafkaMetadata, explain
+from loom_ray.errors import ConfigError, RayUnreachableError, ServiceUnavailableError
+from loom_ray.kafka.admin import KafkaMetadata, explain, unreachable
 from loom_ray.migrate import migrate
+from loom_ray.policy.backoff import backoff_delay
 from loom_ray.progress import MIN_RATE_WINDOW_S, ConsumerLines, IngestWindow
 from loom_ray.routes.fit import upsert_order_warnings
 from loom_ray.routes.tables import prepare_tables, route_counts, summary_lines
@@ -128,15 +130,40 @@ async def final_counts(settings: Settings) -> Counts:
 
 
 def check_topics(settings: Settings) -> dict[str, int]:
-    """Each topic's partition count; raises ConfigError naming a missing topic, bad credentials or no answer."""
+    """Each topic's partition count. Raises ConfigError naming a missing topic or refused credentials, and
+    ServiceUnavailableError when no broker answered."""
     metadata = KafkaMetadata(settings)
     try:
         found = metadata.partitions()
     except KafkaException as exc:
-        raise ConfigError(explain(exc, metadata.errors, settings.kafka_bootstrap_servers)) from None
+        message = explain(exc, metadata.errors, settings.kafka_bootstrap_servers)
+        raise (ServiceUnavailableError if unreachable(exc, metadata.errors) else ConfigError)(message) from None
     finally:
         metadata.close()
     return {topic: sum(1 for t, _ in found if t == topic) for topic in settings.kafka_topics}
+
+
+T = TypeVar("T")
+_WAITED_FOR: tuple[type[BaseException], ...] = (*db.TRANSIENT_ERRORS, ServiceUnavailableError)
+
+
+def waiting(what: str, attempt: Callable[[], T], settings: Settings) -> T:
+    """``attempt()`` until it returns, retrying with capped backoff while ``what`` does not answer (an outage
+    of PostgreSQL, no broker), for up to LOOM_STARTUP_TIMEOUT_S; then the last failure is raised (exit 3).
+    Anything else it raises (bad configuration) is raised at once."""
+    deadline = time.monotonic() + settings.startup_timeout_s
+    tries = 0
+    while True:
+        try:
+            return attempt()
+        except _WAITED_FOR as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailableError(f"{what} did not answer within LOOM_STARTUP_TIMEOUT_S: {exc}") from exc
+            delay = min(backoff_delay(tries, base_s=1.0, cap_s=30.0), left)
+            tries += 1
+            log.warning("%s does not answer (%s: %s); retrying in %.0fs", what, type(exc).__name__, exc, delay)
+            time.sleep(delay)
 
 
 def warn_upsert_order(settings: Settings, partitions: dict[str, int]) -> None:
@@ -206,8 +233,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from actors.coordinator import COORDINATOR_NAME, CoordinatorActor
 
-    settings, before = asyncio.run(prepare(settings))
-    partitions = check_topics(settings)
+    settings, before = waiting("PostgreSQL", lambda: asyncio.run(prepare(settings)), settings)
+    partitions = waiting("Kafka", lambda: check_topics(settings), settings)
     log.info("settings: %s", settings.summary())
     log.info("%d partitions in %s", sum(partitions.values()), ",".join(settings.kafka_topics))
     warn_upsert_order(settings, partitions)
@@ -348,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loom-ray: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except RayUnreachableError as exc:
+    except (RayUnreachableError, ServiceUnavailableError) as exc:
         print(f"loom-ray: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except (OSError, asyncpg.PostgresError) as exc:

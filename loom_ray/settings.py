@@ -7,10 +7,12 @@ Names and meanings follow the seed system (``LOOM_KAFKA_BATCH_SIZE``, ``LOOM_DB_
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +23,7 @@ from loom_ray.routes.model import RouteSet, load_routes
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 _GiB = 1024**3
 _MiB = 1024**2
 
@@ -140,6 +143,12 @@ class Settings(BaseSettings):
         "observed rate (0 = off; `loom_ray.ctl resize` pins the count).",
     )
     ray_namespace: str = Field("loom", min_length=1, description="Ray namespace of the named coordinator.")
+    deployment: str | None = Field(
+        None,
+        description="Name of this deployment: its coordinator, its supervised job and its registration in "
+        "loom_deployments. Unset: derived from the topics, the database and LOOM_DB_SCHEMA, so two deployments "
+        "with other topics never share a coordinator.",
+    )
     health_check_interval_s: float = Field(2.0, gt=0, le=300, description="Seconds between actor health checks.")
     lag_sample_interval_s: float = Field(
         10.0, gt=0, le=3600, description="Seconds between consumer_lag_history samples."
@@ -150,6 +159,14 @@ class Settings(BaseSettings):
         le=366 * 86_400,
         description="consumer_lag_history samples older than this many seconds are deleted by the coordinator "
         "(checked every few minutes, in small batches); the views read the last 5 minutes.",
+    )
+    startup_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="How long the driver waits at start for PostgreSQL and Kafka to answer, retrying with "
+        "backoff, before it exits 3 (a supervisor submits it again); refused credentials, a missing topic or "
+        "another bad setting exit 2 at once.",
     )
     shutdown_timeout_s: float = Field(
         25.0,
@@ -195,6 +212,13 @@ class Settings(BaseSettings):
                 "must be a plain SQL identifier: a letter or _, then letters, digits or _, at most 63, "
                 "not starting with pg_ (e.g. loom)"
             )
+        return value
+
+    @field_validator("deployment")
+    @classmethod
+    def _check_deployment(cls, value: str | None) -> str | None:
+        if value is not None and not _DEPLOYMENT_RE.match(value):
+            raise ValueError("use 1 to 40 letters, digits, '-' or '_', starting with a letter or digit (e.g. orders)")
         return value
 
     @field_validator("db_dsn")
@@ -261,6 +285,17 @@ class Settings(BaseSettings):
         copy = self.model_copy()
         copy._routes = self._routes.with_tables(tables)
         return copy
+
+    @property
+    def deployment_name(self) -> str:
+        """LOOM_DEPLOYMENT, or a name derived from what the deployment ingests and where: its first topic and a
+        digest of every topic, the database (host, port, name; never the password) and LOOM_DB_SCHEMA."""
+        if self.deployment is not None:
+            return self.deployment
+        parts = urlsplit(self.dsn)
+        where = f"{parts.hostname}:{parts.port}{parts.path}|{self.db_schema}|{','.join(sorted(self.kafka_topics))}"
+        stem = re.sub(r"[^A-Za-z0-9_-]", "-", min(self.kafka_topics))[:30]
+        return f"{stem}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
     @property
     def dsn(self) -> str:

@@ -164,6 +164,15 @@ def _unknown_partition(error: object) -> bool:
     return isinstance(error, KafkaError) and error.code() == KafkaError._UNKNOWN_PARTITION
 
 
+def unreachable(failure: KafkaException, errors: Iterable[KafkaError]) -> bool:
+    """Whether a failed metadata request at start means only that no broker answered (worth waiting for), not
+    refused credentials, a failed TLS handshake or a missing topic (configuration to fix)."""
+    if any(e.code() in _CREDENTIALS or e.code() == KafkaError._SSL for e in errors):
+        return False
+    error = failure.args[0] if failure.args else None
+    return isinstance(error, KafkaError) and error.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT)
+
+
 def explain(failure: KafkaException, errors: Iterable[KafkaError], bootstrap: str) -> str:
     """What a failed metadata request at start means, and which variables to check (no secret in it).
 

@@ -34,3 +34,14 @@ def test_missing_topic_names_the_topics_variable() -> None:
     assert explain(missing, [], BOOTSTRAP) == (
         "topic 'orders' not found: Broker: Unknown topic or partition; create the topic or fix LOOM_KAFKA_TOPICS"
     )
+
+
+def test_only_no_answer_is_worth_waiting_for() -> None:
+    from loom_ray.kafka.admin import unreachable
+
+    assert unreachable(TRANSPORT, [])
+    assert unreachable(KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out")), [])
+    auth = KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error")
+    assert not unreachable(TRANSPORT, [auth])  # refused credentials: fix them, waiting changes nothing
+    assert not unreachable(TRANSPORT, [KafkaError(KafkaError._SSL, "certificate verify failed")])
+    assert not unreachable(KafkaException("topic 'orders' not found"), [])

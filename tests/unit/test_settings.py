@@ -117,6 +117,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "scale_catchup_s": ("30", 30.0),
     "audit": ("true", True),
     "routes_file": (str(EXAMPLE_ROUTES), EXAMPLE_ROUTES),
+    "deployment": ("orders-eu", "orders-eu"),
+    "startup_timeout_s": ("30", 30.0),
 }
 
 
@@ -595,3 +597,25 @@ def test_routes_travel_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> Non
 
     settings = _settings(monkeypatch, LOOM_ROUTES_FILE=str(EXAMPLE_ROUTES))
     assert pickle.loads(pickle.dumps(settings)).routes == settings.routes  # the actors need no file
+
+
+def test_the_deployment_is_named_by_what_it_ingests_and_where_unless_named() -> None:
+    one = Settings(kafka_topics="orders,payments", db_dsn="postgresql://u:secret@db:5432/app")
+    assert one.deployment_name.startswith("orders-")
+    # The same topics in another order, another password: the same deployment.
+    same = Settings(kafka_topics="payments,orders", db_dsn="postgresql://u:other@db:5432/app")
+    assert same.deployment_name == one.deployment_name
+    others = [
+        Settings(kafka_topics="orders", db_dsn="postgresql://u:secret@db:5432/app"),
+        Settings(kafka_topics="orders,payments", db_dsn="postgresql://u:secret@db2:5432/app"),
+        Settings(kafka_topics="orders,payments", db_dsn="postgresql://u:secret@db:5432/app", db_schema="loom"),
+    ]
+    assert len({one.deployment_name, *(s.deployment_name for s in others)}) == 4
+    assert "secret" not in one.deployment_name
+    assert Settings(deployment="backfill-1").deployment_name == "backfill-1"
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 41, "ü"])
+def test_a_deployment_name_is_a_short_plain_name(name: str) -> None:
+    with pytest.raises(ConfigError, match="LOOM_DEPLOYMENT"):
+        Settings.from_env(deployment=name)
