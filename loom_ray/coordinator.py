@@ -504,7 +504,7 @@ class Coordinator:
 
     async def _judge_lag(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         """Each partition's lag health over its newest samples, right after a sample (for ``status()`` and the
-        ``loom_lag_health`` gauge); ``sql/007_lag_health.sql`` gives the same from PostgreSQL alone.
+        ``loom_lag_health`` gauge); ``sql/views/v_consumer_lag_health.sql`` gives the same from PostgreSQL alone.
 
         The windows live in memory: read from ``consumer_lag_history`` once, at the first sample (they then
         hold the samples of earlier coordinators too, their times moved onto this process's clock), and

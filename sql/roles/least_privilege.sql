@@ -43,6 +43,6 @@ GRANT SELECT, INSERT, UPDATE ON loom_sink_errors TO loom_ingest;
 -- are the user's: grant SELECT, INSERT, UPDATE (upsert) and DELETE (tombstones) on them as their routes need.
 GRANT SELECT, INSERT, UPDATE ON loom_route_counts TO loom_ingest;
 GRANT SELECT ON v_route_counts TO loom_ingest;
--- Read only: which migrations are applied, and the monitoring views.
-GRANT SELECT ON loom_migrations, v_consumer_performance_monitor, v_consumer_alerts,
+-- Read only: which migrations and view definitions are applied (loom_ray/migrate.py), and the monitoring views.
+GRANT SELECT ON loom_migrations, loom_views, v_consumer_performance_monitor, v_consumer_alerts,
     v_consumer_activity_monitoring, v_consumer_lag_health TO loom_ingest;

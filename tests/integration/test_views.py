@@ -1,8 +1,9 @@
-"""The monitoring views of sql/003_views.sql against a real PostgreSQL.
+"""The monitoring views of sql/views/ against a real PostgreSQL.
 
 Self-contained: needs only ``LOOM_DB_DSN`` (a role allowed to CREATE DATABASE). The module creates a database
-of its own, applies every ``sql/NNN_*.sql`` in order (twice, to prove they are idempotent), writes fixture
-rows with timestamps relative to ``now()``, reads the three views once and drops the database.
+of its own, runs every ``sql/NNN_*.sql`` in order twice (to prove they are idempotent), then migrate() (the
+files once more, and the views), writes fixture rows with timestamps relative to ``now()``, reads the three
+views once and drops the database.
 
 Fixture partitions of topic ``events``:
   0  healthy: owned, flushed 5 s ago, one fresh dead letter, lag falling (40 then 30 in the samples);
@@ -16,17 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-pytestmark = pytest.mark.integration
+from loom_ray.migrate import migrate, migration_files
+from tests.support.databases import scratch_database
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+pytestmark = pytest.mark.integration
 
 FIXTURE_SQL = """
 INSERT INTO loom_offsets (topic, "partition", next_offset, epoch, owner, updated_at) VALUES
@@ -82,27 +81,16 @@ VIEWS = ("v_consumer_performance_monitor", "v_consumer_alerts", "v_consumer_acti
 
 
 async def _read_views(dsn: str) -> dict[str, list[dict[str, Any]]]:
-    name = f"loom_views_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            conn = await asyncpg.connect(dsn, database=name)
-            try:
-                for _ in range(2):  # the second pass proves every migration is idempotent
-                    for path in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-                        await conn.execute(path.read_text())
-                await conn.execute(FIXTURE_SQL)
-                return {
-                    view: [dict(r) for r in await conn.fetch(f'SELECT * FROM {view} ORDER BY topic, "partition"')]
-                    for view in VIEWS
-                }
-            finally:
-                await conn.close()
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(dsn) as conn:
+        for _ in range(2):  # every migration is idempotent
+            for path in migration_files():
+                await conn.execute(path.read_text())
+        await migrate(conn)
+        await conn.execute(FIXTURE_SQL)
+        return {
+            view: [dict(r) for r in await conn.fetch(f'SELECT * FROM {view} ORDER BY topic, "partition"')]
+            for view in VIEWS
+        }
 
 
 @pytest.fixture(scope="module")
