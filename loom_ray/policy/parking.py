@@ -18,18 +18,25 @@ offset. Per partition, :func:`record` keeps the faults since it was last clean a
 A bug that fails every flush of a partition therefore parks it after about 5 + 10 = 15 seconds of backoff and
 three flushes; faults that keep changing signature are claimed again ever more slowly, at most every
 :data:`RECLAIM_CAP_S`.
+:class:`ParkingLot` keeps the histories of every faulted partition and the parked ones (with :class:`Parked`:
+why and since when).
 
 **Consumers.** A consumer actor that dies (RayActorError, silent past the session timeout, or failing to
-start) is replaced at once the first time; each further death without :data:`RESTART_HEALTHY_S` between
-deaths (:func:`record_death`) delays the next start (:func:`restart_at`), instead of replacing it at once for
-ever. Its partitions do not wait: they move to the live consumers at once.
+start) is replaced at once the first time. Deaths in a row, each without a healthy interval before it, delay
+the next start (:func:`record_death`, :func:`restart_at`) instead of replacing it at once for ever. A healthy
+interval is a consumer that committed records before it died (it was doing its work: a random crash, a kill,
+a lost node), or :data:`RESTART_HEALTHY_S` without a death; a consumer that dies before it commits anything,
+again and again, is a crash loop. The partitions of a dead consumer do not wait: they move to the live
+consumers at once.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from loom_ray.policy.assignment import TopicPartition
 from loom_ray.policy.backoff import backoff_ceiling
 
 PARK_AFTER_FAULTS = 3  # faults with one signature ...
@@ -40,7 +47,7 @@ CLEAN_AFTER_S = 600.0  # no fault for 10 minutes: the partition starts clean (it
 RECLAIM_BASE_S = 5.0
 RECLAIM_CAP_S = 300.0
 # Replacing a consumer after the n-th death in a row: at once for the first, then 5 * 2**(n - 2) s, at most 5
-# minutes. Deaths are in a row while less than RESTART_HEALTHY_S lies between them.
+# minutes. A death after RESTART_HEALTHY_S without one, or of a consumer that had committed records, starts anew.
 RESTART_BASE_S = 5.0
 RESTART_CAP_S = 300.0
 RESTART_HEALTHY_S = 600.0
@@ -127,16 +134,17 @@ def is_clean(history: FaultHistory, now: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Deaths:
-    """Consumer deaths in a row (each less than :data:`RESTART_HEALTHY_S` after the previous) and the latest's
-    time. Deaths noticed in one round count once: several actors lost together (a node) are one event."""
+    """Consumer deaths in a row and the latest's time. Deaths noticed in one round count once: several actors
+    lost together (a node) are one event."""
 
     streak: int
     last_at: float
 
 
-def record_death(previous: Deaths | None, now: float) -> Deaths:
-    """The streak after consumers died at ``now``."""
-    if previous is None or now - previous.last_at >= RESTART_HEALTHY_S:
+def record_death(previous: Deaths | None, now: float, committed: bool) -> Deaths:
+    """The streak after consumers died at ``now``; ``committed``: one of them had committed records since it
+    started (a healthy interval: the streak starts anew, as it does :data:`RESTART_HEALTHY_S` after a death)."""
+    if previous is None or committed or now - previous.last_at >= RESTART_HEALTHY_S:
         return Deaths(1, now)
     return Deaths(previous.streak + 1, now)
 
@@ -149,3 +157,66 @@ def restart_delay(streak: int) -> float:
 def restart_at(deaths: Deaths | None) -> float:
     """The earliest time a consumer may be started (any time, as ``-inf``, without deaths)."""
     return float("-inf") if deaths is None else deaths.last_at + restart_delay(deaths.streak)
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Why and since when a partition is parked (times in epoch seconds)."""
+
+    error: str  # the newest fault's "ExceptionClass: first line of its message"
+    faults: int  # faults since the partition was last clean
+    first_fault_at: float
+    parked_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """``status()["parked"]``'s entry: ``error``, ``faults``, ``since`` (when it was parked)."""
+        return {"error": self.error, "faults": self.faults, "since": self.parked_at}
+
+
+@dataclass(slots=True)
+class ParkingLot:
+    """The faulted partitions a coordinator knows: each one's fault history, and the parked ones.
+
+    Fed with the faults the consumers report (:meth:`fault`), planned once per round (:meth:`plan`), asked
+    which partitions wait out a backoff (:meth:`waiting`). Pure state: the coordinator reads and writes
+    ``loom_parked`` around it (:mod:`loom_ray.parked`) and unparks on an operator's request (:meth:`unpark`).
+    """
+
+    histories: dict[TopicPartition, FaultHistory] = field(default_factory=dict)
+    parked: dict[TopicPartition, Parked] = field(default_factory=dict)
+    unsaved: set[TopicPartition] = field(default_factory=set)  # parked here, not yet written to loom_parked
+
+    def fault(self, tp: TopicPartition, fault: Fault) -> FaultHistory | None:
+        """Record a fault of ``tp``; its history now, or None when ``tp`` is parked already (a late report)."""
+        if tp in self.parked:
+            return None
+        self.histories[tp] = record(self.histories.get(tp), fault)
+        return self.histories[tp]
+
+    def plan(self, now: float) -> list[TopicPartition]:
+        """Park each partition whose history says so (:func:`decide`) and forget the histories of those clean
+        again; the partitions parked now."""
+        parked = []
+        for tp, history in list(self.histories.items()):
+            if decide(history, now).action is Action.PARK:
+                del self.histories[tp]
+                self.parked[tp] = Parked(history.newest.error, history.count, history.first_at, now)
+                self.unsaved.add(tp)
+                parked.append(tp)
+            elif is_clean(history, now):
+                del self.histories[tp]
+        return parked
+
+    def waiting(self, now: float) -> dict[TopicPartition, float]:
+        """The partitions whose backoff lasts at ``now``, each with the time it may be claimed again."""
+        found = {}
+        for tp, history in self.histories.items():
+            decision = decide(history, now)
+            if decision.action is Action.WAIT and decision.at is not None:
+                found[tp] = decision.at
+        return found
+
+    def unpark(self, tp: TopicPartition) -> Parked:
+        """Let ``tp`` be claimed again, clean; what it was parked for. Raises KeyError when it is not parked."""
+        self.unsaved.discard(tp)
+        return self.parked.pop(tp)

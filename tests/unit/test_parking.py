@@ -16,6 +16,8 @@ from loom_ray.policy.parking import (
     Decision,
     Fault,
     FaultHistory,
+    Parked,
+    ParkingLot,
     decide,
     reclaim_delay,
     record,
@@ -127,22 +129,62 @@ def test_restart_delay(streak: int, delay: float) -> None:
 @pytest.mark.parametrize(
     ("deaths", "expected_streak", "expected_at"),
     [
-        ([100.0], 1, 100.0),  # replaced at once
-        ([100.0, 130.0], 2, 135.0),  # 130 + 5
-        ([100.0, 130.0, 150.0], 3, 160.0),  # 150 + 10
-        ([100.0, 130.0, 150.0, 170.0], 4, 190.0),  # 170 + 20
+        # (time, whether the consumer had committed records): deaths of consumers that committed nothing.
+        ([(100.0, False)], 1, 100.0),  # replaced at once
+        ([(100.0, False), (130.0, False)], 2, 135.0),  # 130 + 5
+        ([(100.0, False), (130.0, False), (150.0, False)], 3, 160.0),  # 150 + 10
+        ([(100.0, False), (130.0, False), (150.0, False), (170.0, False)], 4, 190.0),  # 170 + 20
         # 10 minutes without a death between 150 and 750: a new streak, replaced at once.
-        ([100.0, 150.0, 150.0 + RESTART_HEALTHY_S], 1, 750.0),
-        ([100.0, 150.0, 749.0], 3, 759.0),  # 749 - 150 = 599 < 600: still in a row; 749 + 10
+        ([(100.0, False), (150.0, False), (150.0 + RESTART_HEALTHY_S, False)], 1, 750.0),
+        ([(100.0, False), (150.0, False), (749.0, False)], 3, 759.0),  # 749 - 150 = 599 < 600: in a row; 749 + 10
+        # A consumer that had committed records died (a kill, a random crash): a new streak, replaced at once.
+        ([(100.0, False), (130.0, False), (150.0, True)], 1, 150.0),
+        ([(100.0, False), (130.0, True), (150.0, False)], 2, 155.0),  # in a row again after it: 150 + 5
     ],
 )
-def test_consecutive_deaths_delay_the_next_start(deaths: list[float], expected_streak: int, expected_at: float) -> None:
+def test_consecutive_deaths_delay_the_next_start(
+    deaths: list[tuple[float, bool]], expected_streak: int, expected_at: float
+) -> None:
     found: Deaths | None = None
-    for at in deaths:
-        found = record_death(found, at)
+    for at, committed in deaths:
+        found = record_death(found, at, committed)
     assert found is not None and found.streak == expected_streak
     assert restart_at(found) == expected_at
 
 
 def test_without_deaths_a_consumer_may_start_at_any_time() -> None:
     assert restart_at(None) == float("-inf")
+
+
+def test_the_lot_parks_after_three_faults_ignores_late_ones_and_unparks_clean() -> None:
+    lot = ParkingLot()
+    tp = ("orders", 3)
+    for at in (100.0, 106.0, 117.0):  # each after its backoff: 100 + 5, 106 + 10
+        assert lot.plan(at) == []
+        lot.fault(tp, Fault(at, UNIQUE, "UniqueViolationError: duplicate key"))
+    assert lot.waiting(117.0) == {}  # the third fault's history parks, it does not wait
+    assert lot.plan(117.0) == [tp]
+    assert lot.parked[tp] == Parked("UniqueViolationError: duplicate key", 3, 100.0, 117.0)
+    assert lot.unsaved == {tp} and tp not in lot.histories
+    assert lot.fault(tp, Fault(118.0, UNIQUE, "late")) is None  # reported after it was parked: ignored
+    assert lot.plan(10_000.0) == [] and tp in lot.parked  # parked however long ago its faults were
+    assert lot.unpark(tp).faults == 3
+    assert tp not in lot.parked and not lot.unsaved and tp not in lot.histories  # claimed again, clean
+
+
+def test_the_lot_says_who_waits_and_forgets_partitions_clean_again() -> None:
+    lot = ParkingLot()
+    lot.fault(("t", 0), Fault(100.0, UNIQUE, "e"))
+    lot.fault(("t", 1), Fault(100.0, ASSERTION, "e"))
+    lot.fault(("t", 1), Fault(103.0, ASSERTION, "e"))
+    assert lot.waiting(104.0) == {("t", 0): 105.0, ("t", 1): 113.0}  # 100 + 5; 103 + 10
+    assert lot.waiting(105.0) == {("t", 1): 113.0}
+    lot.plan(702.9)  # t[0]: 702.9 - 100 = 602.9 >= 600, clean; t[1]: 702.9 - 103 = 599.9 < 600, kept
+    assert set(lot.histories) == {("t", 1)}
+    lot.plan(703.0)
+    assert lot.histories == {}
+
+
+def test_unparking_a_partition_that_is_not_parked_raises() -> None:
+    with pytest.raises(KeyError):
+        ParkingLot().unpark(("t", 0))
