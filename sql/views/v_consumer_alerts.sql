@@ -10,7 +10,9 @@
 --   sink_blocked  PostgreSQL refuses the flushes of the partition's owner (SQLSTATE, condition, since when,
 --                 message, fix), reported within the last 2 minutes and not cleared (loom_sink_errors);
 --   lag_warn, lag_stop, lag_stall, lag_rewind
---                 the partition's lag health is not OK (v_consumer_lag_health; the detail says what was seen).
+--                 the partition's lag health is not OK (v_consumer_lag_health; the detail says what was seen);
+--   parked        the coordinator parked the partition: its flush failed again and again with one error (a bug
+--                 or a broken invariant), so it is not read until `python -m loom_ray.ctl unpark` (loom_parked).
 CREATE OR REPLACE VIEW v_consumer_alerts AS
 WITH window_samples AS (
     SELECT topic, "partition",
@@ -60,8 +62,14 @@ WHERE e.cleared_at IS NULL AND e.last_seen > now() - interval '2 minutes'
 UNION ALL
 SELECT topic, "partition", 'lag_' || lower(status), detail
 FROM v_consumer_lag_health
-WHERE status <> 'OK';
+WHERE status <> 'OK'
+UNION ALL
+SELECT topic, "partition", 'parked',
+       format('parked since %s after %s faults (the first at %s): %s; fix the cause, then '
+              'python -m loom_ray.ctl unpark %s[%s]', parked_at, faults, first_fault_at, error, topic, "partition")
+FROM loom_parked
+WHERE unparked_at IS NULL;
 
 COMMENT ON VIEW v_consumer_alerts IS
     'Active alerts per partition: lag_growing, stalled, dead_letters, no_owner, gap, sink_blocked, lag_warn, '
-    'lag_stop, lag_stall, lag_rewind (sql/views/v_consumer_alerts.sql).';
+    'lag_stop, lag_stall, lag_rewind, parked (sql/views/v_consumer_alerts.sql).';
