@@ -11,6 +11,7 @@ Fixture partitions of topic ``events``:
   2  released: no owner, no lag samples;
   3  seen by the lag sampler only, never claimed; lag flat at 7 (not growing).
 Consumer(a)'s flushes are refused now (disk full); Consumer(b)'s were, last reported 8 minutes ago.
+Partition 3 is parked; partition 0 was parked and has been unparked.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ INSERT INTO loom_sink_errors (owner, sqlstate, condition, message, fix, first_se
      now() - interval '8 minutes', NULL),
     ('Consumer(x)', '25006', 'read_only_sql_transaction', 'read-only', 'primary', now() - interval '9 minutes',
      now() - interval '8 minutes', now() - interval '8 minutes');
+
+-- Partition 3 is parked; partition 0 was, and was unparked since.
+INSERT INTO loom_parked (topic, "partition", error, faults, first_fault_at, parked_at, unparked_at, unparked_by)
+VALUES
+    ('events', 3, 'UniqueViolationError: duplicate key', 3, now() - interval '3 minutes', now() - interval '2 minutes',
+     NULL, NULL),
+    ('events', 0, 'AssertionError: broken', 3, now() - interval '1 hour', now() - interval '50 minutes',
+     now() - interval '40 minutes', 'ops');
 """
 
 VIEWS = ("v_consumer_performance_monitor", "v_consumer_alerts", "v_consumer_activity_monitoring")
@@ -137,6 +146,7 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
         (2, "no_owner"),
         (2, "gap"),
         (3, "no_owner"),
+        (3, "parked"),
     }
     assert alerts[(2, "gap")] == (
         "topic_recreated: offsets 501..(end unknown) of incarnation 0 skipped: the topic was deleted"
@@ -144,6 +154,10 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
     assert alerts[(1, "lag_growing")].startswith("lag 10 -> 40 over ")
     assert "lag 40" in alerts[(1, "stalled")] and "Consumer(b)" in alerts[(1, "stalled")]
     assert "never claimed" in alerts[(3, "no_owner")]
+    assert " after 3 faults (the first at " in alerts[(3, "parked")]
+    assert alerts[(3, "parked")].endswith(
+        ": UniqueViolationError: duplicate key; fix the cause, then python -m loom_ray.ctl unpark events[3]"
+    )
     assert alerts[(0, "sink_blocked")].startswith("SQLSTATE 53100 (disk_full) since ")
     assert alerts[(0, "sink_blocked")].endswith("owner Consumer(a): could not extend file; fix: free disk space")
 
