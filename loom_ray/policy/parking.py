@@ -17,9 +17,8 @@ offset. Per partition, :func:`record` keeps the faults since it was last clean a
 
 A bug that fails every flush of a partition therefore parks it after about 5 + 10 = 15 seconds of backoff and
 three flushes; faults that keep changing signature are claimed again ever more slowly, at most every
-:data:`RECLAIM_CAP_S`.
-:class:`ParkingLot` keeps the histories of every faulted partition and the parked ones (with :class:`Parked`:
-why and since when).
+:data:`RECLAIM_CAP_S`. :class:`ParkingLot` keeps the histories of every faulted partition and the parked
+ones (:class:`Parked`: why and since when).
 
 **Consumers.** A consumer actor that dies (RayActorError, silent past the session timeout, or failing to
 start) is replaced at once the first time. Deaths in a row, each without a healthy interval before it, delay
