@@ -2,8 +2,9 @@
 
 Tables come from ``sql/NNN_name.sql``, applied once each in version order and recorded in
 ``loom_migrations``. Each view's text lives once, in ``sql/views/<view>.sql``: after the migrations, a view
-whose file's SHA-256 differs from the one recorded in ``loom_views`` (or that is missing) is created again,
-in an order where every view comes after the views it reads (its file's ``-- Reads views:`` line).
+whose file's SHA-256 differs from the one recorded in ``loom_views``, or that is not the view migrate()
+created (missing, or replaced since), is created again, in an order where every view comes after the views
+it reads (its file's ``-- Reads views:`` line).
 
 Runs once at start from the driver (``python -m loom_ray.main``) and in tests. An advisory lock makes two
 drivers starting at once apply each change once; a failed file rolls back whole (the views roll back
@@ -36,8 +37,24 @@ _BOOKKEEPING = {
     "loom_migrations": """CREATE TABLE IF NOT EXISTS loom_migrations (
         name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())""",
     "loom_views": """CREATE TABLE IF NOT EXISTS loom_views (
-        name text PRIMARY KEY, sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())""",
+        name text PRIMARY KEY, sha256 text NOT NULL, rendered text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now())""",
 }
+
+# Per view migrate() created: its file's SHA-256 then, and whether the view is still the one it created:
+# ``rendered`` is the md5 of pg_get_viewdef right after, so a view missing, or replaced by anything else (an
+# older loom-ray running its own view migrations, a person), is not ``intact``.
+_RECORDED_SQL = """
+SELECT name, sha256, rendered IS NOT DISTINCT FROM md5(pg_get_viewdef(to_regclass(quote_ident(name)))) AS intact
+FROM loom_views
+"""
+
+_RECORD_SQL = """
+INSERT INTO loom_views (name, sha256, rendered)
+SELECT name, sha256, md5(pg_get_viewdef(to_regclass(quote_ident(name))))
+FROM unnest($1::text[], $2::text[]) AS v(name, sha256)
+ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, rendered = EXCLUDED.rendered, applied_at = now()
+"""
 
 _GRANTS_SQL = """
 SELECT c.relname AS view,
@@ -122,26 +139,45 @@ async def _apply_migrations(conn: asyncpg.Connection, files: list[Path]) -> list
 
 
 async def _apply_views(conn: asyncpg.Connection, views: list[ViewFile]) -> list[str]:
-    """Create, in one transaction, every view that is missing or whose file changed since ``loom_views``
-    recorded it; nothing (two reads) when none is.
+    """Create again every view whose file changed since ``loom_views`` recorded it, or that is not the view
+    migrate() created (missing, or replaced by anything else); nothing (one read) when all are as recorded.
+
+    A role that may not create views (a least-privilege run-time role) still starts when no file changed:
+    a view changed outside loom-ray (or rendered anew by another PostgreSQL version) is then logged, for the
+    owner to run the migrations.
+    """
+    recorded = {row["name"]: (row["sha256"], row["intact"]) for row in await conn.fetch(_RECORDED_SQL)}
+    stale = {view.name for view in views if recorded.get(view.name) != (view.sha256, True)}
+    if not stale:
+        return []
+    try:
+        return await _create_views(conn, views, stale)
+    except asyncpg.InsufficientPrivilegeError:
+        if any(recorded.get(view.name, ("",))[0] != view.sha256 for view in views):
+            raise
+        log.warning(
+            "views %s are not as sql/views/ defines them (changed outside loom-ray, or rendered anew by another "
+            "PostgreSQL version), and this role may not create them: run the migrations as their owner",
+            ", ".join(sorted(stale)),
+        )
+        return []
+
+
+async def _create_views(conn: asyncpg.Connection, views: list[ViewFile], stale: set[str]) -> list[str]:
+    """In one transaction, create the ``stale`` views and any a drop took along, in ``views``' order; record
+    every view in ``loom_views``. The names created.
 
     CREATE OR REPLACE keeps the view, its grants and what reads it; PostgreSQL refuses it when a column is
     dropped, renamed or retyped (42P16). Then the old view is dropped with the views that read it (CASCADE),
     and those are created again later in the order, each with the grants it had.
     """
     names = [view.name for view in views]
-    recorded = {row["name"]: row["sha256"] for row in await conn.fetch("SELECT name, sha256 FROM loom_views")}
-    absent = await conn.fetchval(
-        "SELECT count(*) FROM unnest($1::text[]) AS v WHERE to_regclass(quote_ident(v)) IS NULL", names
-    )
-    if not absent and all(recorded.get(view.name) == view.sha256 for view in views):
-        return []
     async with conn.transaction():
         grants = await conn.fetch(_GRANTS_SQL, names)
         applied, recreated = [], set()
         for view in views:
             present = await conn.fetchval("SELECT to_regclass(quote_ident($1)) IS NOT NULL", view.name)
-            if present and recorded.get(view.name) == view.sha256:
+            if present and view.name not in stale:
                 continue
             if not present:
                 await conn.execute(view.text)
@@ -152,12 +188,7 @@ async def _apply_views(conn: asyncpg.Connection, views: list[ViewFile]) -> list[
         for grant in grants:
             if grant["view"] in recreated:
                 await conn.execute(grant["statement"])
-        await conn.execute(
-            """INSERT INTO loom_views (name, sha256) SELECT * FROM unnest($1::text[], $2::text[])
-               ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = now()""",
-            applied,
-            [view.sha256 for view in views if view.name in applied],
-        )
+        await conn.execute(_RECORD_SQL, names, [view.sha256 for view in views])
     log.info("applied views %s", ", ".join(applied))
     return applied
 

@@ -1,20 +1,25 @@
 """loom_ray/migrate.py on a real PostgreSQL, each case in a database of its own: a database migrated by the
 files of the last commit whose versioned migrations created the views ends, after today's migrate, exactly as
-a fresh one; a role that may not change anything starts when nothing changed; a view whose columns change is
-dropped and created again with the views that read it and their grants."""
+a fresh one; a session that may not write, and a role without DDL rights, start when nothing changed; a view
+replaced behind migrate()'s back is created again; a view whose columns change is dropped and created again
+with the views that read it and their grants."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from loom_ray.migrate import SQL_DIR, migrate, migration_files
 from tests.support.databases import schema_snapshot, scratch_database
+from tests.support.pipeline import scalar
 from tests.support.services import ROOT, Endpoints
 
 # The last commit whose sql/NNN_*.sql created the views themselves (sql/003_views.sql redefined by 005-007).
@@ -79,6 +84,61 @@ def test_a_role_that_may_not_change_anything_starts_when_nothing_changed(endpoin
                 await migrate(conn, changed)  # the check has teeth: a changed view must be written
 
     asyncio.run(run())
+
+
+def test_a_view_replaced_behind_its_back_is_created_again(endpoints: Endpoints) -> None:
+    # What an older loom-ray does when it runs its own view migrations on a database this one created.
+    route_counts = (SQL_DIR / "views" / "v_route_counts.sql").read_text()
+    older = route_counts.replace("count(DISTINCT topic)", "count(topic)")
+    assert older != route_counts
+
+    async def run() -> None:
+        async with scratch_database(endpoints.dsn) as conn:
+            await migrate(conn)
+            expected = await schema_snapshot(conn)
+            await conn.execute(older)
+            assert await schema_snapshot(conn) != expected
+            assert await migrate(conn) == ["v_route_counts"]
+            assert await schema_snapshot(conn) == expected
+            await conn.execute("DROP VIEW v_consumer_activity_monitoring")
+            assert await migrate(conn) == ["v_consumer_activity_monitoring"]
+            assert await migrate(conn) == []
+
+    asyncio.run(run())
+
+
+def test_a_role_without_ddl_rights_starts_unless_a_view_file_changed(
+    endpoints: Endpoints, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    changed = shutil.copytree(SQL_DIR, tmp_path / "sql")
+    alerts = changed / "views" / "v_consumer_alerts.sql"
+    alerts.write_text(alerts.read_text().replace("Active alerts per partition", "Alerts per partition"))
+    role = f"loom_migrate_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(endpoints.dsn)
+
+    async def run() -> None:
+        async with scratch_database(endpoints.dsn) as conn:
+            await migrate(conn)
+            await conn.execute(f"CREATE ROLE {role} LOGIN")
+            await conn.execute(f"GRANT SELECT ON loom_migrations, loom_views TO {role}")
+            database = await conn.fetchval("SELECT current_database()")
+            netloc = f"{role}@{parts.netloc.rsplit('@', 1)[-1]}"
+            runtime = await asyncpg.connect(urlunsplit(parts._replace(netloc=netloc, path=f"/{database}")))
+            try:
+                assert await migrate(runtime) == []
+                await conn.execute((SQL_DIR / "views" / "v_route_counts.sql").read_text().replace("DISTINCT ", ""))
+                with caplog.at_level(logging.WARNING, logger="loom_ray.migrate"):
+                    assert await migrate(runtime) == []  # a view changed by hand: logged, not a reason to stop
+                assert "v_route_counts are not as sql/views/ defines them" in caplog.text
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await migrate(runtime, changed)  # a file changed: the owner must migrate first
+            finally:
+                await runtime.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        scalar(endpoints, f"DROP ROLE IF EXISTS {role}")
 
 
 _BASE = "CREATE OR REPLACE VIEW toy_base AS SELECT 1 AS x, {} 2 AS y;\n"
