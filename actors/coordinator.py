@@ -15,7 +15,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.consumer import ConsumerActor
-from actors.metrics import LagHealthMetrics, LagMetrics
+from actors.metrics import LagHealthMetrics, LagMetrics, ParkedMetrics
 from loom_ray.coordinator import ConsumerGone, Coordinator
 from loom_ray.offsets import Claim
 from loom_ray.settings import Settings
@@ -71,8 +71,9 @@ class CoordinatorActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._lag = LagMetrics()
         self._health = LagHealthMetrics()
+        self._parked = ParkedMetrics()
         self._core = Coordinator(
-            settings, lambda name: RayConsumer(settings, name), self._lag.publish, self._health.set
+            settings, lambda name: RayConsumer(settings, name), self._lag.publish, self._health.set, self._parked.set
         )
         # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.
         loop = asyncio.get_running_loop()
@@ -92,6 +93,12 @@ class CoordinatorActor:
         """Change the number of consumers with a live hand-off of the moved partitions."""
         await self._started
         return await self._core.resize(actors)
+
+    async def unpark(self, partitions: list[tuple[str, int]] | None, by: str | None) -> dict[str, dict[str, Any]]:
+        """Let parked partitions (``None``: all) be claimed again; what was unparked (see
+        :meth:`loom_ray.coordinator.Coordinator.unpark`)."""
+        await self._started
+        return await self._core.unpark(partitions, by)
 
     async def shutdown(self) -> None:
         """Drain every consumer and stop."""

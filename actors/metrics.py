@@ -155,3 +155,21 @@ class LagHealthMetrics:
     def set(self, topic: str, partition: int, status: int) -> None:
         """Publish one partition's status."""
         self.health.set(status, {"topic": topic, "partition": str(partition)})
+
+
+class ParkedMetrics:
+    """The coordinator's per-partition gauge ``ray_loom_partition_parked``: 1 while the partition is parked (not
+    read after repeated faults with one error, :mod:`loom_ray.policy.parking`), 0 otherwise. Set when a
+    partition is parked or unparked, and for every partition at each lag sample, so the series exists (at 0)
+    before anything is parked."""
+
+    def __init__(self) -> None:
+        self.parked = Gauge(
+            "loom_partition_parked",
+            "1 while the partition is parked after repeated faults (python -m loom_ray.ctl unpark), else 0.",
+            ("topic", "partition"),
+        )
+
+    def set(self, topic: str, partition: int, parked: bool) -> None:
+        """Publish one partition's state."""
+        self.parked.set(1 if parked else 0, {"topic": topic, "partition": str(partition)})

@@ -1,7 +1,7 @@
 """The coordinator's logic: which consumer owns which partition, and keeping that true.
 
 Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``reconcile()`` every
-``LOOM_HEALTH_CHECK_INTERVAL_S``:
+``LOOM_HEALTH_CHECK_INTERVAL_S``, in three phases: discover what is (1-3), plan (4), apply (5-6).
 
 1. discover the partitions and ids of the configured topics in one request (new partitions are picked up
    here; a topic whose metadata fails keeps the partitions it had, and the other topics go on; a topic
@@ -9,20 +9,24 @@ Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``rec
 2. health-check every consumer: a dead one (RayActorError) or one silent for longer than
    ``LOOM_KAFKA_SESSION_TIMEOUT_MS`` is killed and its partitions become free. One whose flushes PostgreSQL
    refuses (a privilege revoked, disk full: ``stats()["blocked"]``) is alive and keeps retrying: it stays,
-   and its blocker is recorded in ``loom_sink_errors`` (a ``sink_blocked`` alert);
+   and its blocker is recorded in ``loom_sink_errors`` (a ``sink_blocked`` alert). The faults each one
+   reports (partitions it dropped because their own flush failed: a bug) are read once each, by ``seq``;
 3. read progress: committed offsets (now), and high watermarks from the latest finished request (one per
    partition leader, sent in the background: a round never waits for it but the first, so at thousands of
-   partitions it does not set the round's length); a partition whose owner reports a commit that the offset
-   row no longer shows (PostgreSQL lost it in a crash) is claimed again;
-4. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
-   more than partitions);
-5. compute a balanced, sticky assignment and move what changed: ask the old owner to flush and release,
-   then *claim* for the new owner (a new epoch in ``loom_offsets`` fences the old one whatever it does)
-   and hand the new owner the claim.
+   partitions it does not set the round's length);
+4. plan: a partition whose owner reports a commit that the offset row no longer shows (PostgreSQL lost it in
+   a crash) is claimed again; a faulted partition is claimed again only after its backoff, and parked after
+   repeated faults with one error (:mod:`loom_ray.policy.parking`; recorded in ``loom_parked``, not claimed
+   until ``unpark()``); the consumer count follows the backlog;
+5. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
+   more than partitions); after consumers died in a row, the next start waits out a backoff;
+6. compute a balanced, sticky assignment of the partitions that may be claimed and move what changed: ask
+   the old owner to flush and release, then *claim* for the new owner (a new epoch in ``loom_offsets``
+   fences the old one whatever it does) and hand the new owner the claim.
 
 Everything it knows is rebuilt from PostgreSQL and Ray on start, so a restarted coordinator simply
-claims every partition again. ``status()`` answers from the last round's progress, without a request of
-its own.
+claims every partition again, but the parked ones. ``status()`` answers from the last round's progress,
+without a request of its own.
 """
 
 from __future__ import annotations
@@ -40,13 +44,14 @@ from typing import Any, Protocol
 import asyncpg
 from confluent_kafka import KafkaException
 
-from loom_ray import db, lag_history, offsets
+from loom_ray import db, lag_history, offsets, parked
 from loom_ray.kafka.admin import Discovery, KafkaMetadata
 from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.claims import BrokerPartition
 from loom_ray.policy.lag_health import WINDOW_SAMPLES, PartitionStatus, Sample, evaluate, overall
+from loom_ray.policy.parking import Deaths, Fault, ParkingLot, decide, record_death, restart_at
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.progress import RecordTally, records_per_consumer
 from loom_ray.settings import Settings
@@ -94,6 +99,13 @@ class _Member:
     serial: int
     last_ok: float
     stats: dict[str, Any] = field(default_factory=dict)
+    faults_seen: int = 0  # the highest fault seq taken from its stats: each fault is counted once
+
+    def committed(self) -> bool:
+        """Whether its last report shows records it committed since it started (the restart backoff's
+        healthy interval)."""
+        totals = self.stats.get("totals", {})
+        return bool(totals.get("rows") or totals.get("dead_letters"))
 
 
 class Coordinator:
@@ -105,11 +117,17 @@ class Coordinator:
         factory: ConsumerFactory,
         on_lag: Callable[[list[tuple[str, int, int, str | None]]], None] | None = None,
         on_health: Callable[[str, int, PartitionStatus], None] | None = None,
+        on_parked: Callable[[str, int, bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_lag``, ``on_health`` and ``on_parked`` publish metrics (the actor's gauges); ``clock`` (epoch
+        seconds) times faults, parking and the consumer restart backoff (tests pass their own)."""
         self._settings = settings
         self._factory = factory
         self._on_lag = on_lag
         self._on_health = on_health
+        self._on_parked = on_parked
+        self._clock = clock
         # Per partition, its newest lag samples (None until read at the first sample) and its lag health
         # (policy/lag_health.py) over them, as of the last sample.
         self._windows: dict[TopicPartition, deque[Sample]] | None = None
@@ -143,6 +161,10 @@ class Coordinator:
         self._database = True  # whether the last round reached PostgreSQL
         self._reported: set[str] = set()  # consumers whose blocker loom_sink_errors holds
         self._report_failing = False
+        self._lot = ParkingLot()  # faulted and parked partitions
+        self._parked_loaded = False  # whether loom_parked was read (at the first round that reached it)
+        self._deaths: Deaths | None = None  # consumer deaths in a row: the restart backoff
+        self._restart_noted: float | None = None  # the restart time last logged
         self.moves = 0
         self.reclaims = 0
 
@@ -189,6 +211,30 @@ class Coordinator:
         await self.reconcile()
         return self._target_count()
 
+    async def unpark(self, partitions: list[TopicPartition] | None, by: str | None = None) -> dict[str, dict[str, Any]]:
+        """Let parked partitions be claimed again at the next round, clean (``None``: every parked one).
+
+        Records ``unparked_at`` and ``unparked_by`` (``by``, else the coordinator's database role) in
+        ``loom_parked`` first: when that fails (PostgreSQL out of reach), it raises and nothing is unparked.
+        Returns ``"topic[p]" ->`` what each was parked for (``error``, ``faults``, ``since``) and
+        ``unparked_by``, for those that were parked; the others are left out.
+        """
+        async with self._lock:
+            wanted = self._lot.parked.keys() if partitions is None else set(partitions) & self._lot.parked.keys()
+            chosen = sorted(wanted)
+            if not chosen:
+                return {}
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                closed = await parked.unpark(conn, chosen, by)
+            result = {}
+            for tp in chosen:
+                row = self._lot.unpark(tp)
+                result[f"{tp[0]}[{tp[1]}]"] = {**row.as_dict(), "unparked_by": closed.get(tp, by)}
+                log.warning("%s[%d] unparked by %s: it is claimed again", *tp, closed.get(tp, by))
+                self._publish_parked(tp)
+            return result
+
     def _bounds(self) -> ScalingBounds:
         return ScalingBounds(self._settings.min_actors, self._settings.max_actors)
 
@@ -196,22 +242,40 @@ class Coordinator:
         return clamp_actors(self._target, self._bounds(), max(1, len(self._partitions)))
 
     async def reconcile(self) -> None:
-        """One round: discover, health-check, scale, reassign (serialised with resize and shutdown)."""
+        """One round (serialised with resize, unpark and shutdown): discover, plan, apply."""
         async with self._lock:
             if self._stopping:
                 return
-            assert self._metadata is not None
-            await self._discover(await asyncio.to_thread(self._metadata.discover))
-            highs = await self._high_watermarks()
-            await self._check_health()
-            await self._report_blockers()
-            progress = await self.progress(highs)
-            self._progress, self._database = progress, True
-            self._reclaim_lost_commits(progress)
-            self._autoscale(progress)
-            await self._scale()
-            await self._rebalance()
-            await self._sample_lag(progress)
+            progress = await self._observe()
+            now = self._clock()
+            self._plan(progress, now)
+            await self._apply(progress, now)
+
+    async def _observe(self) -> dict[TopicPartition, dict[str, int]]:
+        """Discover: the topics' partitions, the parked ones (at the first round), the consumers' health,
+        faults and deaths, and each partition's progress (:meth:`progress`)."""
+        assert self._metadata is not None
+        await self._discover(await asyncio.to_thread(self._metadata.discover))
+        highs = await self._high_watermarks()
+        await self._load_parked()
+        await self._check_health()
+        progress = await self.progress(highs)
+        self._progress, self._database = progress, True
+        return progress
+
+    def _plan(self, progress: dict[TopicPartition, dict[str, int]], now: float) -> None:
+        """Plan: claim again what PostgreSQL lost, park what keeps faulting, size the consumers to the backlog."""
+        self._reclaim_lost_commits(progress)
+        self._park_repeated_faults(now)
+        self._autoscale(progress)
+
+    async def _apply(self, progress: dict[TopicPartition, dict[str, int]], now: float) -> None:
+        """Apply: record blockers and parked partitions, start or stop consumers, move partitions, sample lag."""
+        await self._report_blockers()
+        await self._save_parked()
+        await self._scale(now)
+        await self._rebalance(now)
+        await self._sample_lag(progress)
 
     async def _discover(self, found: Discovery) -> None:
         """Take in this round's topics: new partitions, topics that failed, went missing or were recreated.
@@ -276,20 +340,106 @@ class Coordinator:
         results = await asyncio.gather(*(self._members[n].handle.stats(timeout) for n in names), return_exceptions=True)
         now = time.monotonic()
         reports: dict[str, dict[str, Any]] = {}
+        faulted: set[TopicPartition] = set()
+        died: list[_Member] = []
         for name, result in zip(names, results, strict=True):
             member = self._members[name]
             if isinstance(result, dict):
                 member.last_ok, member.stats = now, result
                 self._records.observe(name, result, now)
+                faulted |= self._take_faults(member, result)
                 reports[name] = result.get("partitions", {})
             elif isinstance(result, asyncio.TimeoutError) and now - member.last_ok < session:
                 log.warning("consumer %s missed a health check", name)
             else:
                 log.error("consumer %s is gone (%s); reclaiming its partitions", name, type(result).__name__)
                 self._forget(name)
+                died.append(member)
+        if died:
+            self._deaths = record_death(self._deaths, self._clock(), any(m.committed() for m in died))
         for tp in dropped(self._owners, reports):
-            log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", self._owners[tp], *tp)
+            if tp not in faulted:
+                owner = self._owners[tp]
+                log.warning("consumer %s dropped %s[%d] (its offset row moved); claiming it again", owner, *tp)
             self._disown([tp])
+
+    def _take_faults(self, member: _Member, stats: dict[str, Any]) -> set[TopicPartition]:
+        """Record the faults ``member`` reported since its previous report (each once: by ``seq``) in their
+        partitions' histories; the partitions that faulted."""
+        now = self._clock()
+        faulted = set()
+        for fault in stats.get("faults", []):
+            if fault["seq"] <= member.faults_seen:
+                continue
+            member.faults_seen = fault["seq"]
+            tp = (fault["topic"], fault["partition"])
+            faulted.add(tp)
+            history = self._lot.fault(tp, Fault(now, (fault["error_class"], fault["sqlstate"]), fault["error"]))
+            if history is None:
+                continue
+            decision = decide(history, now)
+            log.warning(
+                "%s[%d] faulted on %s (fault %d since it was last clean): %s; %s",
+                *tp,
+                member.handle.name,
+                history.count,
+                fault["error"],
+                "parking it" if decision.at is None else f"claiming it again in {decision.at - now:.0f}s",
+            )
+        return faulted
+
+    async def _load_parked(self) -> None:
+        """At the first round: the partitions an earlier coordinator parked (``loom_parked``) stay parked."""
+        if self._parked_loaded:
+            return
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            found = await parked.load(conn, list(self._settings.kafka_topics))
+        self._lot.parked.update(found)
+        self._parked_loaded = True
+        for tp, row in sorted(found.items()):
+            log.warning("%s[%d] is parked (%s); python -m loom_ray.ctl unpark %s[%d] once fixed", *tp, row.error, *tp)
+            self._publish_parked(tp)
+
+    def _park_repeated_faults(self, now: float) -> None:
+        """Park the partitions that faulted again and again with one error (:meth:`ParkingLot.plan`)."""
+        for tp in self._lot.plan(now):
+            row = self._lot.parked[tp]
+            log.error(
+                "%s[%d] parked after %d faults: %s. It is not read until unparked; its offset row keeps its place. "
+                "Fix the cause, then: python -m loom_ray.ctl unpark %s[%d]",
+                *tp,
+                row.faults,
+                row.error,
+                *tp,
+            )
+            self._publish_parked(tp)
+
+    async def _save_parked(self) -> None:
+        """Write the partitions parked since the last write to ``loom_parked``, so that a restarted coordinator
+        keeps them parked. On failure they stay parked here and the write is tried again next round."""
+        if not self._lot.unsaved:
+            return
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                await parked.park(conn, {tp: self._lot.parked[tp] for tp in self._lot.unsaved})
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("cannot record parked partitions in loom_parked (%s: %s); retrying", type(exc).__name__, exc)
+            return
+        self._lot.unsaved.clear()
+
+    async def _release_parked(self) -> None:
+        """Take back the parked partitions a consumer still holds (a fault it reported under an older claim
+        than the one it holds now): their owners flush and release them, and nobody claims them again."""
+        held = [tp for tp in self._owners if tp in self._lot.parked]
+        if held:
+            await self._release_all([tp for tp in held if self._owners[tp] in self._members])
+            self._disown(held)
+
+    def _publish_parked(self, tp: TopicPartition) -> None:
+        if self._on_parked is not None:
+            self._on_parked(tp[0], tp[1], tp in self._lot.parked)
 
     def _blocked(self) -> dict[str, dict[str, Any]]:
         """``consumer -> blocker`` for the consumers whose last stats reported one."""
@@ -321,14 +471,14 @@ class Coordinator:
             member.handle.kill()
         self._disown([tp for tp, owner in self._owners.items() if owner == name])
 
-    async def _scale(self) -> None:
+    async def _scale(self, now: float) -> None:
         target = self._target_count()
-        if len(self._members) < target:
+        if len(self._members) < target and self._may_start(now):
             await self._start_consumers(target - len(self._members))
         surplus = sorted(self._members, key=lambda n: self._members[n].serial)[target:]
         if surplus:
             keep = [n for n in self._members if n not in surplus]
-            await self._move_to(assign(self._partitions, keep, self._owners))
+            await self._move_to(assign(self._assignable(now), keep, self._owners))
             for name in surplus:
                 member = self._members.pop(name)
                 try:
@@ -345,19 +495,50 @@ class Coordinator:
             self._serial += 1
             handles.append((self._serial, self._factory(f"loom-consumer-{self._serial}-{self._tag}")))
         results = await asyncio.gather(*(h.start(timeout_s=120.0) for _, h in handles), return_exceptions=True)
+        failed = False
         for (serial, handle), result in zip(handles, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("consumer %s failed to start: %s", handle.name, result)
                 handle.kill()
+                failed = True
                 continue
             self._members[handle.name] = _Member(handle, serial, time.monotonic())
             log.info("started consumer %s (%d running)", handle.name, len(self._members))
+        if failed:
+            self._deaths = record_death(self._deaths, self._clock(), committed=False)
 
-    async def _rebalance(self) -> None:
+    def _may_start(self, now: float) -> bool:
+        """Whether consumers may be started now: not before the restart backoff after consumers died in a row
+        has passed (:func:`loom_ray.policy.parking.restart_at`; logged once per death)."""
+        at = restart_at(self._deaths)
+        if now >= at:
+            return True
+        if self._restart_noted != at and self._deaths is not None:
+            self._restart_noted = at
+            log.warning(
+                "%d consumer deaths in a row: the next consumer starts in %.0fs (restart backoff)",
+                self._deaths.streak,
+                at - now,
+            )
+        return False
+
+    async def _rebalance(self, now: float) -> None:
         known = set(self._partitions)
         for tp in [tp for tp in self._owners if tp not in known]:
             del self._owners[tp]  # topic deleted or shrunk
-        await self._move_to(assign(self._partitions, list(self._members), self._owners))
+        await self._release_parked()
+        await self._move_to(assign(self._assignable(now), list(self._members), self._owners))
+
+    def _assignable(self, now: float) -> list[TopicPartition]:
+        """The partitions to spread over the consumers: all but the parked ones and those waiting out the
+        backoff after a fault (:meth:`_waiting`)."""
+        waiting = self._waiting(now)
+        return [tp for tp in self._partitions if tp not in self._lot.parked and tp not in waiting]
+
+    def _waiting(self, now: float) -> dict[TopicPartition, float]:
+        """The faulted partitions nobody holds whose backoff has not passed, each with the time it may be
+        claimed again (one a consumer holds under a newer claim than its fault keeps flowing)."""
+        return {tp: at for tp, at in self._lot.waiting(now).items() if tp not in self._owners}
 
     async def _move_to(self, target: dict[TopicPartition, str]) -> None:
         """Hand the moved partitions over: their old owners release them (best effort; concurrently across
@@ -491,6 +672,8 @@ class Coordinator:
         self._last_lag_sample = now
         if self._on_lag is not None:
             self._on_lag([(t, p, row["lag"], self._owners.get((t, p))) for (t, p), row in progress.items()])
+        for tp in progress:
+            self._publish_parked(tp)
         assert self._pool is not None
         await lag_history.record(
             self._pool,
@@ -504,7 +687,7 @@ class Coordinator:
 
     async def _judge_lag(self, progress: dict[TopicPartition, dict[str, int]]) -> None:
         """Each partition's lag health over its newest samples, right after a sample (for ``status()`` and the
-        ``loom_lag_health`` gauge); ``sql/007_lag_health.sql`` gives the same from PostgreSQL alone.
+        ``loom_lag_health`` gauge); ``sql/views/v_consumer_lag_health.sql`` gives the same from PostgreSQL alone.
 
         The windows live in memory: read from ``consumer_lag_history`` once, at the first sample (they then
         hold the samples of earlier coordinators too, their times moved onto this process's clock), and
@@ -606,10 +789,15 @@ class Coordinator:
         ``committed`` sums the committed offsets; ``records`` counts the rows and dead letters the consumers
         committed (:class:`~loom_ray.progress.RecordTally`), as of the health check ``records_age_s`` ago.
         ``lag_health`` is the deployment's status and each partition's that is not OK, by Burrow's rules
-        (:mod:`loom_ray.policy.lag_health`) as of the last lag sample."""
+        (:mod:`loom_ray.policy.lag_health`) as of the last lag sample. ``parked``: ``"topic[p]" -> {error,
+        faults, since}`` for each parked partition (not read: ``drained`` stays false); ``waiting``: the
+        faulted partitions waiting out their backoff, ``"topic[p]" -> {error, faults, claim_in_s}``;
+        ``restart_in_s``: seconds until a missing consumer may start (after consumers died in a row), or 0."""
         reachable = self._database
         progress = self._progress
         observed = self._records.observed_at
+        now = self._clock()
+        missing = len(self._members) < self._target_count()
         return {
             "database": reachable,
             "actors": {name: m.stats for name, m in self._members.items()},
@@ -627,6 +815,16 @@ class Coordinator:
             and len(self._owners) == len(self._partitions)
             and all(row["lag"] == 0 for row in progress.values()),
             "topic_errors": dict(self._topic_errors),
+            "parked": {f"{t}[{p}]": row.as_dict() for (t, p), row in sorted(self._lot.parked.items())},
+            "waiting": {
+                f"{t}[{p}]": {
+                    "error": self._lot.histories[(t, p)].newest.error,
+                    "faults": self._lot.histories[(t, p)].count,
+                    "claim_in_s": round(at - now, 1),
+                }
+                for (t, p), at in sorted(self._waiting(now).items())
+            },
+            "restart_in_s": round(max(restart_at(self._deaths) - now, 0.0), 1) if missing else 0.0,
             "lag_health": {
                 "status": overall(self._health.values()).name,
                 "partitions": {

@@ -239,6 +239,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     log.info("%d partitions in %s", sum(partitions.values()), ",".join(settings.kafka_topics))
     warn_upsert_order(settings, partitions)
     connect_ray(settings, args.address)
+    gcs = ray.get_runtime_context().gcs_address
+    log.info("Ray at %s: python -m loom_ray.ctl --address %s status|resize N|unpark", gcs, gcs)
     stop = Stop()
     placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]
     coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
@@ -287,7 +289,7 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
             rate = (window.processed - records_then) / max(now - since, 1e-9)
             offsets = status["committed"] - before.committed
             line = progress_line(status, window.processed, (rate, now - since), offsets, now - started)
-            print(line + blocked_note(status.get("blocked", {}), time.time()), flush=True)
+            print(line + blocked_note(status.get("blocked", {}), time.time()) + fault_note(status), flush=True)
             for consumer_line in consumers.lines(status, now):
                 print(consumer_line, flush=True)
             printed = (now, window.processed)
@@ -324,6 +326,35 @@ def blocked_note(blocked: dict[str, dict[str, Any]], now: float) -> str:
             f", flushes of {len(group)} actors blocked for {now - first['since']:.0f}s by SQLSTATE {sqlstate} "
             f"({first['condition']}: {message}); fix: {first['fix']}"
         )
+    return "".join(notes)
+
+
+# Parked partitions named on the progress line (each with its error); beyond them only the count.
+PARKED_LISTED = 3
+
+
+def fault_note(status: dict[str, Any]) -> str:
+    """The progress line's words on crash-loop containment (:mod:`loom_ray.policy.parking`), from the
+    coordinator's ``status()``: the parked partitions, each with its error, and the command that reads them
+    again once the cause is fixed (they are why the job is not drained); the faulted partitions waiting to be
+    claimed again; how long a consumer restart still backs off."""
+    notes = []
+    parked: dict[str, dict[str, Any]] = status.get("parked", {})
+    if parked:
+        keys = sorted(parked)
+        listed = "; ".join(f"{key}: {parked[key]['error']}" for key in keys[:PARKED_LISTED])
+        more = f"; … (+{len(keys) - PARKED_LISTED})" if len(keys) > PARKED_LISTED else ""
+        which = " ".join(keys) if len(keys) <= PARKED_LISTED else "--all"
+        notes.append(
+            f", {len(keys)} partitions parked ({listed}{more}); "
+            f"fix the cause, then python -m loom_ray.ctl unpark {which}"
+        )
+    waiting: dict[str, dict[str, Any]] = status.get("waiting", {})
+    if waiting:
+        listed = ", ".join(f"{key} in {row['claim_in_s']:.0f}s" for key, row in sorted(waiting.items()))
+        notes.append(f", {len(waiting)} faulted partitions wait to be claimed again ({listed})")
+    if status.get("restart_in_s", 0) > 0:
+        notes.append(f", consumers died in a row: the next one starts in {status['restart_in_s']:.0f}s")
     return "".join(notes)
 
 

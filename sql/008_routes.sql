@@ -11,15 +11,3 @@ CREATE TABLE IF NOT EXISTS loom_route_counts (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (route, topic, "partition")
 );
-
--- One row per route: what it applied and dead-lettered since it was first used.
-CREATE OR REPLACE VIEW v_route_counts AS
-SELECT route,
-       count(DISTINCT topic)  AS topics,
-       sum(inserted)::bigint     AS inserted,
-       sum(upserted)::bigint     AS upserted,
-       sum(deleted)::bigint      AS deleted,
-       sum(dead_letters)::bigint AS dead_letters,
-       max(updated_at)        AS last_write
-FROM loom_route_counts
-GROUP BY route;

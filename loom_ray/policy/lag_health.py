@@ -21,7 +21,7 @@ Burrow judges any window, even of one commit; here a window needs :data:`MIN_SAM
 health-check rounds, up to ``LOOM_HEALTH_CHECK_INTERVAL_S`` late, and with one or two samples that jitter alone
 would read as STOP while the deployment starts.
 
-``sql/007_lag_health.sql`` computes the same rules in SQL for ``v_consumer_lag_health`` and
+``sql/views/v_consumer_lag_health.sql`` computes the same rules in SQL for ``v_consumer_lag_health`` and
 ``v_consumer_alerts``; ``tests/integration/test_lag_health.py`` runs this module's unit-test table through the
 view, so the two agree. The whole deployment's status is the worst partition's, with STOP, STALL and REWIND
 all counted as ``ERR`` (:func:`overall`), which is what ``scripts/monitor-consumer-lag.sh`` turns into its exit
@@ -34,7 +34,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-WINDOW_SAMPLES = 10  # Burrow's default window (`intervals`); sql/007_lag_health.sql uses the same numbers
+WINDOW_SAMPLES = 10  # Burrow's default window (`intervals`); sql/views/v_consumer_lag_health.sql uses it too
 MIN_SAMPLES = 3
 
 

@@ -7,8 +7,9 @@
 --   pg_hba.conf:  hostssl <database> loom_ingest <client-cidr> scram-sha-256
 --
 -- Re-runnable. The role may write rows, dead letters, audit lines and lag samples, advance and claim
--- offsets, delete lag samples past LOOM_LAG_HISTORY_RETENTION_S, and read what the driver and the
--- monitoring views read; it cannot create, alter, drop or truncate anything, nor delete anything else.
+-- offsets, park and unpark partitions, delete lag samples past LOOM_LAG_HISTORY_RETENTION_S, and read what
+-- the driver and the monitoring views read; it cannot create, alter, drop or truncate anything, nor delete
+-- anything else.
 
 DO $$
 BEGIN
@@ -39,10 +40,13 @@ GRANT DELETE ON consumer_lag_history TO loom_ingest;
 GRANT SELECT, INSERT, UPDATE ON loom_offsets TO loom_ingest;
 -- Written by the coordinator: consumers whose flushes PostgreSQL refuses (cleared by UPDATE, never deleted).
 GRANT SELECT, INSERT, UPDATE ON loom_sink_errors TO loom_ingest;
+-- Written by the coordinator: partitions it parked, unparked by UPDATE (python -m loom_ray.ctl unpark), never
+-- deleted.
+GRANT SELECT, INSERT, UPDATE ON loom_parked TO loom_ingest;
 -- Per-route counts, advanced by every flush of a routed topic (sql/008_routes.sql). The routes' own tables
 -- are the user's: grant SELECT, INSERT, UPDATE (upsert) and DELETE (tombstones) on them as their routes need.
 GRANT SELECT, INSERT, UPDATE ON loom_route_counts TO loom_ingest;
 GRANT SELECT ON v_route_counts TO loom_ingest;
--- Read only: which migrations are applied, and the monitoring views.
-GRANT SELECT ON loom_migrations, v_consumer_performance_monitor, v_consumer_alerts,
+-- Read only: which migrations and view definitions are applied (loom_ray/migrate.py), and the monitoring views.
+GRANT SELECT ON loom_migrations, loom_views, v_consumer_performance_monitor, v_consumer_alerts,
     v_consumer_activity_monitoring, v_consumer_lag_health TO loom_ingest;

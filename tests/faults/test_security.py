@@ -89,6 +89,8 @@ def test_t11_plain_tcp_wrong_ca_and_wrong_password_are_refused(secure: Hardened)
         "DELETE FROM loom_audit",
         "DELETE FROM loom_sink_errors",
         "DELETE FROM loom_gaps",
+        "DELETE FROM loom_parked",
+        "DELETE FROM loom_views",
         "TRUNCATE consumer_lag_history",
         "UPDATE loom_messages SET key = NULL",
         "ALTER TABLE loom_offsets ADD COLUMN x int",

@@ -214,9 +214,9 @@ def test_a_revoked_insert_privilege_blocks_until_granted_again(
             f"GRANT USAGE ON SCHEMA {schema.name} TO {role}",
             f"GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, loom_gaps, consumer_lag_history "
             f"TO {role}",
-            f"GRANT SELECT, INSERT, UPDATE ON loom_offsets, loom_sink_errors TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE ON loom_offsets, loom_sink_errors, loom_parked TO {role}",
             f"GRANT DELETE ON consumer_lag_history TO {role}",
-            f"GRANT SELECT ON loom_migrations TO {role}",
+            f"GRANT SELECT ON loom_migrations, loom_views TO {role}",
             f"REVOKE INSERT ON loom_messages FROM {role}",
         )
         text = run_blocked(

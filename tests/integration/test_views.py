@@ -1,8 +1,9 @@
-"""The monitoring views of sql/003_views.sql against a real PostgreSQL.
+"""The monitoring views of sql/views/ against a real PostgreSQL.
 
 Self-contained: needs only ``LOOM_DB_DSN`` (a role allowed to CREATE DATABASE). The module creates a database
-of its own, applies every ``sql/NNN_*.sql`` in order (twice, to prove they are idempotent), writes fixture
-rows with timestamps relative to ``now()``, reads the three views once and drops the database.
+of its own, runs every ``sql/NNN_*.sql`` in order twice (to prove they are idempotent), then migrate() (the
+files once more, and the views), writes fixture rows with timestamps relative to ``now()``, reads the three
+views once and drops the database.
 
 Fixture partitions of topic ``events``:
   0  healthy: owned, flushed 5 s ago, one fresh dead letter, lag falling (40 then 30 in the samples);
@@ -10,23 +11,22 @@ Fixture partitions of topic ``events``:
   2  released: no owner, no lag samples;
   3  seen by the lag sampler only, never claimed; lag flat at 7 (not growing).
 Consumer(a)'s flushes are refused now (disk full); Consumer(b)'s were, last reported 8 minutes ago.
+Partition 3 is parked; partition 0 was parked and has been unparked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-pytestmark = pytest.mark.integration
+from loom_ray.migrate import migrate, migration_files
+from tests.support.databases import scratch_database
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+pytestmark = pytest.mark.integration
 
 FIXTURE_SQL = """
 INSERT INTO loom_offsets (topic, "partition", next_offset, epoch, owner, updated_at) VALUES
@@ -76,33 +76,30 @@ INSERT INTO loom_sink_errors (owner, sqlstate, condition, message, fix, first_se
      now() - interval '8 minutes', NULL),
     ('Consumer(x)', '25006', 'read_only_sql_transaction', 'read-only', 'primary', now() - interval '9 minutes',
      now() - interval '8 minutes', now() - interval '8 minutes');
+
+-- Partition 3 is parked; partition 0 was, and was unparked since.
+INSERT INTO loom_parked (topic, "partition", error, faults, first_fault_at, parked_at, unparked_at, unparked_by)
+VALUES
+    ('events', 3, 'UniqueViolationError: duplicate key', 3, now() - interval '3 minutes', now() - interval '2 minutes',
+     NULL, NULL),
+    ('events', 0, 'AssertionError: broken', 3, now() - interval '1 hour', now() - interval '50 minutes',
+     now() - interval '40 minutes', 'ops');
 """
 
 VIEWS = ("v_consumer_performance_monitor", "v_consumer_alerts", "v_consumer_activity_monitoring")
 
 
 async def _read_views(dsn: str) -> dict[str, list[dict[str, Any]]]:
-    name = f"loom_views_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            conn = await asyncpg.connect(dsn, database=name)
-            try:
-                for _ in range(2):  # the second pass proves every migration is idempotent
-                    for path in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-                        await conn.execute(path.read_text())
-                await conn.execute(FIXTURE_SQL)
-                return {
-                    view: [dict(r) for r in await conn.fetch(f'SELECT * FROM {view} ORDER BY topic, "partition"')]
-                    for view in VIEWS
-                }
-            finally:
-                await conn.close()
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(dsn) as conn:
+        for _ in range(2):  # every migration is idempotent
+            for path in migration_files():
+                await conn.execute(path.read_text())
+        await migrate(conn)
+        await conn.execute(FIXTURE_SQL)
+        return {
+            view: [dict(r) for r in await conn.fetch(f'SELECT * FROM {view} ORDER BY topic, "partition"')]
+            for view in VIEWS
+        }
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +146,7 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
         (2, "no_owner"),
         (2, "gap"),
         (3, "no_owner"),
+        (3, "parked"),
     }
     assert alerts[(2, "gap")] == (
         "topic_recreated: offsets 501..(end unknown) of incarnation 0 skipped: the topic was deleted"
@@ -156,6 +154,10 @@ def test_alerts(views: dict[str, list[dict[str, Any]]]) -> None:
     assert alerts[(1, "lag_growing")].startswith("lag 10 -> 40 over ")
     assert "lag 40" in alerts[(1, "stalled")] and "Consumer(b)" in alerts[(1, "stalled")]
     assert "never claimed" in alerts[(3, "no_owner")]
+    assert " after 3 faults (the first at " in alerts[(3, "parked")]
+    assert alerts[(3, "parked")].endswith(
+        ": UniqueViolationError: duplicate key; fix the cause, then python -m loom_ray.ctl unpark events[3]"
+    )
     assert alerts[(0, "sink_blocked")].startswith("SQLSTATE 53100 (disk_full) since ")
     assert alerts[(0, "sink_blocked")].endswith("owner Consumer(a): could not extend file; fix: free disk space")
 

@@ -1,4 +1,4 @@
-"""backoff_delay(): full jitter in [0, min(cap, base * 2**attempt)], with a seeded rng."""
+"""backoff_ceiling(): min(cap, base * 2**attempt); backoff_delay(): full jitter below it, with a seeded rng."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from loom_ray.policy.backoff import backoff_delay
+from loom_ray.policy.backoff import backoff_ceiling, backoff_delay
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,17 @@ def test_without_rng_uses_the_random_module(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(random, "uniform", fake_uniform)
     assert backoff_delay(2, base_s=0.5, cap_s=100.0) == 0.123
     assert calls == [(0, 2.0)]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "ceiling"),
+    [
+        (0, 5.0, 300.0, 5.0),  # 5 * 2**0
+        (1, 5.0, 300.0, 10.0),
+        (5, 5.0, 300.0, 160.0),  # 5 * 32
+        (6, 5.0, 300.0, 300.0),  # 5 * 64 = 320, capped at 300
+        (10**9, 5.0, 300.0, 300.0),  # the exponent stops at 30: no overflow
+    ],
+)
+def test_the_ceiling_is_the_delay_without_jitter(attempt: int, base: float, cap: float, ceiling: float) -> None:
+    assert backoff_ceiling(attempt, base, cap) == ceiling

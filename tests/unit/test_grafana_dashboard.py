@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from ray.util.metrics import Counter, Histogram, Metric
 
-from actors.metrics import FlushMetrics, LagHealthMetrics, LagMetrics
+from actors.metrics import FlushMetrics, LagHealthMetrics, LagMetrics, ParkedMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "kuberay" / "grafana-dashboard.json"
 # The Ray autoscaler's own metrics (its metrics port on the head), charted as active and pending nodes.
@@ -22,7 +22,7 @@ def exported() -> dict[str, set[str]]:
     """Prometheus name -> tag keys of every metric the actors create: Ray adds ``ray_``, OpenTelemetry
     ``_total`` on counters; histograms are queried through ``_bucket`` (with ``le``)."""
     names: dict[str, set[str]] = {}
-    for owner in (FlushMetrics("c"), LagMetrics(), LagHealthMetrics()):
+    for owner in (FlushMetrics("c"), LagMetrics(), LagHealthMetrics(), ParkedMetrics()):
         for metric in vars(owner).values():
             if isinstance(metric, Metric):
                 tags = set(metric._tag_keys)

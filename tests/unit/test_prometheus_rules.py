@@ -1,5 +1,5 @@
 """kuberay/prometheus-rules.yaml: Prometheus's own promtool checks the rules and evaluates them on synthetic
-series (a stalled partition, a partition that keeps committing, lag that grows, a blocked sink)."""
+series (a stalled partition, a partition that keeps committing, lag that grows, a blocked sink, a parked partition)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,28 @@ CASES: list[dict[str, Any]] = [
             }
         ],
     },
+    {
+        # Partition 3 parked from minute 2 on; partition 1 never; partition 5 parked for 5 minutes, then unparked.
+        "interval": "1m",
+        "input_series": [
+            {"series": 'ray_loom_partition_parked{topic="t",partition="3"}', "values": "0 0 1x20"},
+            {"series": 'ray_loom_partition_parked{topic="t",partition="1"}', "values": "0x22"},
+            {"series": 'ray_loom_partition_parked{topic="t",partition="5"}', "values": "1x5 0x17"},
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "10m",
+                "alertname": "LoomPartitionParked",
+                "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "t", "partition": "3"}}],
+            },
+            {
+                # Partition 5 has been parked for 2 minutes; partition 3 only since now (pending for 1 minute).
+                "eval_time": "2m",
+                "alertname": "LoomPartitionParked",
+                "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "t", "partition": "5"}}],
+            },
+        ],
+    },
 ]
 
 
@@ -112,7 +134,9 @@ def test_the_rules_are_valid_prometheus_rules(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_the_rules_alert_on_a_stalled_partition_growing_lag_and_a_blocked_sink(tmp_path: Path) -> None:
+def test_the_rules_alert_on_a_stalled_partition_growing_lag_a_blocked_sink_and_a_parked_partition(
+    tmp_path: Path,
+) -> None:
     rules = _rule_file(tmp_path, annotations=False)
     tests = tmp_path / "tests.yaml"
     tests.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": CASES}))

@@ -1,9 +1,9 @@
 -- Lag health by Burrow's rules (loom_ray/policy/lag_health.py says what each status means; the unit-test table
--- in tests/support/lag_health_cases.py runs through this view too, so the two agree). Idempotent.
+-- in tests/support/lag_health_cases.py runs through this view too, so the two agree).
 --
--- v_consumer_lag_health: one row per partition (the partitions of v_consumer_performance_monitor) with its
--- status over its window, the newest 10 samples of consumer_lag_history (policy WINDOW_SAMPLES; fewer than
--- 3, MIN_SAMPLES, is OK). Each partition's window is read backwards along consumer_lag_history's primary key.
+-- One row per partition (the partitions of v_consumer_performance_monitor) with its status over its window,
+-- the newest 10 samples of consumer_lag_history (policy WINDOW_SAMPLES; fewer than 3, MIN_SAMPLES, is OK).
+-- Each partition's window is read backwards along consumer_lag_history's primary key.
 CREATE OR REPLACE VIEW v_consumer_lag_health AS
 WITH parts AS (
     SELECT topic, "partition" FROM loom_offsets
@@ -76,62 +76,4 @@ FROM judged;
 
 COMMENT ON VIEW v_consumer_lag_health IS
     'Per partition: Burrow lag status (OK, WARN, STOP, STALL, REWIND; severity OK, WARN, ERR) over the newest '
-    '10 samples of consumer_lag_history (007_lag_health.sql, loom_ray/policy/lag_health.py).';
-
-
--- v_consumer_alerts: its definition in 006_sink_errors.sql plus one kind per non-OK lag status:
---   lag_warn, lag_stop, lag_stall, lag_rewind  (v_consumer_lag_health; the detail says what was seen).
-CREATE OR REPLACE VIEW v_consumer_alerts AS
-WITH window_samples AS (
-    SELECT topic, "partition",
-           count(*)                                      AS samples,
-           (array_agg(lag ORDER BY sampled_at))[1]      AS first_lag,
-           (array_agg(lag ORDER BY sampled_at DESC))[1] AS last_lag,
-           max(sampled_at) - min(sampled_at)             AS span
-    FROM consumer_lag_history
-    WHERE sampled_at > now() - interval '5 minutes'
-    GROUP BY topic, "partition"
-)
-SELECT topic, "partition", 'lag_growing'::text AS alert_kind,
-       format('lag %s -> %s over %s s (%s samples)',
-              first_lag, last_lag, round(extract(epoch FROM span)), samples) AS detail
-FROM window_samples
-WHERE samples >= 2 AND last_lag > first_lag
-UNION ALL
-SELECT topic, "partition", 'stalled',
-       format('no offset advance for %s s, lag %s, owner %s',
-              seconds_since_update, lag, coalesce(owner, '(none)'))
-FROM v_consumer_performance_monitor
-WHERE lag > 0 AND seconds_since_update > 60
-UNION ALL
-SELECT topic, "partition", 'dead_letters',
-       format('%s dead letters in the last 5 minutes (%s in the last minute)', dead_letters_5m, dead_letters_1m)
-FROM v_consumer_performance_monitor
-WHERE dead_letters_5m > 0
-UNION ALL
-SELECT topic, "partition", 'no_owner',
-       format('no owner, next_offset %s, lag %s',
-              coalesce(next_offset::text, '(never claimed)'), coalesce(lag::text, 'unknown'))
-FROM v_consumer_performance_monitor
-WHERE owner IS NULL
-UNION ALL
-SELECT topic, "partition", 'gap',
-       format('%s: offsets %s..%s of incarnation %s skipped: %s', reason, from_offset,
-              coalesce((to_offset - 1)::text, '(end unknown)'), incarnation, detail)
-FROM loom_gaps
-WHERE detected_at > now() - interval '1 hour'
-UNION ALL
-SELECT o.topic, o."partition", 'sink_blocked',
-       format('SQLSTATE %s (%s) since %s, owner %s: %s; fix: %s',
-              e.sqlstate, e.condition, e.first_seen, e.owner, e.message, e.fix)
-FROM loom_sink_errors AS e
-JOIN loom_offsets AS o ON o.owner = e.owner
-WHERE e.cleared_at IS NULL AND e.last_seen > now() - interval '2 minutes'
-UNION ALL
-SELECT topic, "partition", 'lag_' || lower(status), detail
-FROM v_consumer_lag_health
-WHERE status <> 'OK';
-
-COMMENT ON VIEW v_consumer_alerts IS
-    'Active alerts per partition: lag_growing, stalled, dead_letters, no_owner (003_views.sql), gap (005), '
-    'sink_blocked (006), lag_warn, lag_stop, lag_stall, lag_rewind (007).';
+    '10 samples of consumer_lag_history (loom_ray/policy/lag_health.py).';
