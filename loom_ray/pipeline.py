@@ -245,7 +245,9 @@ class IngestWorker:
         return committed
 
     async def run(self) -> None:
-        """Consume and flush until :meth:`stop`; a fatal flush failure (:func:`classify`) ends it with the error."""
+        """Consume and flush until :meth:`stop`. A flush that fails for a bug faults its partitions, not the loop
+        (:meth:`_isolate_fault`); an error that escapes anyway (in the in-doubt check after an outage, or outside
+        the flush) ends the loop with it, and the coordinator replaces the consumer with its restart backoff."""
         assert self._kafka is not None
         poll_s = min(0.1, self._settings.kafka_batch_timeout / 2)
         while not self._stopping.is_set():
@@ -281,7 +283,7 @@ class IngestWorker:
         task = self._flush_task
         if task is not None and task.done():
             self._flush_task = None
-            task.result()  # re-raise a fatal failure: the actor dies and its partitions move
+            task.result()  # an error that escaped the flush ends the loop (see run())
 
     def _add_all(self, messages: list[Message], now: float, assignments: int) -> None:
         """Decode ``messages`` into their partitions' open batches (the hot loop: one pass, locals only).
