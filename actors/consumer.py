@@ -28,6 +28,7 @@ class ConsumerActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._worker = IngestWorker(settings, name, FlushMetrics(name))
         self._run: asyncio.Task[None] | None = None
+        self._node = ray.get_runtime_context().get_node_id()
 
     async def start(self) -> None:
         """Connect to PostgreSQL and Kafka and start the consume loop."""
@@ -44,11 +45,12 @@ class ConsumerActor:
         return await self._worker.release(topic, partition)
 
     async def stats(self) -> dict[str, Any]:
-        """Health check and progress; raises the loop's error if the loop died."""
+        """Health check and progress, with the Ray node it runs on (``node``: ``release-node`` hands over the
+        consumers of a node that is going away); raises the loop's error if the loop died."""
         if self._run is not None and self._run.done():
             self._run.result()
             raise RuntimeError("consume loop ended")
-        return self._worker.stats()
+        return {**self._worker.stats(), "node": self._node}
 
     async def stop(self, drain: bool = True) -> None:
         """Stop consuming; with ``drain``, flush and commit everything buffered first."""

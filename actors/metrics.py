@@ -173,3 +173,20 @@ class ParkedMetrics:
     def set(self, topic: str, partition: int, parked: bool) -> None:
         """Publish one partition's state."""
         self.parked.set(1 if parked else 0, {"topic": topic, "partition": str(partition)})
+
+
+class ConsumerCountMetrics:
+    """The coordinator's gauge ``ray_loom_consumers`` (tag ``state``): consumers ``running``, and ``pending``
+    (asked of Ray and not started yet: waiting for a node to place them on). Set at every round."""
+
+    def __init__(self) -> None:
+        self.consumers = Gauge(
+            "loom_consumers",
+            "Consumer actors running, and pending (waiting to be placed on a node).",
+            ("state",),
+        )
+
+    def set(self, running: int, pending: int) -> None:
+        """Publish the counts of this round."""
+        self.consumers.set(running, {"state": "running"})
+        self.consumers.set(pending, {"state": "pending"})

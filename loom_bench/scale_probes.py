@@ -46,7 +46,7 @@ class FakeConsumer:
         self.gone = False
         self.killed = False
 
-    async def start(self, timeout_s: float) -> None:
+    async def start(self, timeout_s: float | None) -> None:
         """Nothing to start."""
 
     async def assign(self, claims: list[Claim], timeout_s: float) -> None:

@@ -54,13 +54,13 @@ class RayFakeConsumer:
         self.killed = False
         self._actor = FakeConsumerActor.remote(name)  # type: ignore[attr-defined]
 
-    async def _call(self, method: str, timeout_s: float, *args: Any) -> Any:
+    async def _call(self, method: str, timeout_s: float | None, *args: Any) -> Any:
         try:
             return await asyncio.wait_for(getattr(self._actor, method).remote(*args), timeout_s)
         except RayActorError as exc:
             raise ConsumerGone(self.name) from exc
 
-    async def start(self, timeout_s: float) -> None:
+    async def start(self, timeout_s: float | None) -> None:
         """Wait until the actor answers (its process started)."""
         await self._call("held", timeout_s)
 

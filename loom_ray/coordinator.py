@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import asyncpg
 from confluent_kafka import KafkaException
 
-from loom_ray import db, lag_history, offsets, parked
+from loom_ray import db, deployment, lag_history, offsets, parked
 from loom_ray.kafka.admin import Discovery, KafkaMetadata
 from loom_ray.offsets import Claim
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 _CLAIM_ERRORS: tuple[type[BaseException], ...] = (KafkaException, *db.TRANSIENT_ERRORS)
 _CLAIM_CHUNK = 1000  # partitions per claim transaction: bounds how long one transaction holds row locks
 _HANDOFF_CONCURRENCY = 16  # consumers released from or assigned to at once
+_START_GLANCE_S = 0.05  # how long a round lets new consumers start before it goes on without them
 
 # Pruning consumer_lag_history: retention is days, so a check every few minutes keeps it within a sliver of
 # it. 10 000 rows per statement take milliseconds; ten statements per round work off a long backlog (a first
@@ -82,7 +83,7 @@ class ConsumerHandle(Protocol):
 
     name: str
 
-    async def start(self, timeout_s: float) -> None: ...
+    async def start(self, timeout_s: float | None) -> None: ...
     async def assign(self, claims: list[Claim], timeout_s: float) -> None: ...
     async def release(self, topic: str, partition: int, timeout_s: float) -> int | None: ...
     async def stats(self, timeout_s: float) -> dict[str, Any]: ...
@@ -91,6 +92,17 @@ class ConsumerHandle(Protocol):
 
 
 ConsumerFactory = Callable[[str], ConsumerHandle]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A consumer asked for and not started yet: waiting for Ray to place it (a node with a free CPU; on
+    KubeRay a pod the autoscaler adds), then connecting. Its ``start`` runs in ``task``; the rounds go on."""
+
+    handle: ConsumerHandle
+    serial: int
+    task: asyncio.Task[None]
+    since: float  # monotonic
 
 
 @dataclass(slots=True)
@@ -119,20 +131,25 @@ class Coordinator:
         on_health: Callable[[str, int, PartitionStatus], None] | None = None,
         on_parked: Callable[[str, int, bool], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_consumers: Callable[[int, int], None] | None = None,
     ) -> None:
-        """``on_lag``, ``on_health`` and ``on_parked`` publish metrics (the actor's gauges); ``clock`` (epoch
-        seconds) times faults, parking and the consumer restart backoff (tests pass their own)."""
+        """``on_lag``, ``on_health``, ``on_parked`` and ``on_consumers`` (running, pending) publish metrics (the
+        actor's gauges); ``clock`` (epoch seconds) times faults, parking and the consumer restart backoff (tests
+        pass their own)."""
         self._settings = settings
+        self.identity = deployment.identity_of(settings)
         self._factory = factory
         self._on_lag = on_lag
         self._on_health = on_health
         self._on_parked = on_parked
+        self._on_consumers = on_consumers
         self._clock = clock
         # Per partition, its newest lag samples (None until read at the first sample) and its lag health
         # (policy/lag_health.py) over them, as of the last sample.
         self._windows: dict[TopicPartition, deque[Sample]] | None = None
         self._health: dict[TopicPartition, PartitionStatus] = {}
         self._members: dict[str, _Member] = {}
+        self._pending: dict[str, _Pending] = {}
         self._owners: dict[TopicPartition, str] = {}
         self._partitions: list[TopicPartition] = []
         self._topic_ids: dict[str, str] = {}
@@ -211,6 +228,20 @@ class Coordinator:
         await self.reconcile()
         return self._target_count()
 
+    async def release_node(self, node: str) -> list[str]:
+        """Stop the consumers running on Ray node ``node`` (its pod is going away: a worker's ``preStop``), each
+        after its partitions moved to the other consumers with a live hand-off (flush, release, claim); the
+        names stopped. Replacements are asked for at the next round, as for any missing consumer."""
+        async with self._lock:
+            leaving = sorted(name for name, m in self._members.items() if m.stats.get("node") == node)
+            if not leaving:
+                return []
+            keep = [name for name in self._members if name not in leaving]
+            log.warning("node %s is going away: handing over the partitions of %s", node, ", ".join(leaving))
+            await self._move_to(assign(self._assignable(self._clock()), keep, self._owners))
+            await self._stop_members(leaving)
+            return leaving
+
     async def unpark(self, partitions: list[TopicPartition] | None, by: str | None = None) -> dict[str, dict[str, Any]]:
         """Let parked partitions be claimed again at the next round, clean (``None``: every parked one).
 
@@ -258,6 +289,7 @@ class Coordinator:
         await self._discover(await asyncio.to_thread(self._metadata.discover))
         highs = await self._high_watermarks()
         await self._load_parked()
+        self._take_started()
         await self._check_health()
         progress = await self.progress(highs)
         self._progress, self._database = progress, True
@@ -271,6 +303,7 @@ class Coordinator:
 
     async def _apply(self, progress: dict[TopicPartition, dict[str, int]], now: float) -> None:
         """Apply: record blockers and parked partitions, start or stop consumers, move partitions, sample lag."""
+        await self._heartbeat()
         await self._report_blockers()
         await self._save_parked()
         await self._scale(now)
@@ -441,6 +474,16 @@ class Coordinator:
         if self._on_parked is not None:
             self._on_parked(tp[0], tp[1], tp in self._lot.parked)
 
+    async def _heartbeat(self) -> None:
+        """Keep this deployment's row in ``loom_deployments`` alive (a driver of another deployment with one of
+        its topics is refused while it is). Best effort: a failure is logged and tried again next round."""
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                await deployment.heartbeat(conn, self.identity)
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("cannot record this deployment's heartbeat (%s: %s)", type(exc).__name__, exc)
+
     def _blocked(self) -> dict[str, dict[str, Any]]:
         """``consumer -> blocker`` for the consumers whose last stats reported one."""
         return {name: m.stats["blocked"] for name, m in self._members.items() if m.stats.get("blocked")}
@@ -472,40 +515,83 @@ class Coordinator:
         self._disown([tp for tp, owner in self._owners.items() if owner == name])
 
     async def _scale(self, now: float) -> None:
+        """Ask for the consumers missing from the target count (they start in the background), or stop the
+        surplus: first consumers still pending, then running ones, whose partitions move first."""
         target = self._target_count()
-        if len(self._members) < target and self._may_start(now):
-            await self._start_consumers(target - len(self._members))
+        wanted = target - len(self._members) - len(self._pending)
+        if wanted > 0 and self._may_start(now):
+            started = self._start_consumers(wanted)
+            await asyncio.wait(started, timeout=_START_GLANCE_S)  # those placed at once join this round
+            self._take_started()
+        for name in sorted(self._pending, key=lambda n: self._pending[n].serial, reverse=True)[: max(-wanted, 0)]:
+            self._drop_pending(name, "not needed any more")
         surplus = sorted(self._members, key=lambda n: self._members[n].serial)[target:]
         if surplus:
             keep = [n for n in self._members if n not in surplus]
             await self._move_to(assign(self._assignable(now), keep, self._owners))
-            for name in surplus:
-                member = self._members.pop(name)
-                try:
-                    await member.handle.stop(drain=True, timeout_s=self._settings.shutdown_timeout_s)
-                except Exception as exc:
-                    log.warning("consumer %s did not stop cleanly (%s); killing it", name, exc)
-                member.handle.kill()
-                log.info("stopped consumer %s", name)
+            await self._stop_members(surplus)
 
-    async def _start_consumers(self, count: int) -> None:
-        """Start ``count`` consumers at once; one that cannot start (e.g. no resources yet) is dropped."""
-        handles = []
+    async def _stop_members(self, names: list[str]) -> None:
+        """Stop consumers that hold no partition any more (moved away first): each drains, then is killed."""
+        for name in names:
+            member = self._members.pop(name)
+            try:
+                await member.handle.stop(drain=True, timeout_s=self._settings.shutdown_timeout_s)
+            except Exception as exc:
+                log.warning("consumer %s did not stop cleanly (%s); killing it", name, exc)
+            member.handle.kill()
+            self._disown([tp for tp, owner in self._owners.items() if owner == name])
+            log.info("stopped consumer %s", name)
+
+    def _start_consumers(self, count: int) -> list[asyncio.Task[None]]:
+        """Ask Ray for ``count`` consumers; each starts in the background and joins the members at the first
+        round after it started (:meth:`_take_started`). Never awaited here: a consumer Ray cannot place yet (no
+        free CPU: on KubeRay a pod is being added, or a quota stops it) must not hold the rounds. Returns the
+        start tasks."""
+        tasks = []
         for _ in range(count):
             self._serial += 1
-            handles.append((self._serial, self._factory(f"loom-consumer-{self._serial}-{self._tag}")))
-        results = await asyncio.gather(*(h.start(timeout_s=120.0) for _, h in handles), return_exceptions=True)
+            handle = self._factory(f"loom-consumer-{self._serial}-{self._tag}")
+            task = asyncio.get_running_loop().create_task(handle.start(timeout_s=None))
+            self._pending[handle.name] = _Pending(handle, self._serial, task, time.monotonic())
+            tasks.append(task)
+            log.info(
+                "asked for consumer %s (%d running, %d pending)", handle.name, len(self._members), len(self._pending)
+            )
+        return tasks
+
+    def _take_started(self) -> None:
+        """Make members of the pending consumers that have started; drop those whose start failed (a death:
+        the restart backoff counts it). Runs at the start of every round."""
         failed = False
-        for (serial, handle), result in zip(handles, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("consumer %s failed to start: %s", handle.name, result)
-                handle.kill()
+        for name, pending in list(self._pending.items()):
+            if not pending.task.done():
+                continue
+            del self._pending[name]
+            error = None if pending.task.cancelled() else pending.task.exception()
+            if pending.task.cancelled() or error is not None:
+                log.error("consumer %s failed to start: %s", name, error or "cancelled")
+                pending.handle.kill()
                 failed = True
                 continue
-            self._members[handle.name] = _Member(handle, serial, time.monotonic())
-            log.info("started consumer %s (%d running)", handle.name, len(self._members))
+            self._members[name] = _Member(pending.handle, pending.serial, time.monotonic())
+            log.info(
+                "started consumer %s after %.0fs (%d running, %d pending)",
+                name,
+                time.monotonic() - pending.since,
+                len(self._members),
+                len(self._pending),
+            )
         if failed:
             self._deaths = record_death(self._deaths, self._clock(), committed=False)
+        if self._on_consumers is not None:
+            self._on_consumers(len(self._members), len(self._pending))
+
+    def _drop_pending(self, name: str, why: str) -> None:
+        pending = self._pending.pop(name)
+        pending.task.cancel()
+        pending.handle.kill()
+        log.info("dropped pending consumer %s: %s", name, why)
 
     def _may_start(self, now: float) -> bool:
         """Whether consumers may be started now: not before the restart backoff after consumers died in a row
@@ -790,7 +876,8 @@ class Coordinator:
         committed (:class:`~loom_ray.progress.RecordTally`), as of the health check ``records_age_s`` ago.
         ``lag_health`` is the deployment's status and each partition's that is not OK, by Burrow's rules
         (:mod:`loom_ray.policy.lag_health`) as of the last lag sample. ``parked``: ``"topic[p]" -> {error,
-        faults, since}`` for each parked partition (not read: ``drained`` stays false); ``waiting``: the
+        faults, since}`` for each parked partition (not read: ``drained`` stays false); ``pending``: the consumers
+        asked for and not started yet (waiting to be placed), each with the seconds it has waited; ``waiting``: the
         faulted partitions waiting out their backoff, ``"topic[p]" -> {error, faults, claim_in_s}``;
         ``restart_in_s``: seconds until a missing consumer may start (after consumers died in a row), or 0."""
         reachable = self._database
@@ -799,8 +886,10 @@ class Coordinator:
         now = self._clock()
         missing = len(self._members) < self._target_count()
         return {
+            "deployment": self.identity.deployment,
             "database": reachable,
             "actors": {name: m.stats for name, m in self._members.items()},
+            "pending": {name: round(time.monotonic() - p.since, 1) for name, p in sorted(self._pending.items())},
             "blocked": self._blocked(),
             "owners": {f"{t}[{p}]": o for (t, p), o in sorted(self._owners.items())},
             "partitions": len(self._partitions),
@@ -841,6 +930,8 @@ class Coordinator:
         async with self._lock:
             self._stopping = True
             timeout = self._settings.shutdown_timeout_s
+            for name in list(self._pending):
+                self._drop_pending(name, "stopping")
             members = list(self._members.values())
             results = await asyncio.gather(
                 *(m.handle.stop(drain=True, timeout_s=timeout) for m in members), return_exceptions=True
@@ -854,6 +945,11 @@ class Coordinator:
             if self._highs is not None:
                 await asyncio.gather(self._highs, return_exceptions=True)
             if self._pool is not None:
+                try:
+                    async with self._pool.acquire() as conn:
+                        await deployment.retire(conn, self.identity.deployment)
+                except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                    log.warning("cannot mark this deployment stopped (%s: %s)", type(exc).__name__, exc)
                 await self._pool.close()
             if self._metadata is not None:
                 self._metadata.close()

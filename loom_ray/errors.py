@@ -20,6 +20,11 @@ class ServiceUnavailableError(LoomError):
     supervisor submits it again)."""
 
 
+class CoordinatorGoneError(LoomError):
+    """The coordinator this driver watched was stopped by someone else (``ctl stop``, or a driver that replaced
+    it): the driver ends with exit code 4 instead of waiting for it for ever."""
+
+
 class RayUnreachableError(LoomError):
     """The driver could not join the Ray cluster it was pointed at (``--address`` or ``RAY_ADDRESS``)."""
 

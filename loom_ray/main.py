@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -25,8 +26,8 @@ from typing import Any, TypeVar
 import asyncpg
 from confluent_kafka import KafkaException
 
-from loom_ray import db
-from loom_ray.errors import ConfigError, RayUnreachableError, ServiceUnavailableError
+from loom_ray import db, deployment
+from loom_ray.errors import ConfigError, CoordinatorGoneError, RayUnreachableError, ServiceUnavailableError
 from loom_ray.kafka.admin import KafkaMetadata, explain, unreachable
 from loom_ray.migrate import migrate
 from loom_ray.policy.backoff import backoff_delay
@@ -40,6 +41,7 @@ log = logging.getLogger("loom_ray.main")
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+EXIT_COORDINATOR_GONE = 4
 
 # The custom resource kuberay/raycluster.yaml gives the head node only. A fraction of it pins the
 # coordinator to the head without limiting how many coordinators (one per LOOM_RAY_NAMESPACE) fit there.
@@ -91,14 +93,17 @@ class Counts:
 
 
 async def prepare(settings: Settings) -> tuple[Settings, Counts]:
-    """Migrate, prepare the routes' tables, check capacity; return the settings with the routes' tables as
-    the catalog has them (what the consumers convert records for) and the counts before this run."""
+    """Migrate, prepare the routes' tables, check capacity, register the deployment (refused while another
+    live one ingests one of its topics here); return the settings with the routes' tables as the catalog has
+    them (what the consumers convert records for) and the counts before this run."""
     conn = await db.connect(settings, f"loom-driver pid={os.getpid()}")
     try:
         await migrate(conn, schema=settings.db_schema)
         tables = await prepare_tables(conn, settings.routes, settings.db_schema)
         await db.check_capacity(conn, settings)
-        return settings.with_route_tables(tables), await counts(conn, settings)
+        settings = settings.with_route_tables(tables)
+        await deployment.register(conn, deployment.identity_of(settings), settings.kafka_session_timeout_ms / 1000)
+        return settings, await counts(conn, settings)
     finally:
         await conn.close()
 
@@ -231,30 +236,24 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Start or rejoin the coordinator, watch it until stopped or drained, drain, print the summary."""
     import ray
 
-    from actors.coordinator import COORDINATOR_NAME, CoordinatorActor
-
     settings, before = waiting("PostgreSQL", lambda: asyncio.run(prepare(settings)), settings)
     partitions = waiting("Kafka", lambda: check_topics(settings), settings)
-    log.info("settings: %s", settings.summary())
+    log.info("driver pid=%d of deployment %s; settings: %s", os.getpid(), settings.deployment_name, settings.summary())
     log.info("%d partitions in %s", sum(partitions.values()), ",".join(settings.kafka_topics))
     warn_upsert_order(settings, partitions)
     connect_ray(settings, args.address)
     gcs = ray.get_runtime_context().gcs_address
     log.info("Ray at %s: python -m loom_ray.ctl --address %s status|resize N|unpark", gcs, gcs)
     stop = Stop()
-    placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]
-    coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
-        name=COORDINATOR_NAME,
-        namespace=settings.ray_namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        **placement,
-    ).remote(settings)
+    token = uuid.uuid4().hex
+    coordinator = join_or_create(settings, token, stop)
+    if coordinator is None:
+        return 0  # stopped while waiting for a previous coordinator to end: nothing started
     if args.actors:
         ray.get(coordinator.resize.remote(args.actors))
     started = time.monotonic()
-    window = watch(coordinator, args, before, stop, started)
-    drain(coordinator, settings)
+    window = watch(coordinator, args, before, stop, started, token)
+    drain(coordinator, settings, token)
     after = asyncio.run(final_counts(settings))
     print(summary(before, after, time.monotonic() - started, window), flush=True)
     for line in summary_lines(settings.routes, before.routes or {}, after.routes or {}):
@@ -262,7 +261,62 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float) -> IngestWindow:
+def join_or_create(settings: Settings, token: str, stop: Stop) -> Any:
+    """The coordinator of this deployment, attached to with ``token``: created, or joined when one of the same
+    identity runs (:func:`loom_ray.deployment.compare`). One of this deployment with other settings is drained
+    and replaced, saying so; one being stopped by a previous driver is waited for, then created again.
+    Raises :class:`ConfigError` for one of this name on another database or schema. None if stopped (SIGTERM)
+    while waiting."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    from actors.coordinator import CoordinatorActor, coordinator_name
+
+    ours = deployment.identity_of(settings)
+    name = coordinator_name(ours.deployment)
+    placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]
+    waiting_noted = False
+    while not stop.requested:
+        coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
+            name=name, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True, **placement
+        ).remote(settings)
+        try:
+            found = ray.get(coordinator.identity.remote(), timeout=60)
+            theirs = deployment.Identity.from_dict(found)
+            verdict = deployment.compare(ours, theirs)
+            if verdict is deployment.Verdict.REFUSE:
+                raise ConfigError(
+                    f"a coordinator named {name} runs on this Ray cluster for {theirs.describe()}, and this driver "
+                    f"is for {ours.describe()}: set LOOM_DEPLOYMENT to another name"
+                )
+            if not found["stopping"] and verdict is deployment.Verdict.REPLACE:
+                log.warning(
+                    "deployment %s runs with other settings (%s, settings %s; now %s, settings %s): draining its "
+                    "coordinator and starting one with these",
+                    ours.deployment,
+                    theirs.describe(),
+                    theirs.fingerprint,
+                    ours.describe(),
+                    ours.fingerprint,
+                )
+                ray.get(coordinator.shutdown.remote(None), timeout=settings.shutdown_timeout_s + 5)
+                ray.kill(coordinator, no_restart=True)
+                continue
+            if not found["stopping"] and ray.get(coordinator.attach.remote(token), timeout=60):
+                log.info("coordinator %s attached", name)
+                return coordinator
+            if not waiting_noted:
+                log.warning("coordinator %s is being stopped by a previous driver; waiting for it to end", name)
+                waiting_noted = True
+        except (GetTimeoutError, RayActorError) as exc:
+            log.warning("coordinator %s does not answer (%s); trying again", name, type(exc).__name__)
+        time.sleep(1.0)
+    return None
+
+
+def watch(
+    coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float, token: str
+) -> IngestWindow:
     """Print progress until a signal (or the drain, with --exit-when-drained); the samples of records committed.
 
     Every ``--progress-interval`` seconds: one progress line for the deployment, then one line per consumer
@@ -270,14 +324,19 @@ def watch(coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop
     the Ray dashboard's Jobs page shows.
     """
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
     window = IngestWindow()
     consumers = ConsumerLines()
     printed: tuple[float, int] | None = None  # (when, records processed) at the last progress line
     while not stop.requested:
         try:
-            status = ray.get(coordinator.status.remote(), timeout=60)
+            status = ray.get(coordinator.status.remote(token), timeout=60)
+        except ActorDiedError as exc:
+            raise CoordinatorGoneError(
+                "the coordinator was stopped by someone else (python -m loom_ray.ctl stop, or a driver that "
+                f"replaced it): this driver ends ({exc.__class__.__name__})"
+            ) from None
         except (GetTimeoutError, RayActorError, RayTaskError) as exc:
             log.warning("coordinator not answering (%s); waiting", type(exc).__name__)
             time.sleep(1)
@@ -304,10 +363,16 @@ def progress_line(status: dict[str, Any], records: int, rate: tuple[float, float
     """One progress line: records processed (rows + dead letters, as the consumers report them) since the
     driver started, their ``rate`` (msg/s, over seconds) since the previous line, how far the committed
     offsets moved, and the lag."""
+    pending = status.get("pending", {})
+    waiting = (
+        f", {len(pending)} actors pending (waiting {max(pending.values()):.0f}s for a node to place them on)"
+        if pending
+        else ""
+    )
     return (
         f"progress: {records} messages in {elapsed:.0f}s ({rate[0]:.0f} msg/s over the last {rate[1]:.0f}s), "
         f"offsets advanced {offsets}, "
-        f"lag {status['lag']}, {len(status['actors'])} actors, {status['assigned']}/{status['partitions']} "
+        f"lag {status['lag']}, {len(status['actors'])} actors{waiting}, {status['assigned']}/{status['partitions']} "
         "partitions assigned" + ("" if status["database"] else ", PostgreSQL unreachable: retrying")
     )
 
@@ -358,13 +423,16 @@ def fault_note(status: dict[str, Any]) -> str:
     return "".join(notes)
 
 
-def drain(coordinator: Any, settings: Settings) -> None:
-    """Ask the coordinator to drain every consumer, then remove it (it is detached)."""
+def drain(coordinator: Any, settings: Settings, token: str) -> None:
+    """Ask the coordinator to drain every consumer, then remove it (it is detached); only if this driver still
+    owns it (``token``): one that a newer driver took over is left running."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
     try:
-        ray.get(coordinator.shutdown.remote(), timeout=settings.shutdown_timeout_s + 5)
+        if not ray.get(coordinator.shutdown.remote(token), timeout=settings.shutdown_timeout_s + 5):
+            log.warning("another driver took this deployment's coordinator over: leaving it running")
+            return
     except (GetTimeoutError, RayActorError, RayTaskError) as exc:
         log.warning("coordinator did not drain in time (%s)", type(exc).__name__)
     ray.kill(coordinator, no_restart=True)
@@ -409,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RayUnreachableError, ServiceUnavailableError) as exc:
         print(f"loom-ray: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except CoordinatorGoneError as exc:
+        print(f"loom-ray: {exc}", file=sys.stderr)
+        return EXIT_COORDINATOR_GONE
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"loom-ray: PostgreSQL unavailable: {type(exc).__name__}: {exc}; check LOOM_DB_DSN", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -1,15 +1,17 @@
 """Keeps exactly one driver of a deployment running on a Ray cluster: ``python -m loom_ray.supervise``.
 
 Runs as a process of its own (on Kubernetes, a one-replica Deployment beside the RayCluster: kuberay/). It
-submits ``python -m loom_ray.main`` to the cluster's Jobs API under a fixed submission id, ``loom-<deployment>``
-(LOOM_DEPLOYMENT, or the name derived from the settings), follows it, and when the job ends for any reason
-(the driver exited, the head restarted, ``ray job stop`` by hand) deletes the finished job and submits it
-again, waiting longer each time it ends again quickly. The fixed id means a second submission of the same
-deployment is refused by Ray instead of starting a second driver. On SIGTERM or SIGINT it stops the job (the
-driver drains within LOOM_SHUTDOWN_TIMEOUT_S and removes its coordinator), waits for it to end and exits 0:
-stopping the supervisor stops ingestion.
+submits ``python -m loom_ray.main`` to the cluster's Jobs API, tagged with the deployment (LOOM_DEPLOYMENT, or
+the name derived from the settings) in the job's metadata, follows it, and when it ends for any reason (the
+driver exited, the head restarted, ``ray job stop`` by hand) submits a new one, waiting longer each time one
+ends again quickly. Should two jobs of the deployment run at once (two supervisors during a rollout), every
+supervisor stops all but the oldest, so one driver remains. On SIGTERM or SIGINT it stops the job (the driver
+drains within LOOM_SHUTDOWN_TIMEOUT_S and removes its coordinator), waits for it to end and exits 0: stopping
+the supervisor stops ingestion.
 
-The decision at each look is :func:`next_step` (pure); :class:`Supervisor` only asks the Jobs API and acts.
+Each job gets a new submission id (``loom-<deployment>-<n>``): Ray 2.60 keeps a finished job's internal
+supervisor actor name for a while, so an id submitted again right after its job ended is refused. The
+decision at each look is :func:`next_step` (pure); :class:`Supervisor` only asks the Jobs API and acts.
 """
 
 from __future__ import annotations
@@ -32,32 +34,35 @@ from loom_ray.settings import Settings
 log = logging.getLogger("loom_ray.supervise")
 
 EXIT_CONFIG = 2
-QUICK_END_S = 60.0  # a job that ends sooner than this after its submission counts towards the backoff
+DEPLOYMENT_KEY = "loom_deployment"  # the job metadata that names the deployment
+QUICK_END_S = 60.0  # a job that ends sooner than this after its start counts towards the backoff
+KEEP_ENDED = 5  # finished jobs of the deployment kept (their logs); older ones are deleted
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class Step(StrEnum):
-    """What the supervisor does after a look at the job."""
+    """What the supervisor does after a look at the deployment's jobs."""
 
-    SUBMIT = "submit"  # no such job: submit it
-    WAIT = "wait"  # pending or running: look again later
-    RESUBMIT = "resubmit"  # it ended: delete it, then submit it again after the backoff
+    SUBMIT = "submit"  # none runs: submit one (after the backoff, if the last one ended quickly)
+    WAIT = "wait"  # one is pending or running: look again later
 
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """What the Jobs API says of the job: None when it has none by that id; else its status, whether that is
-    terminal, and how long it ran (seconds from submission to its end, when it ended)."""
+    """What the Jobs API says of the deployment's jobs: the one to follow (the oldest not finished; None when
+    all finished) with its status, the newer ones running beside it (to stop), how long the last finished one
+    ran (seconds, when known), and the finished ones beyond :data:`KEEP_ENDED` (to delete)."""
 
-    status: str | None
-    terminal: bool = False
-    ran_s: float | None = None
+    job: str | None
+    status: str | None = None
+    extra: tuple[str, ...] = ()
+    last_ran_s: float | None = None
+    expired: tuple[str, ...] = ()
 
 
 def next_step(look: Look) -> Step:
     """The step after ``look``."""
-    if look.status is None:
-        return Step.SUBMIT
-    return Step.RESUBMIT if look.terminal else Step.WAIT
+    return Step.WAIT if look.job is not None else Step.SUBMIT
 
 
 def next_attempt(attempt: int, ran_s: float | None) -> int:
@@ -65,72 +70,84 @@ def next_attempt(attempt: int, ran_s: float | None) -> int:
     return 0 if ran_s is not None and ran_s >= QUICK_END_S else attempt + 1
 
 
+def read_jobs(jobs: list[Any], deployment: str) -> Look:
+    """A :class:`Look` at ``deployment``'s jobs among ``jobs`` (``JobDetails`` of the Jobs API)."""
+    mine = sorted(
+        (j for j in jobs if (j.metadata or {}).get(DEPLOYMENT_KEY) == deployment and j.submission_id),
+        key=lambda j: (j.start_time or 0, j.submission_id),
+    )
+    live = [j for j in mine if str(j.status) not in _TERMINAL]
+    ended = [j for j in mine if str(j.status) in _TERMINAL]
+    last = ended[-1] if ended else None
+    ran = (last.end_time - last.start_time) / 1000 if last and last.end_time and last.start_time else None
+    expired = tuple(j.submission_id for j in ended[:-KEEP_ENDED])
+    if not live:
+        return Look(None, None, (), ran, expired)
+    return Look(live[0].submission_id, str(live[0].status), tuple(j.submission_id for j in live[1:]), ran, expired)
+
+
 class JobsApi(Protocol):
     """What the supervisor needs of ``ray.job_submission.JobSubmissionClient``."""
 
     def list_jobs(self) -> list[Any]: ...
-    def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None) -> str: ...
+    def submit_job(
+        self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None, metadata: dict[str, str]
+    ) -> str: ...
     def stop_job(self, job_id: str) -> bool: ...
     def delete_job(self, job_id: str) -> bool: ...
 
 
 class Supervisor:
-    """Follows one deployment's job; see the module docstring."""
+    """Follows one deployment's jobs; see the module docstring."""
 
     def __init__(
         self,
         jobs: JobsApi,
-        submission_id: str,
+        deployment: str,
         entrypoint: str,
         runtime_env: dict[str, Any] | None,
         poll_s: float,
         stop_timeout_s: float,
     ) -> None:
         self._jobs = jobs
-        self.submission_id = submission_id
+        self.deployment = deployment
         self._entrypoint = entrypoint
         self._runtime_env = runtime_env
         self._poll_s = poll_s
         self._stop_timeout_s = stop_timeout_s
         self.stopping = False
         self._attempt = 0
-        self._last_status: str | None = None
+        self._followed: tuple[str | None, str | None] = (None, None)
         self.submissions = 0
 
     def look(self) -> Look:
-        """Ask the Jobs API about the job; raises ``RuntimeError``/``OSError`` when it does not answer."""
-        info = next((job for job in self._jobs.list_jobs() if job.submission_id == self.submission_id), None)
-        if info is None:
-            return Look(None)
-        status = str(info.status)
-        terminal = status in ("SUCCEEDED", "FAILED", "STOPPED")
-        ran = None
-        if terminal and info.end_time and info.start_time:
-            ran = (info.end_time - info.start_time) / 1000
-        if status != self._last_status:
-            log.info("job %s is %s%s", self.submission_id, status, f": {info.message}" if info.message else "")
-            self._last_status = status
-        return Look(status, terminal, ran)
+        """Ask the Jobs API about the deployment's jobs, stop the extra ones and delete the expired ones;
+        raises ``RuntimeError``/``OSError`` when it does not answer."""
+        look = read_jobs(self._jobs.list_jobs(), self.deployment)
+        for job in look.extra:
+            log.warning("a second job of deployment %s runs (%s): stopping it", self.deployment, job)
+            self._jobs.stop_job(job)
+        for job in look.expired:
+            self._jobs.delete_job(job)
+        if (look.job, look.status) != self._followed and look.job is not None:
+            log.info("job %s of deployment %s is %s", look.job, self.deployment, look.status)
+        self._followed = (look.job, look.status)
+        return look
 
     def run(self) -> None:
-        """Keep the job running until :attr:`stopping`; then stop it and wait for its drain."""
+        """Keep one job running until :attr:`stopping`; then stop it and wait for its drain."""
         failures = 0
         while not self.stopping:
             try:
                 look = self.look()
-                step = next_step(look)
-                if step is Step.RESUBMIT:
-                    self._attempt = next_attempt(self._attempt, look.ran_s)
-                    delay = backoff_delay(self._attempt - 1, base_s=1.0, cap_s=60.0) if self._attempt else 0.0
-                    log.warning(
-                        "job %s ended (%s); submitting it again in %.1fs", self.submission_id, look.status, delay
-                    )
-                    self._sleep(delay)
-                    if self.stopping:
-                        break
-                    self._jobs.delete_job(self.submission_id)
-                    self._submit()
-                elif step is Step.SUBMIT:
+                if next_step(look) is Step.SUBMIT:
+                    if self.submissions:
+                        self._attempt = next_attempt(self._attempt, look.last_ran_s)
+                        delay = backoff_delay(self._attempt - 1, base_s=1.0, cap_s=60.0) if self._attempt else 0.0
+                        log.warning("no job of deployment %s runs; submitting one in %.1fs", self.deployment, delay)
+                        self._sleep(delay)
+                        if self.stopping or self.look().job is not None:
+                            continue
                     self._submit()
                 else:
                     self._sleep(self._poll_s)
@@ -143,36 +160,33 @@ class Supervisor:
         self.stop()
 
     def _submit(self) -> None:
-        try:
-            self._jobs.submit_job(
-                entrypoint=self._entrypoint, submission_id=self.submission_id, runtime_env=self._runtime_env
-            )
-        except RuntimeError:
-            if self.look().status is None:
-                raise
-            # Someone else (another supervisor of this deployment, in a rollout) submitted it first: follow it.
-            log.warning("job %s was submitted by someone else; following it", self.submission_id)
-            return
+        job = f"loom-{self.deployment}-{time.time_ns():x}"
+        self._jobs.submit_job(
+            entrypoint=self._entrypoint,
+            submission_id=job,
+            runtime_env=self._runtime_env,
+            metadata={DEPLOYMENT_KEY: self.deployment},
+        )
         self.submissions += 1
-        self._last_status = None
-        log.info("submitted job %s: %s", self.submission_id, self._entrypoint)
+        log.info("submitted job %s: %s", job, self._entrypoint)
 
     def stop(self) -> None:
-        """Stop the job (SIGTERM to the driver: it drains) and wait up to the stop timeout for it to end."""
-        log.info("stopping job %s", self.submission_id)
+        """Stop the deployment's jobs (SIGTERM to the driver: it drains) and wait up to the stop timeout."""
+        log.info("stopping the jobs of deployment %s", self.deployment)
         deadline = time.monotonic() + self._stop_timeout_s
         try:
-            self._jobs.stop_job(self.submission_id)
             while time.monotonic() < deadline:
                 look = self.look()
-                if look.status is None or look.terminal:
-                    log.info("job %s ended: %s", self.submission_id, look.status)
+                if look.job is None:
+                    log.info("no job of deployment %s runs", self.deployment)
                     return
+                for job in (look.job, *look.extra):
+                    self._jobs.stop_job(job)
                 time.sleep(min(1.0, self._poll_s))
         except (RuntimeError, OSError) as exc:
-            log.warning("could not stop job %s (%s: %s)", self.submission_id, type(exc).__name__, exc)
+            log.warning("could not stop the jobs (%s: %s)", type(exc).__name__, exc)
             return
-        log.warning("job %s did not end within %.0fs", self.submission_id, self._stop_timeout_s)
+        log.warning("the jobs of deployment %s did not end within %.0fs", self.deployment, self._stop_timeout_s)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when a stop is asked for."""
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_timeout = args.stop_timeout if args.stop_timeout is not None else settings.shutdown_timeout_s + 15
     supervisor = Supervisor(
         _LazyClient(address, JobSubmissionClient),
-        f"loom-{settings.deployment_name}",
+        settings.deployment_name,
         args.entrypoint,
         runtime_env,
         args.poll_interval,
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("supervising job %s on %s", supervisor.submission_id, address)
+    log.info("supervising deployment %s on %s", supervisor.deployment, address)
     supervisor.run()
     return 0
 

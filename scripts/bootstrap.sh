@@ -7,12 +7,14 @@ cd "$root"
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bootstrap: Python >= 3.11 needed" >&2; exit 1; }
 
-# Debian packages of the browser and Prometheus tests (tests/integration/test_dashboard.py,
-# tests/unit/test_prometheus_rules.py): chromium, prometheus (with promtool). Installed only where missing and
+# Debian packages of the browser, Prometheus and head-loss tests (tests/integration/test_dashboard.py,
+# tests/unit/test_prometheus_rules.py, tests/integration/test_production.py): chromium, prometheus (with
+# promtool), redis-server (Ray's GCS fault tolerance). Installed only where missing and
 # apt-get can run (root, or passwordless sudo); elsewhere those tests skip and say what is missing.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo -n)

@@ -43,6 +43,8 @@ GRANT SELECT, INSERT, UPDATE ON loom_sink_errors TO loom_ingest;
 -- Written by the coordinator: partitions it parked, unparked by UPDATE (python -m loom_ray.ctl unpark), never
 -- deleted.
 GRANT SELECT, INSERT, UPDATE ON loom_parked TO loom_ingest;
+-- Registered by the driver, kept alive by the coordinator, marked stopped by UPDATE, never deleted.
+GRANT SELECT, INSERT, UPDATE ON loom_deployments TO loom_ingest;
 -- Per-route counts, advanced by every flush of a routed topic (sql/008_routes.sql). The routes' own tables
 -- are the user's: grant SELECT, INSERT, UPDATE (upsert) and DELETE (tombstones) on them as their routes need.
 GRANT SELECT, INSERT, UPDATE ON loom_route_counts TO loom_ingest;

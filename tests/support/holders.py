@@ -18,7 +18,7 @@ class Holder:
         self.claims: dict[tuple[str, int], Claim] = {}
         self._fenced = fenced
 
-    async def start(self, timeout_s: float) -> None:
+    async def start(self, timeout_s: float | None) -> None:
         return None
 
     async def assign(self, claims: list[Claim], timeout_s: float) -> None:
