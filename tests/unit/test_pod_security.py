@@ -182,6 +182,7 @@ def test_the_walk_finds_every_pod_and_the_sidecar() -> None:
     found = {name: [c["name"] for c in pod["containers"]] for name, pod in _all_pods()}
     assert found["loom-ray head"] == ["ray-head", "autoscaler"]
     assert found["loom-ray consumers"] == ["ray-worker"]
+    assert found["Deployment loom-ray-supervisor"] == ["supervisor"]
 
 
 def _head() -> dict[str, Any]:
