@@ -6,8 +6,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pins(name: str) -> dict[str, str]:
+    # A pin is `name==version`, followed in the runtime lock by ` \` and its `--hash` lines.
     lines = (ROOT / name).read_text().splitlines()
-    return dict(line.split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
+    return dict(line.split()[0].split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
 
 
 def test_runtime_lock_is_a_subset_of_the_dev_lock() -> None:
