@@ -161,30 +161,41 @@ def release_node(namespace: str, deployment: str | None, timeout_s: float) -> in
     return 0
 
 
+QUIET_S = 5.0  # stop-jobs --wait returns once no loom-ray job has run for this long
+
+
 def stop_jobs(address: str, wait: bool, timeout_s: float) -> int:
-    """Stop every running ``loom_ray.main`` job (SIGTERM: each drains), and with ``wait`` wait for them to end;
-    1 if one did not end within ``timeout_s``."""
+    """Stop every running ``loom_ray.main`` job (SIGTERM: each drains). With ``wait``, keep stopping the ones
+    that appear (a supervisor submits a new job as soon as its job ends: on a head going away it must not
+    start there) until none has run for :data:`QUIET_S`; 1 if that is not so within ``timeout_s``."""
     import time
 
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    stopping = [
-        str(job.submission_id)
-        for job in client.list_jobs()
-        if job.submission_id and not job.status.is_terminal() and "loom_ray.main" in (job.entrypoint or "")
-    ]
-    for job_id in stopping:
-        client.stop_job(job_id)
-        print(f"stopping job {job_id}")
     deadline = time.monotonic() + timeout_s
-    while wait and stopping:
-        stopping = [job_id for job_id in stopping if not client.get_job_status(job_id).is_terminal()]
-        if stopping and time.monotonic() > deadline:
-            print(f"jobs still running after {timeout_s:.0f}s: {', '.join(stopping)}", file=sys.stderr)
+    stopped: set[str] = set()
+    quiet_since = time.monotonic()
+    while True:
+        live = [
+            str(job.submission_id)
+            for job in client.list_jobs()
+            if job.submission_id and not job.status.is_terminal() and "loom_ray.main" in (job.entrypoint or "")
+        ]
+        for job_id in live:
+            if job_id not in stopped:
+                client.stop_job(job_id)
+                stopped.add(job_id)
+                print(f"stopping job {job_id}", flush=True)
+        now = time.monotonic()
+        if live:
+            quiet_since = now
+        if not wait or now - quiet_since >= QUIET_S:
+            return 0
+        if now > deadline:
+            print(f"jobs still running after {timeout_s:.0f}s: {', '.join(live)}", file=sys.stderr)
             return 1
         time.sleep(0.5)
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from tests.support.pipeline import (
 from tests.support.services import Endpoints
 from tests.support.tcp_proxy import proxy
 
-GRACE_S = 30  # kuberay/raycluster.yaml, consumers: terminationGracePeriodSeconds
+GRACE_S = 30  # how soon a dead consumer's partitions must have another owner (a pod's SIGKILL comes later)
 # Per run, over 12 partitions at 100 messages a flush: about 4,000 per partition and 40 flushes each, so a fault
 # that lands once a fifth (or a tenth) is committed still finds a backlog on every partition.
 MESSAGES = 50_000

@@ -173,6 +173,13 @@ DELAYS: list[tuple[str, list[dict[str, str]], int, int]] = [
         31,
         5,
     ),
+    # The partition parked at minute 31 (the gauge at 1), then `for: 1m`.
+    (
+        "LoomPartitionParked",
+        [{"series": 'ray_loom_partition_parked{topic="t",partition="0"}', "values": "0x30 1x30"}],
+        31,
+        1,
+    ),
     # The first sample missing at minute 31: the 5-minute `absent_over_time` window, then `for: 5m`.
     ("LoomLagAbsent", [_lag(0, "50x30 stale")], 31, 10),
     # The gauge at 3 (STALL) from minute 31, then `for: 5m`.
