@@ -152,13 +152,16 @@ T = TypeVar("T")
 _WAITED_FOR: tuple[type[BaseException], ...] = (*db.TRANSIENT_ERRORS, ServiceUnavailableError)
 
 
-def waiting(what: str, attempt: Callable[[], T], settings: Settings) -> T:
+def waiting(what: str, attempt: Callable[[], T], settings: Settings, stop: Stop) -> T:
     """``attempt()`` until it returns, retrying with capped backoff while ``what`` does not answer (an outage
     of PostgreSQL, no broker), for up to LOOM_STARTUP_TIMEOUT_S; then the last failure is raised (exit 3).
-    Anything else it raises (bad configuration) is raised at once."""
+    Anything else it raises (bad configuration) is raised at once; a stop asked meanwhile raises
+    :class:`StoppedAtStart`."""
     deadline = time.monotonic() + settings.startup_timeout_s
     tries = 0
     while True:
+        if stop.requested:
+            raise StoppedAtStart(what)
         try:
             return attempt()
         except _WAITED_FOR as exc:
@@ -168,7 +171,9 @@ def waiting(what: str, attempt: Callable[[], T], settings: Settings) -> T:
             delay = min(backoff_delay(tries, base_s=1.0, cap_s=30.0), left)
             tries += 1
             log.warning("%s does not answer (%s: %s); retrying in %.0fs", what, type(exc).__name__, exc, delay)
-            time.sleep(delay)
+            sleep_until = time.monotonic() + delay
+            while not stop.requested and time.monotonic() < sleep_until:
+                time.sleep(0.2)
 
 
 def warn_upsert_order(settings: Settings, partitions: dict[str, int]) -> None:
@@ -220,10 +225,14 @@ def coordinator_placement(cluster_resources: dict[str, float]) -> dict[str, Any]
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT; the driver then drains and exits."""
+    """Set by SIGTERM/SIGINT, from the driver's first moment on; the driver then drains and exits."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.install()
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT here (again after ``ray.init``, which sets its own SIGTERM handler)."""
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
@@ -232,23 +241,29 @@ class Stop:
         self.requested = True
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Start or rejoin the coordinator, watch it until stopped or drained, drain, print the summary."""
+class StoppedAtStart(Exception):
+    """SIGTERM arrived while the driver waited for PostgreSQL or Kafka at start: nothing was started."""
+
+
+def run(settings: Settings, args: argparse.Namespace, stop: Stop) -> int:
+    """Start or rejoin the coordinator, watch it until stopped or drained, drain, print the summary. A SIGTERM
+    during the start still drains this deployment's coordinator if one runs (stopping the deployment stops
+    ingestion, whenever the stop comes)."""
     import ray
 
-    settings, before = waiting("PostgreSQL", lambda: asyncio.run(prepare(settings)), settings)
-    partitions = waiting("Kafka", lambda: check_topics(settings), settings)
+    settings, before = waiting("PostgreSQL", lambda: asyncio.run(prepare(settings)), settings, stop)
+    partitions = waiting("Kafka", lambda: check_topics(settings), settings, stop)
     log.info("driver pid=%d of deployment %s; settings: %s", os.getpid(), settings.deployment_name, settings.summary())
     log.info("%d partitions in %s", sum(partitions.values()), ",".join(settings.kafka_topics))
     warn_upsert_order(settings, partitions)
     connect_ray(settings, args.address)
+    stop.install()
     gcs = ray.get_runtime_context().gcs_address
     log.info("Ray at %s: python -m loom_ray.ctl --address %s status|resize N|unpark", gcs, gcs)
-    stop = Stop()
     token = uuid.uuid4().hex
     coordinator = join_or_create(settings, token, stop)
     if coordinator is None:
-        return 0  # stopped while waiting for a previous coordinator to end: nothing started
+        return 0  # stopped before there was a coordinator to drain
     if args.actors:
         ray.get(coordinator.resize.remote(args.actors))
     started = time.monotonic()
@@ -276,7 +291,9 @@ def join_or_create(settings: Settings, token: str, stop: Stop) -> Any:
     name = coordinator_name(ours.deployment)
     placement = coordinator_placement(ray.cluster_resources())  # type: ignore[no-untyped-call]
     waiting_noted = False
-    while not stop.requested:
+    while True:
+        if stop.requested:
+            return _to_drain(name, settings, token)
         coordinator = CoordinatorActor.options(  # type: ignore[attr-defined]
             name=name, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True, **placement
         ).remote(settings)
@@ -311,7 +328,18 @@ def join_or_create(settings: Settings, token: str, stop: Stop) -> Any:
         except (GetTimeoutError, RayActorError) as exc:
             log.warning("coordinator %s does not answer (%s); trying again", name, type(exc).__name__)
         time.sleep(1.0)
-    return None
+
+
+def _to_drain(name: str, settings: Settings, token: str) -> Any:
+    """On a stop before the driver attached: the deployment's coordinator, if one runs and is not being stopped,
+    attached to so that the caller drains it; else None."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor(name, namespace=settings.ray_namespace)
+        return coordinator if ray.get(coordinator.attach.remote(token), timeout=60) else None
+    except Exception:  # none runs, or it is going away: nothing to drain
+        return None
 
 
 def watch(
@@ -468,9 +496,13 @@ def summary(before: Counts, after: Counts, seconds: float, window: IngestWindow)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = Stop()
     try:
         settings = Settings.from_env()
-        return run(settings, args)
+        return run(settings, args, stop)
+    except StoppedAtStart as exc:
+        log.info("stopped while waiting for %s at start: nothing was started", exc)
+        return 0
     except ConfigError as exc:
         print(f"loom-ray: {exc}", file=sys.stderr)
         return EXIT_CONFIG

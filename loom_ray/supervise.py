@@ -70,13 +70,15 @@ def next_attempt(attempt: int, ran_s: float | None) -> int:
     return 0 if ran_s is not None and ran_s >= QUICK_END_S else attempt + 1
 
 
-def read_jobs(jobs: list[Any], deployment: str) -> Look:
-    """A :class:`Look` at ``deployment``'s jobs among ``jobs`` (``JobDetails`` of the Jobs API)."""
+def read_jobs(jobs: list[Any], deployment: str, dead_nodes: frozenset[str] = frozenset()) -> Look:
+    """A :class:`Look` at ``deployment``'s jobs among ``jobs`` (``JobDetails`` of the Jobs API). A job whose
+    driver ran on a node in ``dead_nodes`` is over, whatever status Ray gives it: after a head is lost and a new
+    one starts on the GCS's Redis, Ray 2.60 keeps calling the lost head's jobs RUNNING."""
     mine = sorted(
         (j for j in jobs if (j.metadata or {}).get(DEPLOYMENT_KEY) == deployment and j.submission_id),
         key=lambda j: (j.start_time or 0, j.submission_id),
     )
-    live = [j for j in mine if str(j.status) not in _TERMINAL]
+    live = [j for j in mine if str(j.status) not in _TERMINAL and j.driver_node_id not in dead_nodes]
     ended = [j for j in mine if str(j.status) in _TERMINAL]
     last = ended[-1] if ended else None
     ran = (last.end_time - last.start_time) / 1000 if last and last.end_time and last.start_time else None
@@ -90,6 +92,7 @@ class JobsApi(Protocol):
     """What the supervisor needs of ``ray.job_submission.JobSubmissionClient``."""
 
     def list_jobs(self) -> list[Any]: ...
+    def dead_nodes(self) -> frozenset[str]: ...
     def submit_job(
         self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None, metadata: dict[str, str]
     ) -> str: ...
@@ -123,7 +126,7 @@ class Supervisor:
     def look(self) -> Look:
         """Ask the Jobs API about the deployment's jobs, stop the extra ones and delete the expired ones;
         raises ``RuntimeError``/``OSError`` when it does not answer."""
-        look = read_jobs(self._jobs.list_jobs(), self.deployment)
+        look = read_jobs(self._jobs.list_jobs(), self.deployment, self._jobs.dead_nodes())
         for job in look.extra:
             log.warning("a second job of deployment %s runs (%s): stopping it", self.deployment, job)
             self._jobs.stop_job(job)
@@ -224,8 +227,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from ray.job_submission import JobSubmissionClient
-
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     stop_timeout = args.stop_timeout if args.stop_timeout is not None else settings.shutdown_timeout_s + 15
     supervisor = Supervisor(
-        _LazyClient(address, JobSubmissionClient),
+        RayJobs(address),
         settings.deployment_name,
         args.entrypoint,
         runtime_env,
@@ -256,29 +257,62 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _LazyClient:
-    """The Jobs API client, made at the first call and made again after a failure (the client checks the
-    cluster when it is made, so it cannot exist while the head is down)."""
+class RayJobs:
+    """:class:`JobsApi` on a cluster's dashboard: its Jobs API, and its state API for the dead nodes. The
+    Jobs API client is made at the first call and again after a failure (it checks the cluster when it is
+    made, so it cannot exist while the head is down)."""
 
-    def __init__(self, address: str, factory: Any) -> None:
+    def __init__(self, address: str) -> None:
         self._address = address
-        self._factory = factory
         self._client: Any = None
 
-    def __getattr__(self, name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self._client is None:
-                try:
-                    self._client = self._factory(self._address)
-                except Exception as exc:  # the client raises plain exceptions for an unreachable head
-                    raise OSError(f"cannot reach the Jobs API at {self._address}: {exc}") from exc
-            try:
-                return getattr(self._client, name)(*args, **kwargs)
-            except (ConnectionError, OSError):
-                self._client = None
-                raise
+    def _jobs(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
 
-        return call
+        if self._client is None:
+            try:
+                self._client = JobSubmissionClient(self._address)
+            except Exception as exc:  # the client raises plain exceptions for an unreachable head
+                raise OSError(f"cannot reach the Jobs API at {self._address}: {exc}") from exc
+        return self._client
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._jobs(), method)(*args, **kwargs)
+        except (ConnectionError, OSError):
+            self._client = None
+            raise
+
+    def list_jobs(self) -> list[Any]:
+        return list(self._call("list_jobs"))
+
+    def submit_job(
+        self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None, metadata: dict[str, str]
+    ) -> str:
+        return str(
+            self._call(
+                "submit_job",
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata=metadata,
+            )
+        )
+
+    def stop_job(self, job_id: str) -> bool:
+        return bool(self._call("stop_job", job_id))
+
+    def delete_job(self, job_id: str) -> bool:
+        return bool(self._call("delete_job", job_id))
+
+    def dead_nodes(self) -> frozenset[str]:
+        from ray.util.state import list_nodes
+
+        try:
+            found = list_nodes(address=self._address, limit=10_000, raise_on_missing_output=False)
+        except Exception as exc:  # the state API raises its own client errors for an unreachable head
+            raise OSError(f"cannot list the cluster's nodes at {self._address}: {exc}") from exc
+        return frozenset(node.node_id for node in found if node.state == "DEAD")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,11 @@ def test_the_supervisor_keeps_one_driver_running_and_stops_it(
         wait_until(lambda: _driver_pid(head, "supervised") is not None, 120, "the second driver's pid")
         os.kill(_driver_pid(head, "supervised") or 0, signal.SIGKILL)  # the driver killed: another one joins
         wait_until(lambda: log.read_text().count("submitted job") == 3, 120, "a third submission", running=running)
+        wait_until(
+            lambda: "coordinator loom-coordinator-supervised attached" in _logs(head, _live(head, "supervised")),
+            120,
+            "the third driver to join the coordinator",
+        )
         fill(endpoints, topic_name, 1_000, partitions=4)
         wait_until(lambda: committed(endpoints, topic_name) == 4_000, 180, "the third batch", running=running)
         assert _coordinators(head) == ["supervised"]  # one coordinator all along: joined by each driver

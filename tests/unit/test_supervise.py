@@ -32,6 +32,7 @@ class _Job:
     metadata: dict[str, str] = field(default_factory=lambda: {DEPLOYMENT_KEY: "orders"})
     start_time: int = field(default_factory=lambda: next(_clock) * 1000)
     end_time: int | None = None
+    driver_node_id: str | None = "head-1"
 
 
 def test_read_jobs_follows_the_oldest_running_job_of_the_deployment() -> None:
@@ -46,6 +47,12 @@ def test_read_jobs_follows_the_oldest_running_job_of_the_deployment() -> None:
     assert (look.job, look.status, look.extra) == ("b", "RUNNING", ("c",))
     assert next_step(look) is Step.WAIT
     assert next_step(read_jobs(jobs[:1], "orders")) is Step.SUBMIT
+
+
+def test_a_job_whose_drivers_node_is_dead_is_over_whatever_ray_says() -> None:
+    lost = _Job("lost")  # RUNNING, as Ray 2.60 keeps calling it after the head that ran its driver was lost
+    assert read_jobs([lost], "orders", frozenset({"head-1"})).job is None
+    assert read_jobs([lost], "orders", frozenset({"worker-7"})).job == "lost"
 
 
 def test_finished_jobs_beyond_the_last_few_expire() -> None:
@@ -71,6 +78,9 @@ class FakeJobs:
     def list_jobs(self) -> list[Any]:
         with self.lock:
             return list(self.jobs.values())
+
+    def dead_nodes(self) -> frozenset[str]:
+        return frozenset()
 
     def submit_job(
         self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, Any] | None, metadata: dict[str, str]
