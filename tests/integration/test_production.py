@@ -10,6 +10,7 @@ One ``ray start --head`` with 2 CPUs and the Jobs API serves the module's tests,
   deployment drains ends with one live coordinator;
 - coordination never waits on placement: three consumers of 1 CPU on a head of 2, two run and take every
   partition, the third is shown pending, and the drain finishes in time;
+- a node going away (a worker pod's ``preStop``, ``ctl release-node``) hands its consumers' partitions over;
 - last, SIGTERM as a kubelet sends it: the head pod's ``preStop`` (``python -m loom_ray.ctl stop-jobs --wait``)
   drains the job and its summary is printed, then the head is stopped.
 """
@@ -317,6 +318,31 @@ def test_coordination_never_waits_on_placement(
         stop_group(process)
     assert "summary: " in log.read_text()
     assert "did not drain in time" not in log.read_text()
+    result = account(endpoints, topic_name)
+    assert result.exact, str(result)
+
+
+def test_a_node_going_away_hands_its_consumers_partitions_over(
+    endpoints: Endpoints, topic_name: str, head: Head, tmp_path: Path
+) -> None:
+    """A worker pod's preStop (``ctl release-node``): the consumers on this node flush and release their
+    partitions, stop, and the next round starts others; nothing is fenced, nothing read twice."""
+    fill(endpoints, topic_name, 2_000, partitions=4)
+    log = tmp_path / "main.log"
+    process = start_main(_env(endpoints, head, topic_name, min_actors=2, max_actors=2), log=log)
+    try:
+        wait_until(lambda: committed(endpoints, topic_name) == 2_000, 180, "the backlog", running=(process, log))
+        released = _ctl(head, "release-node")
+        assert released.returncode == 0, released.stderr[-2000:]
+        assert re.search(r"2 consumers on node \S+ handed over and stopped", released.stdout), released.stdout
+        fill(endpoints, topic_name, 1_000, partitions=4)
+        wait_until(lambda: committed(endpoints, topic_name) == 3_000, 180, "new consumers", running=(process, log))
+        process.send_signal(signal.SIGTERM)
+        assert _exit_code(process, log) == 0
+    finally:
+        stop_group(process)
+    text = log.read_text()
+    assert "fenced" not in text, "a clean hand-over must not need fencing"
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
 
