@@ -7,7 +7,8 @@
 #   scripts/dev-stack.sh jars      resolve the Kafka jars (once) and print their folder
 #   scripts/dev-stack.sh registry  build the Schema Registry (once) and print the folder of its runnable jar
 # Ports and folders: LOOM_STACK_DIR (.stack), LOOM_STACK_KAFKA_PORT (29092), LOOM_STACK_PG_PORT (25432),
-# LOOM_STACK_REGISTRY_PORT (28081); outside Ray's worker port range 10002-19999.
+# LOOM_STACK_REGISTRY_PORT (the Kafka port - 1011: 28081; 0 runs no registry); outside Ray's worker port range
+# 10002-19999.
 # The Schema Registry is Apicurio Registry 2.4.2 (Confluent-compatible API at /apis/ccompat/v7), built from Maven
 # Central by scripts/registry/pom.xml into $LOOM_CACHE_DIR/registry/<the pom's hash>/ the first time; it keeps its
 # schemas in the stack's PostgreSQL (database loom_registry), so their ids survive a restart.
@@ -18,7 +19,7 @@ cache=${LOOM_CACHE_DIR:-$root/.cache}
 kafka_port=${LOOM_STACK_KAFKA_PORT:-29092}
 controller_port=$((kafka_port + 1))
 pg_port=${LOOM_STACK_PG_PORT:-25432}
-registry_port=${LOOM_STACK_REGISTRY_PORT:-28081}
+registry_port=${LOOM_STACK_REGISTRY_PORT:-$((kafka_port - 1011))}
 pg_bin=$(pg_config --bindir)
 [ -x "$pg_bin/initdb" ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 libs=$cache/kafka/libs
@@ -62,6 +63,7 @@ registry_java() {  # registry_java PORT DATABASE LOG: start one registry in the 
 
 registry_up() {
   local dir=$stack/registry
+  [ "$registry_port" = 0 ] && return
   alive "$dir/pid" && return
   mkdir -p "$dir"
   psql -q -h 127.0.0.1 -p "$pg_port" -U loom -d postgres -tc "SELECT 1 FROM pg_database WHERE datname='loom_registry'" \
@@ -188,7 +190,8 @@ wait_ready() {
 cmd=${1:-status}
 case $cmd in
   up)
-    check_pg_can_reach_stack; fetch_kafka; fetch_registry; kafka_up; pg_up; wait_ready; registry_up; log "ready" ;;
+    check_pg_can_reach_stack; fetch_kafka; [ "$registry_port" = 0 ] || fetch_registry
+    kafka_up; pg_up; wait_ready; registry_up; log "ready" ;;
   jars)  # resolve the Kafka jars only; print their folder (tests start brokers of their own from it)
     fetch_kafka; echo "$libs" ;;
   registry)  # build the registry only; print the folder of registry.jar (tests start registries of their own)
@@ -206,7 +209,7 @@ case $cmd in
   env)
     echo "export LOOM_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$kafka_port"
     echo "export LOOM_DB_DSN=postgresql://loom@127.0.0.1:$pg_port/loom"
-    echo "export LOOM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
+    [ "$registry_port" = 0 ] || echo "export LOOM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
     echo "export LOOM_STACK_DIR=$stack" ;;
   *) echo "usage: $0 up|down|status|env|jars|registry" >&2; exit 2 ;;
 esac

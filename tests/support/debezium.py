@@ -60,17 +60,17 @@ class EventReader:
         return (image["id"], image.get("name"), balance, moment, image.get("note"))
 
 
-def replica(records: list[Record], reader: EventReader) -> tuple[dict[int, Row], int]:
-    """The table the topic's changes leave, by key, and how many records are no change of one row (they must
-    be dead letters: values that are not change events, truncates)."""
+def replica(records: list[Record], reader: EventReader) -> tuple[dict[int, Row], list[Record]]:
+    """The table the topic's changes leave, by key, and the records that change no one row (they must be dead
+    letters: values that are not change events, truncates)."""
     table: dict[int, Row] = {}
-    refused = 0
+    refused: list[Record] = []
     for record in records:
         if record.value is None:
             continue  # the tombstone after a delete
         event = reader.event(record.value)
         if event is None or event["op"] not in ("c", "r", "u", "d"):
-            refused += 1
+            refused.append(record)
             continue
         if event["op"] == "d":
             before = event["before"]
