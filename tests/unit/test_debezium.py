@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import tomllib
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -198,3 +199,11 @@ def test_position_and_on_truncate_belong_to_debezium_routes(tmp_path: Any) -> No
     path.write_text(ROUTE.format(extra="").replace('envelope = "debezium"\n', ""))
     with pytest.raises(RoutesFileError, match='position is read with envelope = "debezium" only'):
         load_routes(path)
+
+
+def test_the_example_replica_routes_file_is_valid() -> None:
+    found = load_routes(Path(__file__).resolve().parents[2] / "examples" / "replica.toml")
+    assert [(r.envelope, r.version, r.format) for r in found.routes] == [
+        ("debezium", "src_lsn", None),
+        ("debezium", "src_lsn", "avro"),
+    ]
