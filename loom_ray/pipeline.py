@@ -445,8 +445,16 @@ class IngestWorker:
 
     def _wait_for_schema(self, part: _Partition, pending: SchemaNotReady, offset: int) -> None:
         """Stop reading ``part`` at ``offset`` until the registry gave the schema its record needs, then read it
-        again from there (nothing dead-lettered, nothing skipped)."""
+        again from there (nothing dead-lettered, nothing skipped). A wait that fails for another reason (a bug)
+        drops the partition as a fault, for the coordinator to claim again."""
         part.waiting = asyncio.get_running_loop().create_task(self._await_schema(part, pending, offset))
+
+        def ended(task: asyncio.Task[None]) -> None:
+            failed = None if task.cancelled() else task.exception()
+            if isinstance(failed, Exception) and self._parts.get((part.open.topic, part.open.partition)) is part:
+                self._fault(part.open, failed)
+
+        part.waiting.add_done_callback(ended)
 
     async def _await_schema(self, part: _Partition, pending: SchemaNotReady, offset: int) -> None:
         assert self._kafka is not None

@@ -75,6 +75,9 @@ class FakeKafka:
     async def seek(self, topic: str, partition: int, offset: int, paused: bool) -> None:
         self.calls.append(("seek", topic, partition, offset, paused))
 
+    async def unassign(self, topic: str, partition: int) -> None:
+        self.calls.append(("unassign", topic, partition))
+
 
 class Observer:
     def __init__(self) -> None:
@@ -168,5 +171,24 @@ def test_buffers_resume_fetching_every_partition_but_the_waiting_ones() -> None:
         waiting = worker._parts[("t", 0)].waiting
         assert waiting is not None
         waiting.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_that_fails_for_another_reason_drops_the_partition_as_a_fault() -> None:
+    class Broken(FakeCodec):
+        async def prepare(self, key: Hashable, schema_id: int) -> None:
+            raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        worker, kafka = _worker(Broken([]), Observer())
+        worker._add_all([_message(0, 0, b"a"), _message(0, 1, NEEDS_SCHEMA)], NOW, 0)
+        waiting = worker._parts[("t", 0)].waiting
+        assert waiting is not None
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callback, then the unassign it started
+        assert ("t", 0) not in worker._parts and [f.partition for f in worker.faults] == [0]
+        assert worker.faults[0].error == "RuntimeError: a bug"
+        assert ("unassign", "t", 0) in kafka.calls
 
     asyncio.run(scenario())
