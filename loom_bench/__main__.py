@@ -1,10 +1,12 @@
-"""``python -m loom_bench [--quick|--smoke] [--workload W1|W2|W3|all]``: run the benchmark, write the results.
+"""``python -m loom_bench [--quick|--smoke] [--workload W1|W2|W3|W4|all]``: run the benchmark, write the results.
 
 Needs ``LOOM_KAFKA_BOOTSTRAP_SERVERS`` and ``LOOM_DB_DSN`` (``scripts/bench.sh`` sets them from the local
 stack). Writes ``<output-dir>/latest.json``, a dated copy, and ``BENCHMARKS.md``; raw per-process logs go
 to ``<output-dir>/raw/``. ``--workload W3`` (upsert by key, ``loom_bench/w3_run.py``) is run on its own: it
 writes ``<output-dir>/<date>-<mode>-w3.json`` and ``<output-dir>/W3.md``, the section BENCHMARKS.md includes
-(``--render`` the main results file to put it in; ``--render`` a W3 results file rewrites ``W3.md``).
+(``--render`` the main results file to put it in; ``--render`` a W3 results file rewrites ``W3.md``). ``--workload
+W4`` (W1's records as Avro and Protobuf through a Schema Registry, ``loom_bench/w4_run.py``; needs
+``LOOM_SCHEMA_REGISTRY_URL``) likewise writes ``<date>-<mode>-w4.json`` and ``W4.md``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loom_bench import database, kafka, machine, orchestrate, plots, report, runner, w3, w3_run
+from loom_bench import database, kafka, machine, orchestrate, plots, report, runner, w3, w3_run, w4, w4_run
 from loom_bench.config import Mode, loom_env, plan
 from loom_bench.launch import ROOT, SYSTEMS, variants
 
 log = logging.getLogger("loom_bench")
 SCALE_NOTES = ROOT / "bench-results" / "SCALE.md"  # the coordinator-at-scale section (python -m loom_bench.scale)
 W3_NOTES = ROOT / "bench-results" / "W3.md"  # the upsert section (python -m loom_bench --workload W3)
+W4_NOTES = ROOT / "bench-results" / "W4.md"  # the registry formats section (python -m loom_bench --workload W4)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="200k/100k messages, 1 repetition, live for B4_tuned")
     size.add_argument("--smoke", action="store_true", help="a few thousand messages, no live mode (tests)")
-    parser.add_argument("--workload", choices=["W1", "W2", "W3", "all"], default="all", help="all: W1, W2")
+    parser.add_argument("--workload", choices=["W1", "W2", "W3", "W4", "all"], default="all", help="all: W1, W2")
     parser.add_argument("--systems", default="all", help=f"comma-separated, from {','.join(SYSTEMS)} or groups")
     parser.add_argument("--messages", type=int, help="override the messages per workload")
     parser.add_argument("--reps", type=int, help="override the repetitions")
@@ -92,7 +95,7 @@ def _markdown(results: dict[str, Any], source: Path, args: argparse.Namespace) -
     """Render the plots next to ``source`` and ``--markdown`` with them."""
     pngs = plots.render_all(results, source.parent)
     images = {name: os.path.relpath(path, args.markdown.resolve().parent) for name, path in pngs.items()}
-    appendix = _hand_written(W3_NOTES) + "\n" + _hand_written(SCALE_NOTES)
+    appendix = "\n".join(_hand_written(notes) for notes in (W3_NOTES, W4_NOTES, SCALE_NOTES))
     text = report.render(results, _shown(source), _notes(args), appendix, images)
     args.markdown.write_text(text)
 
@@ -124,12 +127,28 @@ def _services(args: argparse.Namespace) -> tuple[str, str, runner.Services]:
     return bootstrap, dsn, svc
 
 
-def run_w3(args: argparse.Namespace) -> Path:
-    """W3 alone: both systems in upsert mode; the results file and the Markdown section."""
+# --workload W3 and W4, each run on its own: the key of its results and section, its run, its topics, and the
+# variants it measures unless --systems names others (loom-ray tuned against Kafka Connect tuned; W4 adds
+# loom-ray on Protobuf, a variant of its own).
+_SECTIONS: dict[str, tuple[str, Any, Any, tuple[str, ...]]] = {
+    "W3": ("w3", w3_run.run, lambda prefix, n: dataclasses.astuple(w3.topics(prefix, n)), ("B4_tuned", "B6_tuned")),
+    "W4": (
+        "w4",
+        w4_run.run,
+        lambda prefix, n: dataclasses.astuple(w4.topics(prefix, n)),
+        ("B4_tuned", "B6_tuned", "B4_tuned_protobuf"),
+    ),
+}
+
+
+def run_section(args: argparse.Namespace) -> Path:
+    """W3 or W4 alone: the results file and the Markdown section (``bench-results/W3.md``, ``W4.md``)."""
+    key, run_workload, topics_of, default = _SECTIONS[args.workload]
     mode = _mode(args)
-    chosen = plan(mode, ["W3"], args.messages, args.reps)
+    chosen = plan(mode, [args.workload], args.messages, args.reps)
     names = args.systems.split(",")
-    selected = variants(["B4_tuned", "B6_tuned"] if names == ["all"] else names)
+    requested = list(default) if names == ["all"] else names
+    selected = [*variants(requested), *(name for name in requested if name not in SYSTEMS)]
     bootstrap, dsn, svc = _services(args)
     started = time.time()
     results: dict[str, Any] = {
@@ -141,19 +160,27 @@ def run_w3(args: argparse.Namespace) -> Path:
         "machine": machine.machine(),
     }
     try:
-        results["w3"] = w3_run.run(svc, chosen, selected, args.topic_prefix, random.Random(args.seed))
+        results[key] = run_workload(svc, chosen, selected, args.topic_prefix, random.Random(args.seed))
     finally:
         if not args.keep_topics:
-            for topic in dataclasses.astuple(w3.topics(args.topic_prefix, chosen.workloads[0].messages)):
+            for topic in topics_of(args.topic_prefix, chosen.workloads[0].messages):
                 kafka.delete_topic(bootstrap, topic)
         if args.drop_database:
             asyncio.run(database.drop_database(dsn, args.database))
     results["duration_s"] = round(time.time() - started, 1)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    path: Path = args.output_dir / f"{dt.date.today().isoformat()}-{mode}-w3.json"
+    path: Path = args.output_dir / f"{dt.date.today().isoformat()}-{mode}-{key}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (args.output_dir / "W3.md").write_text(report.w3_section(results, _shown(path)))
+    _write_section(results, path)
     return path
+
+
+def _write_section(results: dict[str, Any], path: Path) -> None:
+    """``W3.md`` or ``W4.md`` next to the results file, from a W3 or W4 results file."""
+    if "w3" in results:
+        (path.parent / "W3.md").write_text(report.w3_section(results, _shown(path)))
+    else:
+        (path.parent / "W4.md").write_text(report.w4_section(results, _shown(path)))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -231,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("loom_ray.migrate").setLevel(logging.WARNING)  # migrations run before every loom run
     if args.render:
         rendered = json.loads(args.render.read_text())
-        if "w3" in rendered:  # a W3 results file: its section only
-            (args.output_dir / "W3.md").write_text(report.w3_section(rendered, _shown(args.render)))
+        if "w3" in rendered or "w4" in rendered:  # a W3 or W4 results file: its section only
+            _write_section(rendered, args.output_dir / args.render.name)
         else:
             _markdown(rendered, args.render, args)
         return 0
@@ -245,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (os.environ.get("LOOM_KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LOOM_DB_DSN")):
         sys.stderr.write("loom_bench: set LOOM_KAFKA_BOOTSTRAP_SERVERS and LOOM_DB_DSN (scripts/bench.sh does)\n")
         return 2
-    if args.workload == "W3":
-        log.info("results in %s and %s", _shown(run_w3(args)), _shown(args.output_dir / "W3.md"))
+    if args.workload in _SECTIONS:
+        path = run_section(args)
+        log.info("results in %s and %s", _shown(path), _shown(args.output_dir / f"{args.workload}.md"))
         return 0
     results = run(args)
     path = _write(results, args, final=True)

@@ -64,13 +64,14 @@ class Plan:
     live_loads: tuple[float, ...] = (0.25, 0.5, 0.8)  # fractions of B4_tuned's drain rate
 
 
-_SIZES = {"W1": 200, "W2": 2048, "W3": 300}  # W3: loom_bench/w3.py (upsert by key, 1 % tombstones)
+# W3: loom_bench/w3.py (upsert by key, 1 % tombstones); W4: loom_bench/w4.py (W1's records as Avro, Protobuf)
+_SIZES = {"W1": 200, "W2": 2048, "W3": 300, "W4": 200}
 # Full mode times a 10 s window after 2 s of warm-up, so a topic must outlast the fastest sink for 12 s
 # (B1 copies from memory in passes and B0 reads in passes, so they need no more than this).
 _MESSAGES: dict[Mode, dict[str, int]] = {
-    "full": {"W1": 3_000_000, "W2": 600_000, "W3": 2_000_000},
-    "quick": {"W1": 200_000, "W2": 100_000, "W3": 100_000},
-    "smoke": {"W1": 5_000, "W2": 5_000, "W3": 5_000},
+    "full": {"W1": 3_000_000, "W2": 600_000, "W3": 2_000_000, "W4": 3_000_000},
+    "quick": {"W1": 200_000, "W2": 100_000, "W3": 100_000, "W4": 200_000},
+    "smoke": {"W1": 5_000, "W2": 5_000, "W3": 5_000, "W4": 5_000},
 }
 MALFORMED_RATIO = 0.01
 

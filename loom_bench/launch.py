@@ -42,6 +42,7 @@ LIMITS = ("B0", "B1_1conn", "B1_2conn")  # measured first, in this order; the re
 # A system named in --systems or live mode stands for these variants.
 LIVE_VARIANT = {"B3": "B3_ci05_2p", "B4": "B4", "B4_tuned": "B4_tuned", "B5": "B5_2p"}
 CONNECT_DIR = ROOT / ".cache" / "connect"  # B6's jars (loom_bench/connect/pom.xml, fetched by scripts/bench.sh)
+CONVERTER_DIR = ROOT / ".cache" / "connect-converter"  # W4's converter plugin (loom_bench/connect/converter/pom.xml)
 
 
 def variants(names: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loom_bench.stats import ratio
 from loom_bench.summary import REPORTED, SPREAD_FLAG, is_quiet, outside_load
 
 DESCRIPTIONS = {
@@ -226,6 +227,8 @@ def _run_facts(results: dict[str, Any]) -> list[str]:
 
 
 W3_TARGET = 3.0  # issue 11: routes in upsert mode at >= 3x the Debezium JDBC sink in upsert mode
+W4_TARGET = 2.0  # issue 20: registry formats at >= 2x the Debezium JDBC sink through the registry's converter
+W4_LIMIT_SHARE = 0.85  # issue 20: and >= 85 % of B1 for the same rows
 
 
 def w3_section(results: dict[str, Any], source: str) -> str:
@@ -254,9 +257,13 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         correct = sum(1 for r in reps if r.get("correct"))
         last = f"{reps[-1]['rows']:,} / {reps[-1]['expected_rows']:,}"
         lines.append(f"| {variant} | {with_spread(systems[variant])} | {correct} / {len(reps)} | {last} |")
-    ratio = found["ratio"]
-    verdict = "—" if ratio is None else "met" if ratio >= W3_TARGET else "**not met**"
-    lines += ["", f"loom-ray (B4_tuned) ÷ Kafka Connect (B6_tuned): **{times(ratio)}** (target ≥ 3×: {verdict}).", ""]
+    found_ratio = found["ratio"]
+    verdict = "—" if found_ratio is None else "met" if found_ratio >= W3_TARGET else "**not met**"
+    lines += [
+        "",
+        f"loom-ray (B4_tuned) ÷ Kafka Connect (B6_tuned): **{times(found_ratio)}** (target ≥ 3×: {verdict}).",
+        "",
+    ]
     limit = found.get("limit")
     if limit:
         lines += [
@@ -273,6 +280,53 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         "records in Connect's JSON-with-schema envelope (`JsonConverter`, `schemas.enable=true`, ~1 KB per "
         "value), the usual way to give it typed columns without a schema registry; `price` is a `double` there "
         "(a Connect `Decimal` in JSON is base64 bytes) bound into the same `numeric` column.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def w4_section(results: dict[str, Any], source: str) -> str:
+    """The W4 section (W1's records in the registry formats, into a typed table): medians, spread, ratio to Kafka
+    Connect, share of PostgreSQL's limit, whether each run's table held exactly the committed records."""
+    found = results["w4"]
+    runs, systems, limit = found["runs"], found["systems"], found["limit"]
+    loads = [r["load_1m_before"] for rs in runs.values() for r in rs]
+    lines = [
+        f"## W4: W1's {found['messages']:,} records as Avro (and Protobuf) through a Schema Registry, into a "
+        "typed table, 16 partitions",
+        "",
+        f"From `{source}` ({results['mode']}, {results['started_at']}, `{results['command']}`), measured on a "
+        f"2-core machine (1-minute load average {min(loads, default=0):.1f}–{max(loads, default=0):.1f} before the "
+        f"runs, {found['load_average_at_end'][0]:.1f} at the end). Rate: committed offsets per second, as W3's, "
+        f"over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s of warm-up. Correct: "
+        "after each run `w4_events` holds one row per committed offset, each the record at its coordinates.",
+        "",
+        "| System | msgs/s median (min–max, spread) | ÷ PostgreSQL's limit | runs correct | rows (last run) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for variant, reps in runs.items():
+        correct = sum(1 for r in reps if r.get("correct"))
+        share = percent(ratio(systems[variant].get("msgs_per_s"), limit.get("msgs_per_s")))
+        lines.append(
+            f"| {variant} | {with_spread(systems[variant])} | {share} | {correct} / {len(reps)} | "
+            f"{reps[-1]['rows']:,} |"
+        )
+    found_ratio = found["ratio"]
+    verdict = "—" if found_ratio is None else "met" if found_ratio >= W4_TARGET else "**not met**"
+    share = limit.get("loom_share")
+    share_verdict = "—" if share is None else "met" if share >= W4_LIMIT_SHARE else "**not met**"
+    lines += [
+        "",
+        f"loom-ray (B4_tuned, Avro) ÷ Kafka Connect (B6_tuned): **{times(found_ratio)}** (target ≥ 2×: {verdict}); "
+        f"of PostgreSQL's limit for the same rows, **{percent(share)}** (target ≥ 85 %: {share_verdict}); on "
+        f"Protobuf {percent(found.get('protobuf_share'))}.",
+        "",
+        f"PostgreSQL's limit: **{rate(limit.get('msgs_per_s'))} msgs/s** (`loom_bench/w4_limit.py`, B1 for these "
+        f"rows: binary COPY of the typed rows from memory, {limit['variant'].removeprefix('copy_only_')}, batches of "
+        "10 000). loom-ray reads each record with confluent-kafka's registry client (the schema fetched once per id) "
+        "and fastavro (Protobuf: the message type built from the registry's schema), into an insert route; the "
+        "Debezium JDBC sink reads them through Apicurio's Kafka Connect `AvroConverter` from the same registry and "
+        "upserts by the Kafka coordinates. Apicurio's converter reads no Protobuf, so the Protobuf run has no peer.",
         "",
     ]
     return "\n".join(lines)

@@ -61,6 +61,15 @@ def decode_value(value: bytes | None, max_bytes: int) -> str | Rejection:
     return text
 
 
+def size_rejection(value: bytes | None, max_bytes: int) -> Rejection | None:
+    """Why a value cannot be a row whatever its format (null, empty, over LOOM_MAX_MESSAGE_BYTES), or None."""
+    if value is None or not 0 < len(value) <= max_bytes:
+        rejection = decode_value(value, max_bytes)
+        assert isinstance(rejection, Rejection)
+        return rejection
+    return None
+
+
 def decode_document(value: bytes | None, max_bytes: int) -> Any:
     """The parsed JSON value of a routed record (:mod:`loom_ray.routes`), or the :class:`Rejection` saying why
     there is none: :func:`decode_value`'s checks but the one for ``\\u0000``, which the route's columns make

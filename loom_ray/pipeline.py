@@ -27,13 +27,18 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from loom_ray import db
 from loom_ray.batch import OFFSET_OUT_OF_RANGE, FlushLimits, PartitionBatch, flush_due
 from loom_ray.crashpoints import crash_point
-from loom_ray.decode import Rejection, capped, decode_document, decode_value, sha256
+from loom_ray.decode import Rejection, capped, decode_value, sha256, size_rejection
 from loom_ray.fields import UNSTORABLE, UnreadableHeaders, diagnose, read_headers, unencodable_headers
+from loom_ray.formats import debezium
+from loom_ray.formats.base import Codec, SchemaNotReady
+from loom_ray.formats.codecs import Codecs
+from loom_ray.formats.read import key_document, route_document
+from loom_ray.formats.waits import SchemaWaits
 from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
 from loom_ray.policy.backoff import backoff_delay
 from loom_ray.policy.sink_errors import Blocker, Kind, Verdict, classify
-from loom_ray.routes.convert import RoutedRecord, RoutePlan, convert, tombstone
+from loom_ray.routes.convert import RoutedRecord, RoutePlan, change_values, convert, tombstone
 from loom_ray.routes.model import Route
 from loom_ray.settings import Settings
 from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
@@ -71,6 +76,8 @@ class _Partition:
     open: PartitionBatch  # the batch messages are added to now
     assigned: int  # IngestWorker._assignments when this claim was taken: older consume() results are stale
     route: Route | None = None  # the topic's route (LOOM_ROUTES_FILE), or None for loom_messages
+    codec: Codec | None = None  # the topic's registry format (LOOM_FORMATS, a route's format), or None for json
+    waiting: asyncio.Task[None] | None = None  # fetching the schema of the record at open.end: not read on
     stats: PartitionStats = field(default_factory=PartitionStats)
 
 
@@ -181,6 +188,9 @@ class IngestWorker:
         self.fenced: list[tuple[str, int, int]] = []  # (topic, partition, epoch) of every fenced batch
         self.outages = 0
         self.blocker: Blocker | None = None  # why flushes are refused now (see loom_ray.policy.sink_errors)
+        self._codecs = Codecs(settings)
+        self._schema_waits = SchemaWaits(name, self._publish_blocked)
+        self._blocked_sqlstate: str | None = None  # what the observer was last told blocks this consumer
         self.faults: list[Fault] = []  # the newest partitions dropped because their flush failed (a bug)
         self._fault_seq = 0
         self._rows_committed = 0  # by this worker since it started, on every partition it held
@@ -216,7 +226,8 @@ class IngestWorker:
             plan=self._plan(route),
         )
         self._assignments += 1
-        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route)
+        codec = self._codecs.for_topic(claim.topic)
+        self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route, codec)
         await self._kafka.assign(claim.topic, claim.partition, claim.next_offset, paused=self._paused)
         log.info(
             "%s assigned %s[%d] epoch=%d incarnation=%d from offset %d",
@@ -306,46 +317,89 @@ class IngestWorker:
             if last_tp is None or partition != last_tp[1] or topic != last_tp[0]:
                 last_tp = (topic, partition)
                 part = parts.get(last_tp)
-                if part is not None and part.assigned > assignments:
+                if part is not None and (part.assigned > assignments or part.waiting is not None):
                     part = None
                 incarnation = 0 if part is None else part.open.incarnation
-                route_plan = None if part is None else part.open.plan
+                special = part is not None and (part.open.plan is not None or part.codec is not None)
             offset: int = message.offset()  # type: ignore[assignment]
             if part is None or offset < part.open.end:
                 continue  # released partition, or a message already buffered or committed
             part.stats.messages += 1
+            if special:
+                if not self._add_special(part, message, offset, raw_headers, now):
+                    part = None  # it waits for a schema: its next records are read again after it
+                continue
             try:
-                if route_plan is not None:
-                    self._add_routed(part, route_plan, message, offset, raw_headers, now)
-                    continue
                 value = message.value()
                 headers = encode_headers(raw_headers) if raw_headers else None
                 decoded = decode_value(value, max_message_bytes)
                 if isinstance(decoded, str):
                     ts_type, ts_ms = message.timestamp()
                     kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
-                    row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts, incarnation)
+                    row = (topic, partition, offset, message.key(), decoded, headers, kafka_ts, incarnation, None)
                     part.open.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # decoded: not None
                 else:
                     self._add_dead_letter(part, message, offset, headers, decoded, now)
             except Exception as exc:  # some field cannot be stored: the slow path finds which
                 self._add_unstorable(part, message, offset, raw_headers, exc, now)
 
+    def _add_special(self, part: _Partition, message: Message, offset: int, raw_headers: Any, now: float) -> bool:
+        """A record off the default path (a routed topic, a registry format): added to the batch as a row or a
+        dead letter, or False when its schema must be fetched first; the partition then waits at it
+        (:meth:`_wait_for_schema`)."""
+        try:
+            if part.open.plan is not None:
+                self._add_routed(part, part.open.plan, message, offset, raw_headers, now)
+            else:
+                self._add_decoded(part, message, offset, raw_headers, now)
+        except SchemaNotReady as pending:
+            part.stats.messages -= 1  # read again once the schema is there
+            self._wait_for_schema(part, pending, offset)
+            return False
+        except Exception as exc:  # some field cannot be stored: the slow path finds which
+            self._add_unstorable(part, message, offset, raw_headers, exc, now)
+        return True
+
+    def _add_decoded(self, part: _Partition, message: Message, offset: int, raw_headers: Any, now: float) -> None:
+        """A record of a registry format into ``loom_messages``: its value as JSON, with its schema id."""
+        assert part.codec is not None
+        value = message.value()
+        headers = encode_headers(raw_headers) if raw_headers else None
+        decoded = size_rejection(value, self._settings.max_message_bytes) or part.codec.text(value)  # type: ignore[arg-type]
+        if isinstance(decoded, Rejection):
+            self._add_dead_letter(part, message, offset, headers, decoded, now)
+            return
+        text, schema_id = decoded
+        ts_type, ts_ms = message.timestamp()
+        kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
+        batch = part.open
+        key = message.key()
+        row = (batch.topic, batch.partition, offset, key, text, headers, kafka_ts, batch.incarnation, schema_id)
+        batch.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # not None: size_rejection
+
     def _add_routed(
         self, part: _Partition, route_plan: RoutePlan, message: Message, offset: int, raw_headers: Any, now: float
     ) -> None:
         """Convert a record of a routed topic into its route's columns (:mod:`loom_ray.routes.convert`): a
-        row, a delete by key for a tombstone, or a dead letter naming the route, the column and the reason."""
+        row, a delete by key for a tombstone, or a dead letter naming the route, the column and the reason. A
+        Debezium route's tombstone (the one after a delete) is committed without a row."""
         value = message.value()
         key = message.key()
         headers = encode_headers(raw_headers) if raw_headers else None
         batch = part.open
+        debezium_route = route_plan.route.envelope == "debezium"
+        if value is None and debezium_route:
+            batch.skip_to(offset + 1, now)
+            return
         if value is None:
             values = tombstone(route_plan, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset)
         else:
-            document = decode_document(value, self._settings.max_message_bytes)
+            document = route_document(part.codec, value, self._settings.max_message_bytes)
             if isinstance(document, Rejection):
                 self._add_dead_letter(part, message, offset, headers, document, now)
+                return
+            if debezium_route:
+                self._add_change(part, route_plan, message, document, offset, raw_headers, now)
                 return
             values = convert(
                 route_plan, document, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
@@ -355,6 +409,70 @@ class IngestWorker:
             return
         record = RoutedRecord(offset, value is None, values, key, value, headers)
         part.open.add_row(offset, record, 0 if value is None else len(value), now)
+
+    def _add_change(
+        self,
+        part: _Partition,
+        route_plan: RoutePlan,
+        message: Message,
+        document: Any,
+        offset: int,
+        raw_headers: Any,
+        now: float,
+    ) -> None:
+        """A Debezium change event into its route's row or delete (:func:`loom_ray.routes.convert.change_values`);
+        an event the route ignores (a truncate, with ``on_truncate = "ignore"``) is committed without a row."""
+        key = message.key()
+        headers = encode_headers(raw_headers) if raw_headers else None
+        batch = part.open
+        event = debezium.change(document)
+        if isinstance(event, Rejection):
+            self._add_dead_letter(part, message, offset, headers, event, now)
+            return
+        key_values = None
+        if event.op == "d" and event.before is None and key is not None:
+            key_values = key_document(part.codec, key)
+        found = change_values(
+            route_plan, event, key_values, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
+        )
+        if found is None:
+            batch.skip_to(offset + 1, now)
+        elif isinstance(found, Rejection):
+            self._add_dead_letter(part, message, offset, headers, found, now)
+        else:
+            delete, values = found
+            value = message.value()
+            size = len(value) if value is not None else 0
+            batch.add_row(offset, RoutedRecord(offset, delete, values, key, value, headers), size, now)
+
+    def _wait_for_schema(self, part: _Partition, pending: SchemaNotReady, offset: int) -> None:
+        """Stop reading ``part`` at ``offset`` until the registry gave the schema its record needs, then read it
+        again from there (nothing dead-lettered, nothing skipped). A wait that fails for another reason (a bug)
+        drops the partition as a fault, for the coordinator to claim again."""
+        part.waiting = asyncio.get_running_loop().create_task(self._await_schema(part, pending, offset))
+
+        def ended(task: asyncio.Task[None]) -> None:
+            failed = None if task.cancelled() else task.exception()
+            if isinstance(failed, Exception) and self._parts.get((part.open.topic, part.open.partition)) is part:
+                self._fault(part.open, failed)
+
+        part.waiting.add_done_callback(ended)
+
+    async def _await_schema(self, part: _Partition, pending: SchemaNotReady, offset: int) -> None:
+        assert self._kafka is not None
+        tp = (part.open.topic, part.open.partition)
+        await self._kafka.pause([tp])
+
+        def held() -> bool:  # False once released, fenced or dropped
+            return self._parts.get(tp) is part
+
+        await self._schema_waits.fetch(tp, pending.codec, pending.key, pending.schema_id, offset, held)
+        if not held():
+            return
+        self._assignments += 1  # a consume() started before the seek below may hold records past offset
+        part.assigned = self._assignments
+        part.waiting = None
+        await self._kafka.seek(*tp, part.open.end, paused=self._paused)
 
     def _add_unstorable(
         self, part: _Partition, message: Message, offset: int, raw_headers: Any, exc: Exception, now: float
@@ -403,7 +521,7 @@ class IngestWorker:
         consumer's position, so a partition whose last offsets hold none still reaches its high watermark."""
         for tp, position in positions.items():
             part = self._parts.get(tp)
-            if part is not None and part.assigned <= assignments:
+            if part is not None and part.assigned <= assignments and part.waiting is None:
                 part.open.skip_to(position, now)
 
     async def _out_of_range(self, tp: TopicPartition, assignments: int) -> None:
@@ -593,6 +711,7 @@ class IngestWorker:
             )
             return
         self.blocker = Blocker(condition, str(exc)[:1000], time.time())
+        self._publish_blocked()
         log.warning(
             "%s flushes blocked: PostgreSQL refuses them with SQLSTATE %s (%s: %s). Fix: %s. Retrying with "
             "backoff; the %d batches stay buffered",
@@ -603,14 +722,13 @@ class IngestWorker:
             condition.fix,
             batches,
         )
-        if self._observer is not None:
-            self._observer.on_blocked(condition.sqlstate)
 
     def _note_unblocked(self) -> None:
         """After a write that went through: clear the blocker, if there was one."""
         blocker, self.blocker = self.blocker, None
         if blocker is None:
             return
+        self._publish_blocked()
         log.info(
             "%s flushes go through again after %.0fs blocked by SQLSTATE %s (%s)",
             self.name,
@@ -618,8 +736,20 @@ class IngestWorker:
             blocker.condition.sqlstate,
             blocker.condition.name,
         )
-        if self._observer is not None:
-            self._observer.on_blocked(None)
+
+    def _blocked(self) -> Blocker | None:
+        """What blocks this consumer now: PostgreSQL refusing its flushes, else a schema its partitions wait
+        for (:class:`~loom_ray.formats.waits.SchemaWaits`)."""
+        return self.blocker or self._schema_waits.blocker()
+
+    def _publish_blocked(self) -> None:
+        """Tell the observer (the gauge ``ray_loom_sink_blocked``) when what blocks this consumer changed."""
+        blocked = self._blocked()
+        sqlstate = None if blocked is None else blocked.condition.sqlstate
+        if sqlstate != self._blocked_sqlstate:
+            self._blocked_sqlstate = sqlstate
+            if self._observer is not None:
+                self._observer.on_blocked(sqlstate)
 
     def _account(self, result: FlushResult, seconds: float) -> None:
         self._rows_committed += result.rows
@@ -668,7 +798,7 @@ class IngestWorker:
         elif self._paused and held < self._settings.buffer_max_bytes // 2:
             self._paused = False
             log.info("%s buffers drained to %d bytes: resuming fetch", self.name, held)
-            await self._kafka.resume(self._parts)
+            await self._kafka.resume(tp for tp, part in self._parts.items() if part.waiting is None)
 
     async def _mirror_offsets(self, now: float, force: bool = False) -> None:
         interval = self._settings.kafka_auto_commit_interval_ms / 1000
@@ -693,6 +823,7 @@ class IngestWorker:
                     "rows": part.stats.rows,
                     "dead_letters": part.stats.dead_letters,
                     "batches": part.stats.batches,
+                    "waiting_for_schema": self._schema_waits.describe((t, p)),
                 }
                 for (t, p), part in sorted(self._parts.items())
             },
@@ -701,7 +832,7 @@ class IngestWorker:
             "paused": self._paused,
             "fenced": len(self.fenced),
             "outages": self.outages,
-            "blocked": None if self.blocker is None else self.blocker.as_dict(),
+            "blocked": None if (blocked := self._blocked()) is None else blocked.as_dict(),
             "faults": [fault.as_dict() for fault in self.faults],
             "totals": {"rows": self._rows_committed, "dead_letters": self._dead_letters_committed},
         }
@@ -709,6 +840,9 @@ class IngestWorker:
     async def stop(self, drain: bool = True) -> None:
         """Stop consuming; with ``drain``, flush every buffer first. Then close Kafka and the pool."""
         self._stopping.set()
+        for part in self._parts.values():
+            if part.waiting is not None:
+                part.waiting.cancel()
         if self._flush_task is not None:
             with contextlib.suppress(Exception):
                 await self._flush_task

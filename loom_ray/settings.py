@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from loom_ray.errors import ConfigError, RoutesFileError
+from loom_ray.formats.names import parse_formats
 from loom_ray.routes.catalog import TableShape
 from loom_ray.routes.model import RouteSet, load_routes
 
@@ -187,6 +188,69 @@ class Settings(BaseSettings):
     )
     _routes: RouteSet = PrivateAttr(default_factory=lambda: RouteSet(route=()))
 
+    # Record formats: Avro, Protobuf and JSON Schema through a Schema Registry (README, Record formats).
+    formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="How each topic's values are encoded: `topic=format` pairs and at most one bare format for "
+        "the other topics, e.g. `avro,legacy=json`; formats json, avro, protobuf, json_schema (the last three "
+        "in the Confluent wire format, schema by id from LOOM_SCHEMA_REGISTRY_URL). A route's `format` wins for "
+        "its topics. Unset: json.",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Schema Registry (Confluent API) the avro, protobuf and json_schema formats read schemas "
+        "from, by id; comma-separated URLs are tried in turn. Credentials go in the two variables below.",
+    )
+    schema_registry_username: str | None = Field(None, description="Schema Registry basic auth user.")
+    schema_registry_password: SecretStr | None = Field(
+        None, description="Schema Registry basic auth password (secret)."
+    )
+    schema_registry_ssl_ca_location: str | None = Field(
+        None, description="CA bundle that verifies the Schema Registry's TLS certificate."
+    )
+    schema_registry_ssl_certificate_location: str | None = Field(
+        None, description="Client certificate (PEM) for a Schema Registry that asks for one."
+    )
+    schema_registry_ssl_key_location: str | None = Field(None, description="The client certificate's key (PEM).")
+    schema_registry_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the client certificate's key (secret)."
+    )
+    schema_registry_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds one Schema Registry request may take; a partition whose schema cannot be fetched "
+        "waits and retries with backoff.",
+    )
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(entry.replace(" ", "") for entry in value.split(",") if entry.strip())
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _check_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_formats(value)
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            for url in value.split(","):
+                parts = urlsplit(url.strip())
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError("must be http(s)://host[:port][/path], comma-separated for several")
+                if parts.username or parts.password:
+                    raise ValueError(
+                        "holds credentials: put them in LOOM_SCHEMA_REGISTRY_USERNAME and "
+                        "LOOM_SCHEMA_REGISTRY_PASSWORD (value hidden)"
+                    )
+        return value
+
     @field_validator("kafka_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
@@ -267,6 +331,42 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_format_relations(self) -> Settings:
+        by_topic, _ = parse_formats(self.formats)
+        unknown = sorted(set(by_topic) - set(self.kafka_topics))
+        if unknown:
+            raise ValueError(f"LOOM_FORMATS names {', '.join(unknown)}, not among LOOM_KAFKA_TOPICS")
+        for topic in self.kafka_topics:
+            route = self._routes.route_for(topic)
+            named = by_topic.get(topic)
+            if route is not None and route.format is not None and named is not None and named != route.format:
+                raise ValueError(
+                    f"topic {topic}: LOOM_FORMATS says {named} but route {route.name!r} says format = "
+                    f'"{route.format}"; keep one'
+                )
+        client_key = self.schema_registry_ssl_key_location or self.schema_registry_ssl_key_password
+        if self.schema_registry_url and client_key and not self.schema_registry_ssl_certificate_location:
+            raise ValueError(
+                "LOOM_SCHEMA_REGISTRY_SSL_KEY_LOCATION and _KEY_PASSWORD belong to a client certificate: set "
+                "LOOM_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"
+            )
+        used = {self.format_of(topic) for topic in self.kafka_topics}
+        if used - {"json"} and not self.schema_registry_url:
+            raise ValueError(
+                f"format {', '.join(sorted(used - {'json'}))} reads schemas from a Schema Registry: set "
+                "LOOM_SCHEMA_REGISTRY_URL"
+            )
+        return self
+
+    def format_of(self, topic: str) -> str:
+        """How ``topic``'s values are encoded: its route's ``format``, else LOOM_FORMATS, else json."""
+        route = self._routes.route_for(topic)
+        if route is not None and route.format is not None:
+            return route.format
+        by_topic, default = parse_formats(self.formats)
+        return by_topic.get(topic, default)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Build the settings at start; raise :class:`ConfigError` naming each bad variable."""
@@ -330,7 +430,16 @@ def env_name(field: str) -> str:
     return f"LOOM_{field.upper()}"
 
 
-SECRET_FIELDS = frozenset({"db_dsn", "kafka_sasl_password", "kafka_ssl_key_password"})
+SECRET_FIELDS = frozenset(
+    {
+        "db_dsn",
+        "kafka_sasl_password",
+        "kafka_ssl_key_password",
+        "schema_registry_url",  # refused with credentials in it: shown in no error
+        "schema_registry_password",
+        "schema_registry_ssl_key_password",
+    }
+)
 
 
 def accepted_range(field: str) -> str:

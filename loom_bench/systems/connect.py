@@ -13,8 +13,11 @@ because it reads the column's type from the table. ``key`` and ``headers`` stay 
 copies them). With ``--w3`` it runs workload W3 instead (``loom_bench/w3.py``): values in Connect's
 JSON-with-schema envelope (``JsonConverter``, ``schemas.enable=true``), the record key a string, upserted
 into ``w3_entities`` by that key (``HoistField$Key`` into a Struct, ``primary.key.mode=record_key``), tombstones deleted
-(``delete.enabled=true``). The consumer group is ``--group`` (``consumer.override.group.id``), so the harness sees
-the connector's progress like B3's. Standard library only.
+(``delete.enabled=true``). With ``--w4`` it runs workload W4 (``loom_bench/w4.py``): Avro values read through the
+Schema Registry by Apicurio's Kafka Connect converter (``--registry``, Apicurio's own API; its plugin in
+``--converter-dir``, added to the plugin path), the Kafka coordinates added by ``InsertField`` and upserted by them into
+``w4_events``, as W1's rows are. The consumer group is ``--group`` (``consumer.override.group.id``), so the harness
+sees the connector's progress like B3's. Standard library only.
 """
 
 from __future__ import annotations
@@ -106,11 +109,36 @@ W3_WORKER = {
 }
 
 
+# W4 (``--w4``): W1's coordinates as the primary key, values typed by their Avro schema from the registry.
+W4_CONNECTOR = {"collection.name.format": "w4_events", "transforms": "coords"}
+
+
+def w4_worker(registry: str) -> dict[str, str]:
+    """The worker's converters for W4: keys as bytes, values through Apicurio's converter (Confluent framing,
+    ids are content ids, no schema id headers)."""
+    converter = "value.converter.apicurio.registry"
+    return {
+        "value.converter": "io.apicurio.registry.utils.converter.AvroConverter",
+        f"{converter}.url": registry,
+        f"{converter}.as-confluent": "true",
+        f"{converter}.use-id": "contentId",
+        f"{converter}.headers.enabled": "false",
+    }
+
+
 def w3_connector_properties(variant: str, name: str, topics: str, group: str, dsn: str) -> dict[str, str]:
     """The connector for W3: W1/W2's, without their transforms, with W3's key and table."""
     base = connector_properties(variant, name, topics, group, dsn)
     kept = {k: v for k, v in base.items() if not k.startswith("transforms")}
     return {**kept, **W3_CONNECTOR}
+
+
+def w4_connector_properties(variant: str, name: str, topics: str, group: str, dsn: str) -> dict[str, str]:
+    """The connector for W4: W1's, without wrapping the value (it is a Struct already), into ``w4_events``."""
+    base = connector_properties(variant, name, topics, group, dsn)
+    dropped = ("transforms.wrap", "transforms.coords.timestamp")  # no payload column, no kafka_ts column
+    kept = {k: v for k, v in base.items() if not k.startswith(dropped)}
+    return {**kept, **W4_CONNECTOR}
 
 
 def worker_properties(bootstrap: str, connect_dir: Path, work_dir: Path, rest_port: int) -> dict[str, str]:
@@ -164,15 +192,28 @@ def main() -> None:
     parser.add_argument("--connect-dir", type=Path, required=True, help="where pom.xml put libs/ and plugins/")
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--rest-port", type=int, default=0, help="0: a free port")
-    parser.add_argument("--w3", action="store_true", help="workload W3: enveloped JSON upserted by record key")
+    workload = parser.add_mutually_exclusive_group()
+    workload.add_argument("--w3", action="store_true", help="workload W3: enveloped JSON upserted by record key")
+    workload.add_argument("--w4", action="store_true", help="workload W4: Avro through the registry (--registry)")
+    parser.add_argument("--registry", help="W4: Apicurio's API, http://host:port/apis/registry/v2")
+    parser.add_argument("--converter-dir", type=Path, help="W4: where loom_bench.fetch put the converter plugin")
     args = parser.parse_args()
+    if args.w4 and not (args.registry and args.converter_dir):
+        parser.error("--w4 needs --registry and --converter-dir")
     if not (args.connect_dir / "libs").is_dir() or not (args.connect_dir / "plugins").is_dir():
         raise SystemExit(f"{args.connect_dir}: no libs/ or plugins/; run scripts/bench.sh (it fetches them)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     port = args.rest_port or free_port()
     workers = worker_properties(args.bootstrap, args.connect_dir.resolve(), args.work_dir.resolve(), port)
-    connector_of = w3_connector_properties if args.w3 else connector_properties
-    worker = write_properties(args.work_dir / "worker.properties", {**workers, **(W3_WORKER if args.w3 else {})})
+    if args.w3:
+        connector_of, extra = w3_connector_properties, W3_WORKER
+    elif args.w4:
+        connector_of, extra = w4_connector_properties, w4_worker(args.registry)
+        extra["plugin.path"] = f"{workers['plugin.path']},{args.converter_dir.resolve()}"
+        extra["plugin.discovery"] = "hybrid_warn"  # the converter's jar declares no service: the classes are scanned
+    else:
+        connector_of, extra = connector_properties, {}
+    worker = write_properties(args.work_dir / "worker.properties", {**workers, **extra})
     connector = write_properties(
         args.work_dir / "connector.properties",
         connector_of(args.variant, args.group, args.topics, args.group, args.dsn),

@@ -8,22 +8,45 @@ import os
 import sys
 from collections.abc import Callable
 
+from loom_ray.loadgen.debezium import DEBEZIUM_MALFORMED_KINDS, ENCODINGS
+from loom_ray.loadgen.formats import DEFAULT_FORMAT_KINDS, FORMAT_MALFORMED_KINDS, REGISTRY_FORMATS
 from loom_ray.loadgen.produce import run
 from loom_ray.loadgen.topic import LoadgenError
 from loom_ray.loadgen.values import DEFAULT_OVERSIZE_BYTES, MALFORMED_KINDS, MAX_VALUE_BYTES
 
 _LOG = logging.getLogger(__name__)
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP_SERVERS"
+REGISTRY_ENV = "LOOM_SCHEMA_REGISTRY_URL"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+FORMATS = ("json", *REGISTRY_FORMATS, "debezium")
+# --format -> (the malformed kinds it has, those used when --kinds is not given)
+_KINDS = {
+    "json": (MALFORMED_KINDS, MALFORMED_KINDS),
+    **dict.fromkeys(REGISTRY_FORMATS, (FORMAT_MALFORMED_KINDS, DEFAULT_FORMAT_KINDS)),
+    "debezium": (DEBEZIUM_MALFORMED_KINDS, DEBEZIUM_MALFORMED_KINDS),
+}
 
 
 def _parse_kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
-    unknown = [k for k in kinds if k not in MALFORMED_KINDS]
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown kind(s) {','.join(unknown) or '(none)'}; choose from {','.join(MALFORMED_KINDS)}"
-        )
+    if not kinds:
+        raise argparse.ArgumentTypeError("name at least one kind")
+    return kinds
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """The malformed kinds of ``args.format`` (refusing kinds of another format), after checking that the
+    options fit the format."""
+    allowed, default = _KINDS[args.format]
+    kinds: tuple[str, ...] = args.kinds or default
+    unknown = [k for k in kinds if k not in allowed]
+    if unknown:
+        parser.error(f"unknown kind(s) {','.join(unknown)} for --format {args.format}; choose from {','.join(allowed)}")
+    avro_changes = args.format == "debezium" and args.debezium_encoding == "avro"
+    if (args.format in REGISTRY_FORMATS or avro_changes) and not args.schema_registry_url:
+        parser.error(f"--format {args.format} writes through a Schema Registry: set --schema-registry-url")
+    if args.format == "debezium" and args.ack_log:
+        parser.error("--ack-log is for the formats whose key is str(seq), not --format debezium")
     return kinds
 
 
@@ -55,8 +78,13 @@ _KIND_HELP = {
     "lone_surrogate": 'JSON with an unpaired "\\ud800" escape',
 }
 _EPILOG = (
-    "malformed kinds (used in this order, one per window of about 1/R messages):\n"
+    "malformed kinds of --format json (used in this order, one per window of about 1/R messages):\n"
     + "\n".join(f"  {kind:<15} {_KIND_HELP[kind]}" for kind in MALFORMED_KINDS)
+    + "\n\nof --format avro, protobuf, json_schema (default: no_magic_byte,undecodable):\n"
+    "  no_magic_byte   the event as plain JSON, without the Confluent framing\n"
+    "  undecodable     the valid schema id's framing, then bytes that do not decode with it\n"
+    "  unknown_schema_id  a framed payload naming schema id 2147483647 (a consumer waits at it)\n"
+    "\nof --format debezium: not_an_event (JSON without op), truncate (an event with op t)"
     + "\n\nexit status: 0 all acknowledged; 1 broker unreachable, topic has another partition count or a"
     "\ndelivery failed; 2 bad arguments; 130 / 143 stopped by SIGINT / SIGTERM (what was produced is"
     "\nflushed for up to 10 s first)."
@@ -69,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Create a Kafka topic if needed (replication factor 1) and produce N JSON events to it as fast as\n"
             "possible or at --rate. Message seq has key str(seq) and goes to partition seq % P. A seeded\n"
-            "fraction R of messages is malformed. Progress and a final summary are logged to stderr."
+            "fraction R of messages is malformed. Progress and a final summary are logged to stderr.\n"
+            "--format avro, protobuf or json_schema writes the same events through a Schema Registry in the\n"
+            "Confluent wire format; --format debezium writes the change events of a source table of --keys rows\n"
+            "(keyed and partitioned by row; a delete is followed by its tombstone)."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,8 +133,28 @@ def _parser() -> argparse.ArgumentParser:
         "--kinds",
         metavar="K1,K2,...",
         type=_parse_kinds,
-        default=MALFORMED_KINDS,
-        help="malformed kinds to cycle through (default: all, listed below)",
+        default=None,
+        help="malformed kinds to cycle through (default: those of the format listed below)",
+    )
+    add("--format", choices=FORMATS, default="json", help="how values are written (default: %(default)s)")
+    add(
+        "--schema-registry-url",
+        metavar="URL",
+        default=os.environ.get(REGISTRY_ENV),
+        help=f"Schema Registry (Confluent API) of the registry formats (default: ${REGISTRY_ENV})",
+    )
+    add(
+        "--keys",
+        metavar="K",
+        type=_bounded(int, 1, 10**9),
+        default=1000,
+        help="--format debezium: rows of the source table (default: %(default)s)",
+    )
+    add(
+        "--debezium-encoding",
+        choices=ENCODINGS,
+        default="envelope",
+        help="--format debezium: JSON with Connect's schema envelope, schemaless JSON, or Avro (default: %(default)s)",
     )
     add(
         "--oversize-bytes",
@@ -151,16 +202,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (see --help)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    kinds = _check(parser, args)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
-    kinds: tuple[str, ...] = tuple(args.kinds)
     _LOG.info(
-        "loadgen topic=%s partitions=%d messages=%d size=%d malformed_ratio=%g kinds=%s seed=%d rate=%s "
+        "loadgen topic=%s format=%s partitions=%d messages=%d size=%d malformed_ratio=%g kinds=%s seed=%d rate=%s "
         "bootstrap=%s ack_log=%s",
         args.topic,
+        args.format,
         args.partitions,
         args.messages,
         args.size,

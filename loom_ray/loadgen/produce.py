@@ -16,8 +16,9 @@ from typing import IO
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from loom_ray.loadgen.messages import messages_for
 from loom_ray.loadgen.topic import LoadgenError, ensure_topic
-from loom_ray.loadgen.values import MALFORMED_KINDS, malformed_value, plan, utc_iso, valid_value
+from loom_ray.loadgen.values import plan
 
 _LOG = logging.getLogger(__name__)
 TOMBSTONE_SHA = "-"
@@ -157,13 +158,6 @@ def _producer_config(bootstrap: str, deliveries: _Deliveries, reports_needed: bo
     }
 
 
-def _value_for(seq: int, args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[str | None, bytes | None]:
-    kind = plan(seq, args.malformed_ratio, args.seed, kinds)
-    if kind is None:
-        return None, valid_value(seq, args.size, ts=utc_iso(time.time()))
-    return kind, malformed_value(kind, seq, oversize_bytes=args.oversize_bytes)
-
-
 def _produce(
     producer: Producer,
     args: argparse.Namespace,
@@ -174,7 +168,8 @@ def _produce(
 ) -> None:
     """Produce every message, or until ``stop`` is signalled; returns before the final flush."""
     bucket = TokenBucket(args.rate) if args.rate else None
-    topic, partitions = args.topic, args.partitions
+    topic = args.topic
+    messages = messages_for(args, kinds)
     for seq in range(args.messages):
         if bucket is not None:
             while (wait := bucket.wait_s()) > 0 and stop.signum is None:
@@ -184,18 +179,18 @@ def _produce(
             return
         if deliveries.fatal is not None:
             raise LoadgenError(f"producer failed fatally: {deliveries.fatal}")
-        kind, value = _value_for(seq, args, kinds)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=str(seq).encode(), partition=seq % partitions)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        stats.produced += 1
-        if value is not None:
-            stats.value_bytes += len(value)
-        if kind is not None:
-            stats.bad_by_kind[kind] += 1
+        for key, value, partition, kind in messages.at(seq):
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            stats.produced += 1
+            if value is not None:
+                stats.value_bytes += len(value)
+            if kind is not None:
+                stats.bad_by_kind[kind] += 1
         if stats.produced % _POLL_EVERY == 0:
             producer.poll(0)
             stats.maybe_report()
@@ -215,7 +210,7 @@ def _flush(producer: Producer, stats: _Stats, stop: _StopSignal) -> None:
 
 def _summary(args: argparse.Namespace, stats: _Stats, deliveries: _Deliveries) -> None:
     seconds = max(time.monotonic() - stats.started, 1e-9)
-    bad = ",".join(f"{k}:{stats.bad_by_kind[k]}" for k in MALFORMED_KINDS if stats.bad_by_kind[k])
+    bad = ",".join(f"{kind}:{count}" for kind, count in stats.bad_by_kind.items())
     _LOG.info(
         "done topic=%s messages=%d acked=%d failed=%d bad=%d bad_by_kind=%s seconds=%.2f msgs_per_s=%.0f mb_per_s=%.2f",
         args.topic,

@@ -5,7 +5,9 @@ the value is parsed once (:func:`loom_ray.decode.decode_document`). Each column'
 source and converted for the column's type as the table has it (:func:`plan` builds the converters from
 the :class:`~loom_ray.routes.catalog.TableShape` once); the first column that does not fit rejects the
 record with a message naming the route, the column and the reason (stage ``validate``). A tombstone (no
-value) is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter.
+value) is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter. A route with
+``envelope = "debezium"`` converts each change event (:func:`change_values`): its ``after`` image into a row,
+or for a delete the key (and version) from its ``before`` image into a delete by key.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from loom_ray.decode import DECODE, VALIDATE, Rejection
+from loom_ray.formats.debezium import UPSERTS, Change, position
 from loom_ray.routes.catalog import PgType, TableShape
 from loom_ray.routes.model import Column, Route
 from loom_ray.routes.models import load_model
 from loom_ray.routes.types import Converter, Unfit, converter
 
 _MISSING = object()
+POSITION = "position"  # the source of the column a Debezium route's ``position`` names
 KafkaHeaders = list[tuple[str, bytes | str | None]] | None
 
 
@@ -79,7 +83,9 @@ def plan(route: Route, table: TableShape) -> RoutePlan:
     with a type its source can fill."""
     validated = set(route.model_fields_read)
     columns = tuple(
-        _column_plan(c, table, c.name in route.key or c.name == route.version, c.name in validated)
+        _column_plan(
+            c, table, c.name in route.key or c.name == route.version, c.name in validated, c.name == route.position
+        )
         for c in route.columns
     )
     names = [c.name for c in route.columns]
@@ -95,7 +101,9 @@ def plan(route: Route, table: TableShape) -> RoutePlan:
     )
 
 
-def _column_plan(column: Column, table: TableShape, refuses_null: bool, validated: bool) -> _ColumnPlan:
+def _column_plan(
+    column: Column, table: TableShape, refuses_null: bool, validated: bool, holds_position: bool
+) -> _ColumnPlan:
     pg = table.columns[column.name].type
     assert pg is not None  # fit.problems refuses a column of a type no route fills
     if column.source in ("value", "key", "header"):
@@ -104,6 +112,8 @@ def _column_plan(column: Column, table: TableShape, refuses_null: bool, validate
         source = column.source
     convert = converter(pg, source, column.round)
     assert convert is not None  # fit.problems refuses a source that cannot fill the type
+    if holds_position:  # a Debezium event's source position (an integer), not a path into its row
+        return _ColumnPlan(column.name, POSITION, (), None, None, True, convert, False, pg)
     path = column.json_path if column.source == "value" else column.path
     field = path[0] if column.source == "value" and len(path) == 1 else None
     return _ColumnPlan(
@@ -151,10 +161,12 @@ def convert(
     topic: str,
     partition: int,
     offset: int,
+    position: int | None = None,
 ) -> tuple[Any, ...] | Rejection:
     """The record's values in column order, or the rejection naming the first column that does not fit.
 
-    ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL).
+    ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL). ``position``:
+    a Debezium event's source position, for the route's ``position`` column.
     """
     validated = document
     if plan.model is not None:
@@ -172,7 +184,7 @@ def convert(
             if field is not None and type(source) is dict:
                 raw = source.get(field, _MISSING)
             else:
-                raw = _raw(column, source, key, headers, timestamp, topic, partition, offset)
+                raw = _raw(column, source, key, headers, timestamp, topic, partition, offset, position)
             if raw is None or raw is _MISSING:
                 _check_null(column, raw)
                 append(None)
@@ -192,6 +204,7 @@ def _raw(
     topic: str,
     partition: int,
     offset: int,
+    position: int | None = None,
 ) -> Any:
     """The column's raw value at its source (a one-step field of a JSON object is read by the caller)."""
     source = column.source
@@ -203,7 +216,77 @@ def _raw(
         return _header(headers, column.header)
     if source == "timestamp":
         return None if timestamp[0] == 0 else timestamp[1]
-    return {"topic": topic, "partition": partition, "offset": offset}[source]
+    return {"topic": topic, "partition": partition, "offset": offset, POSITION: position}[source]
+
+
+def change_values(
+    plan: RoutePlan,
+    event: Change,
+    key_document: Any,
+    key: bytes | None,
+    headers: KafkaHeaders,
+    timestamp: tuple[int, int],
+    topic: str,
+    partition: int,
+    offset: int,
+) -> tuple[bool, tuple[Any, ...]] | Rejection | None:
+    """``(is a delete, values)`` of a Debezium change event for its route, its rejection, or None for an event
+    the route ignores (a truncate with ``on_truncate = "ignore"``).
+
+    A create, read or update writes its ``after`` image; a delete deletes by the key columns (and carries the
+    version) read from its ``before`` image, or from ``key_document`` (the Kafka key, decoded) when it has
+    none. A truncate is a dead letter unless the route ignores it, and so is a message event (``m``): neither
+    changes one row.
+    """
+    route = plan.route
+    at = position(event, offset)
+    if event.op in UPSERTS:
+        if event.after is None:
+            return _event_rejection(plan, f"op {event.op!r} without an after image")
+        values = convert(plan, event.after, key, headers, timestamp, topic, partition, offset, at)
+        return values if isinstance(values, Rejection) else (False, values)
+    if event.op == "d":
+        image = event.before if event.before is not None else key_document
+        if not isinstance(image, dict):
+            return _event_rejection(plan, "a delete without a before image, and a Kafka key that is no JSON object")
+        return _delete_values(plan, image, key, headers, timestamp, topic, partition, offset, at)
+    if event.op == "t" and route.on_truncate == "ignore":
+        return None
+    what = "a truncate" if event.op == "t" else "a logical decoding message"
+    fix = ' (on_truncate = "ignore" skips them)' if event.op == "t" else ""
+    return Rejection(
+        "UnappliedChange", f"route {route.name!r}: {what} (op {event.op!r}) changes no single row{fix}", VALIDATE
+    )
+
+
+def _delete_values(
+    plan: RoutePlan,
+    image: dict[str, Any],
+    key: bytes | None,
+    headers: KafkaHeaders,
+    timestamp: tuple[int, int],
+    topic: str,
+    partition: int,
+    offset: int,
+    at: int | None,
+) -> tuple[bool, tuple[Any, ...]] | Rejection:
+    """A delete's values: the key and version columns from the row's ``image`` (other columns of the value
+    are NULL: the row goes), the rest from the record as for any record."""
+    needed = {*plan.key_index, *(() if plan.version_index is None else (plan.version_index,))}
+    values: list[Any] = []
+    for index, column in enumerate(plan.columns):
+        if column.source == "value" and index not in needed:
+            values.append(None)
+            continue
+        try:
+            values.append(_convert(column, _raw(column, image, key, headers, timestamp, topic, partition, offset, at)))
+        except Unfit as unfit:
+            return _reject(plan, column, unfit)
+    return True, tuple(values)
+
+
+def _event_rejection(plan: RoutePlan, why: str) -> Rejection:
+    return Rejection("MissingField", f"route {plan.route.name!r}: {why}", VALIDATE)
 
 
 def _convert(column: _ColumnPlan, raw: Any) -> Any:

@@ -18,6 +18,10 @@ format, with every key::
     on_tombstone = "delete"         # or "dead_letter" (the default); delete needs every key column from the key
     auto_create = true              # create the table (and schema) when missing; default false
     add_columns = true              # add the route's columns an existing table lacks (nullable); default false
+    format = "avro"                 # how the topics' values are encoded (else LOOM_FORMATS' choice, else json)
+    envelope = "debezium"           # values are Debezium change events (see below); default "none"
+    position = "src_position"       # debezium: the column holding each event's source position (the version)
+    on_truncate = "ignore"          # debezium: a truncate event is a dead letter (default) or ignored
 
     [route.columns]                 # in table order
     order_id = { from = "key" }                                 # the whole Kafka key, as decimal digits
@@ -40,6 +44,15 @@ it came.
 ``path`` the key as JSON), ``header``, ``timestamp``, ``topic``, ``partition`` or ``offset``. A path is
 dotted names, with a number for a list's element (``items.0.sku``). Conversions: :mod:`loom_ray.routes.types`.
 A topic no route matches is stored in ``loom_messages``, as without a routes file.
+
+With ``envelope = "debezium"`` (an upsert route) each value is a Debezium change event, JSON with or without
+Kafka Connect's schema envelope, or a registry format (:mod:`loom_ray.formats.debezium`): the columns' paths
+address the row image, ``after`` for a create, read or update (upserted) and ``before`` for a delete (deleted
+by the key columns; from the Kafka key when ``before`` is null); the tombstone that follows a delete is
+ignored, a truncate is a dead letter unless ``on_truncate = "ignore"``. ``position`` names the column that
+stores each event's source position (``source.lsn``, else ``source.ts_ms`` and the offset: see
+:func:`loom_ray.formats.debezium.position`), which is then the route's ``version``: an older event never
+overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from loom_ray.errors import RoutesFileError
+from loom_ray.formats.names import Format
 from loom_ray.routes.catalog import TableShape, quote_identifier
 from loom_ray.routes.models import model_columns
 
@@ -168,6 +182,18 @@ class Route(BaseModel):
     model: str | None = None  # "module:Class": a pydantic model whose fields give columns (loom_ray.routes.models)
     columns: tuple[Column, ...] = ()
     model_fields_read: tuple[str, ...] = ()  # set from model: the columns read from the model's validated value
+    format: Format | None = None  # how the route's topics are encoded; None: LOOM_FORMATS decides (json by default)
+    envelope: Literal["none", "debezium"] = "none"
+    position: str | None = None  # debezium: the column that stores each event's source position (the version)
+    on_truncate: Literal["dead_letter", "ignore"] = "dead_letter"  # debezium: what a truncate event does
+
+    @model_validator(mode="before")
+    @classmethod
+    def _position_is_version(cls, data: Any) -> Any:
+        """A Debezium route's ``position`` column is its version unless the route names another."""
+        if isinstance(data, dict) and data.get("position") is not None and data.get("version") is None:
+            return {**data, "version": data["position"]}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +261,7 @@ class Route(BaseModel):
         if not self.columns:
             raise ValueError('declare the columns under [route.columns], or model = "module:Class"')
         by_name = {c.name: c for c in self.columns}
+        self._check_envelope(by_name)
         unknown = [k for k in self.key if k not in by_name]
         if unknown:
             raise ValueError(f"key names {', '.join(unknown)}, not among the columns; declare it under [route.columns]")
@@ -263,6 +290,35 @@ class Route(BaseModel):
                     'read from = "key" (or another source than the value)'
                 )
         return self
+
+    def _check_envelope(self, by_name: Mapping[str, Column]) -> None:
+        """The settings only a Debezium route reads, and what such a route needs."""
+        if self.envelope != "debezium":
+            for name, value, default in (
+                ("position", self.position, None),
+                ("on_truncate", self.on_truncate, "dead_letter"),
+            ):
+                if value != default:
+                    raise ValueError(f'{name} is read with envelope = "debezium" only')
+            return
+        if self.mode != "upsert":
+            raise ValueError(
+                'envelope = "debezium" needs mode = "upsert" and a key: creates and updates upsert the row, deletes '
+                "delete it"
+            )
+        if self.on_tombstone != "dead_letter":
+            raise ValueError(
+                'envelope = "debezium": the delete event deletes the row and the tombstone after it is ignored; '
+                "remove on_tombstone"
+            )
+        if self.position is not None:
+            column = by_name.get(self.position)
+            if column is None:
+                raise ValueError(f"position names {self.position}, not among the columns; declare it (type numeric)")
+            if column.source != "value" or column.path:
+                raise ValueError(
+                    f"column {self.position} holds the event's source position: give it neither from nor path"
+                )
 
     @property
     def schema_name(self) -> str | None:

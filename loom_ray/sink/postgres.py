@@ -43,7 +43,17 @@ from loom_ray.sink.routed import RouteCounts, RoutedWriter, RouteTables, TableTa
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MESSAGE_COLUMNS = ("topic", "partition", "offset", "key", "payload", "headers", "kafka_ts", "incarnation")
+MESSAGE_COLUMNS = (
+    "topic",
+    "partition",
+    "offset",
+    "key",
+    "payload",
+    "headers",
+    "kafka_ts",
+    "incarnation",
+    "schema_id",  # the Schema Registry id a registry format's record was written with (NULL for json)
+)
 DEAD_LETTER_COLUMNS = (
     "topic",
     "partition",
@@ -199,7 +209,7 @@ class PostgresSink:
             )
 
     def _refused_row(self, row: Row, exc: Exception) -> DeadLetter:
-        topic, partition, offset, key, payload, headers, _, incarnation = row
+        topic, partition, offset, key, payload, headers, _, incarnation, _ = row
         raw = payload.encode("utf-8", "surrogatepass")
         refusal = message_refusal(exc)
         return self._db_row_dead_letter(topic, partition, offset, key, raw, headers, incarnation, refusal)

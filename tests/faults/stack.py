@@ -77,6 +77,7 @@ class FaultStack:
             "LOOM_STACK_DIR": str(self.directory),
             "LOOM_STACK_KAFKA_PORT": str(self.kafka_port),
             "LOOM_STACK_PG_PORT": str(self.pg_port),
+            "LOOM_STACK_REGISTRY_PORT": "0",  # no fault test needs a Schema Registry
         }
         done = subprocess.run([DEV_STACK, command], env=env, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:

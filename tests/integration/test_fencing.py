@@ -19,7 +19,7 @@ from tests.support.services import Endpoints
 def _batch(topic: str, partition: int, epoch: int, start: int, n: int) -> PartitionBatch:
     batch = PartitionBatch(topic, partition, epoch, start)
     for offset in range(start, start + n):
-        row = (topic, partition, offset, None, f'{{"n": {offset}}}', None, datetime.now(UTC), 0)
+        row = (topic, partition, offset, None, f'{{"n": {offset}}}', None, datetime.now(UTC), 0, None)
         batch.add_row(offset, row, 10, 0.0)
     return batch
 

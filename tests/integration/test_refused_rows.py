@@ -40,7 +40,7 @@ async def _write(dsn: str, topic: str, rows: dict[int, dict[str, Any]], *setup: 
             good = {"key": b"k", "payload": f'{{"n": {offset}}}', "headers": None, "kafka_ts": 0}
             row = {**good, **fields}
             batch.add_row(
-                offset, (topic, 0, offset, row["key"], row["payload"], row["headers"], row["kafka_ts"], 0), 1, 0
+                offset, (topic, 0, offset, row["key"], row["payload"], row["headers"], row["kafka_ts"], 0, None), 1, 0
             )
         try:
             result: Any = await PostgresSink(pool, "refused-rows", 1024).write([batch])

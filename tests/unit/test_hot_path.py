@@ -124,15 +124,15 @@ def test_add_all_builds_rows_and_dead_letters_in_offset_order() -> None:
     b0 = worker._parts[("t", 0)].open
     b1 = worker._parts[("t", 1)].open
     assert b0.rows == [
-        ("t", 0, 0, b"k0", '{"a": 1}', None, kafka_ts_micros(1_700_000_000_123), 0),
-        ("t", 0, 2, None, '"x"', None, kafka_ts_micros(5), 0),
+        ("t", 0, 0, b"k0", '{"a": 1}', None, kafka_ts_micros(1_700_000_000_123), 0, None),
+        ("t", 0, 2, None, '"x"', None, kafka_ts_micros(5), 0, None),
     ]
     assert [dl[:4] + dl[8:] for dl in b0.dead_letters] == [
         ("t", 0, 1, None, "InvalidJson", b0.dead_letters[0][9], "decode", None, 0)
     ]
     assert b0.dead_letters[0][4:7] == (b"not json", 8, b0.dead_letters[0][6])
     assert (b0.start, b0.end, b0.count, b0.size_bytes, b0.opened_at) == (0, 3, 3, 8 + 8 + 3, NOW)
-    assert b1.rows == [("t", 1, 0, None, "[1]", '[["h","v"]]', kafka_ts_micros(1_700_000_000_123), 0)]
+    assert b1.rows == [("t", 1, 0, None, "[1]", '[["h","v"]]', kafka_ts_micros(1_700_000_000_123), 0, None)]
     assert worker._parts[("t", 0)].stats.messages == 3
 
 

@@ -119,6 +119,15 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "routes_file": (str(EXAMPLE_ROUTES), EXAMPLE_ROUTES),
     "deployment": ("orders-eu", "orders-eu"),
     "startup_timeout_s": ("30", 30.0),
+    "formats": ("json", ("json",)),
+    "schema_registry_url": ("https://sr1:8081,https://sr2:8081", "https://sr1:8081,https://sr2:8081"),
+    "schema_registry_username": ("reader", "reader"),
+    "schema_registry_password": ("pw-registry", "pw-registry"),
+    "schema_registry_ssl_ca_location": ("/etc/sr-ca.pem", "/etc/sr-ca.pem"),
+    "schema_registry_ssl_certificate_location": ("/etc/sr-cert.pem", "/etc/sr-cert.pem"),
+    "schema_registry_ssl_key_location": ("/etc/sr-key.pem", "/etc/sr-key.pem"),
+    "schema_registry_ssl_key_password": ("pw-sr-key", "pw-sr-key"),
+    "schema_registry_timeout_s": ("2.5", 2.5),
 }
 
 
