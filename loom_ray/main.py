@@ -406,8 +406,9 @@ def progress_line(status: dict[str, Any], records: int, rate: tuple[float, float
 
 
 def blocked_note(blocked: dict[str, dict[str, Any]], now: float) -> str:
-    """The progress line's words on flushes PostgreSQL refuses (``consumer -> Blocker.as_dict()``; ``now`` in
-    epoch seconds): per SQLSTATE, how many actors, for how long, the first line of the message and the fix."""
+    """The progress line's words on what holds consumers back (``consumer -> Blocker.as_dict()``; ``now`` in
+    epoch seconds): flushes PostgreSQL refuses and reads waiting for a schema, per SQLSTATE, how many actors,
+    for how long, the first line of the message and the fix."""
     by_sqlstate: dict[str, list[dict[str, Any]]] = {}
     for blocker in blocked.values():
         by_sqlstate.setdefault(blocker["sqlstate"], []).append(blocker)
@@ -416,8 +417,8 @@ def blocked_note(blocked: dict[str, dict[str, Any]], now: float) -> str:
         first = min(group, key=lambda b: float(b["since"]))
         message = (first["message"].splitlines() or [""])[0]
         notes.append(
-            f", flushes of {len(group)} actors blocked for {now - first['since']:.0f}s by SQLSTATE {sqlstate} "
-            f"({first['condition']}: {message}); fix: {first['fix']}"
+            f", {first['waiting']} of {len(group)} actors blocked for {now - first['since']:.0f}s "
+            f"by SQLSTATE {sqlstate} ({first['condition']}: {message}); fix: {first['fix']}"
         )
     return "".join(notes)
 

@@ -29,6 +29,7 @@ REGISTRY_UNREACHABLE = Condition(
     "the Schema Registry at LOOM_SCHEMA_REGISTRY_URL does not answer, or answers with a server error: start it "
     "or fix the URL (and LOOM_SCHEMA_REGISTRY_SSL_* for TLS); the partitions waiting for a schema resume by "
     "themselves, nothing is skipped",
+    waiting="reads",
 )
 SCHEMA_UNKNOWN = Condition(
     "LR003",
@@ -36,6 +37,7 @@ SCHEMA_UNKNOWN = Condition(
     Kind.NEEDS_PERSON,
     "a record names a schema id the Schema Registry does not have: register the schema, or point "
     "LOOM_SCHEMA_REGISTRY_URL at the registry its producer used; its partition waits at that record until then",
+    waiting="reads",
 )
 REGISTRY_REFUSED = Condition(
     "LR004",
@@ -43,6 +45,7 @@ REGISTRY_REFUSED = Condition(
     Kind.NEEDS_PERSON,
     "the Schema Registry refuses loom-ray's requests (HTTP 401 or 403): set LOOM_SCHEMA_REGISTRY_USERNAME and "
     "LOOM_SCHEMA_REGISTRY_PASSWORD to a user that may read schemas",
+    waiting="reads",
 )
 
 

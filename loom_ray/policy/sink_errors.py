@@ -56,12 +56,15 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """A PostgreSQL condition that blocks flushes: its SQLSTATE, PostgreSQL's name for it, and the fix."""
+    """A condition that holds a consumer back: its SQLSTATE (PostgreSQL's, or loom-ray's ``LR...``), its
+    name, what it means, the fix, and what waits while it holds (``flushes``, or ``reads`` of partitions
+    waiting for a schema)."""
 
     sqlstate: str
     name: str
     kind: Kind
     fix: str
+    waiting: str = "flushes"
 
 
 _RESTORE = "restore it as sql/ defines it (the sink writes loom_messages, loom_dead_letters, loom_audit, loom_offsets)"
@@ -190,6 +193,7 @@ class Blocker:
             "kind": str(self.condition.kind),
             "message": self.message,
             "fix": self.condition.fix,
+            "waiting": self.condition.waiting,
             "since": self.since,
         }
 

@@ -65,6 +65,7 @@ _DECIMALS = Context(prec=1_000_000, Emax=1_000_000, Emin=-1_000_000)  # exact ar
 _DIGITS = re.compile(r"^[+-]?[0-9]+$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _MICROSECOND = timedelta(microseconds=1)
+_SUB_MICROS = re.compile(r"(:[0-9]{2}[.,][0-9]{6})([0-9]+)")  # seconds with digits past the sixth
 
 # What each source may fill, by PgType.kind (arrays from JSON only).
 BYTES_KINDS = frozenset({*_TEXTS, "bytea", *_INTEGERS, "numeric", "uuid", ENUM})
@@ -404,9 +405,35 @@ def _round_micros(micros: int, step: int, pg: PgType, rounds: bool, text: str) -
     return (micros + half) // step * step if micros >= 0 else -((-micros + half) // step * step)
 
 
+def _to_micros(text: str, pg: PgType, rounds: bool) -> tuple[str, str]:
+    """``text`` with its fraction of a second cut to microseconds (Python's parsers drop finer digits without
+    a word), and the digits cut (for :func:`_add_finer`): digits past the sixth that are not all zero (a
+    nanosecond time) are refused, as PostgreSQL would round them, unless ``rounds``."""
+    found = _SUB_MICROS.search(text)
+    if found is None:
+        return text, ""
+    finer = found.group(2).rstrip("0")
+    if finer and not rounds:
+        raise Unfit(
+            "BadTimestamp",
+            f"{text[:60]!r} has more fractional digits than {pg.describe()} keeps (microseconds at most); "
+            "PostgreSQL would round it: send it rounded, or set round = true on the column",
+        )
+    return text[: found.end(1)] + text[found.end(2) :], finer
+
+
+def _add_finer(micros: int, finer: str) -> int:
+    """``micros`` (cut towards the past) plus the cut digits ``finer``, rounded to a microsecond half away
+    from zero, as PostgreSQL rounds: a tie goes up after 2000-01-01 and stays (towards the past) before it."""
+    if not finer or finer[0] < "5":
+        return micros
+    return micros + 1 if micros >= 0 or finer != "5" else micros
+
+
 def timestamp_micros(text: str, zone_required: bool = True) -> int:
-    """An ISO 8601 time as the int microseconds since 2000-01-01 (UTC) the timestamp codecs send: with a
-    zone, converted to UTC; without one, as written (refused when ``zone_required``)."""
+    """An ISO 8601 time (at most microseconds: :func:`_to_micros` first) as the int microseconds since
+    2000-01-01 (UTC) the timestamp codecs send: with a zone, converted to UTC; without one, as written
+    (refused when ``zone_required``)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -423,7 +450,8 @@ def _timestamp(pg: PgType, rounds: bool) -> Callable[[str], int]:
     step = _fraction_step(pg)
 
     def convert(text: str) -> int:
-        return _round_micros(timestamp_micros(text, zone_required), step, pg, rounds, text)
+        cut, finer = _to_micros(text, pg, rounds)
+        return _round_micros(_add_finer(timestamp_micros(cut, zone_required), finer), step, pg, rounds, text)
 
     return convert
 
@@ -432,13 +460,15 @@ def _time(pg: PgType, rounds: bool) -> Callable[[str], time]:
     step = _fraction_step(pg)
 
     def convert(text: str) -> time:
+        cut, finer = _to_micros(text, pg, rounds)
         try:
-            moment = time.fromisoformat(text)
+            moment = time.fromisoformat(cut)
         except ValueError:
             raise Unfit("BadTimestamp", f"{text[:60]!r} is not a time HH:MM[:SS[.ffffff]]") from None
         if moment.tzinfo is not None:
             raise Unfit("BadTimestamp", f"{text[:60]!r} has a time zone, which {pg.describe()} does not keep")
         micros = ((moment.hour * 60 + moment.minute) * 60 + moment.second) * 1_000_000 + moment.microsecond
+        micros = _add_finer(micros, finer)
         micros = _round_micros(micros, step, pg, rounds, text)
         if micros == 86_400_000_000:
             raise Unfit("BadTimestamp", f"{text[:60]!r} rounds to 24:00:00")

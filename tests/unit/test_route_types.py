@@ -54,6 +54,7 @@ def _json(t: PgType, value: Any, rounds: bool = False) -> Any:
         (pg("timestamp"), "2000-01-01T00:00:01", 1_000_000),  # no zone: as written
         (pg("timestamp"), "2000-01-01T02:00:01+02:00", 1_000_000),  # a zone: converted to UTC
         (pg("timestamp", precision=3), "2000-01-01T00:00:00.123", 123_000),
+        (pg("timestamptz"), "2000-01-01T00:00:00.000001000Z", 1),  # nanoseconds that are whole microseconds
         (pg("date"), "2024-02-29", date(2024, 2, 29)),
         (pg("time"), "10:11:12.5", time(10, 11, 12, 500_000)),
         (pg("uuid"), "12345678-1234-5678-1234-567812345678", uuid.UUID("12345678-1234-5678-1234-567812345678")),
@@ -96,6 +97,9 @@ def test_json_values_that_fit(t: PgType, value: Any, expected: Any) -> None:
         (pg("timestamptz"), "yesterday", "BadTimestamp", "not an ISO 8601 time"),
         (pg("timestamptz"), 1_700_000_000_000, "WrongType", "a JSON string"),
         (pg("timestamp", precision=0), "2000-01-01T00:00:00.5", "BadTimestamp", "more fractional digits"),
+        # Nanoseconds (Protobuf Timestamp, Debezium's nano types): Python's parser would drop them silently.
+        (pg("timestamptz"), "2024-05-01T10:00:00.123456789Z", "BadTimestamp", "microseconds at most"),
+        (pg("time"), "10:00:00.0000001", "BadTimestamp", "microseconds at most"),
         (pg("time"), "10:00:00+02:00", "BadTimestamp", "has a time zone"),
         (pg("time"), "25:00", "BadTimestamp", "not a time"),
         (pg("date"), "2024-02-30", "BadValue", "not a date"),
@@ -127,6 +131,11 @@ def test_json_values_that_do_not_fit(t: PgType, value: Any, error_class: str, re
         (pg("timestamptz", precision=1), "1999-12-31T23:59:59.95Z", -100_000),
         (pg("timestamptz", precision=1), "2000-01-01T00:00:00.05Z", 100_000),
         (pg("time", precision=0), "10:00:00.4", time(10, 0, 0)),
+        (pg("timestamp"), "2000-01-01T00:00:00.0000015", 2),
+        (pg("timestamp"), "2000-01-01T00:00:00.0000014999", 1),
+        (pg("timestamptz"), "1999-12-31T23:59:59.9999995Z", -1),  # -0.5 µs: away from zero
+        (pg("timestamptz"), "1999-12-31T23:59:59.99999951Z", 0),
+        (pg("time"), "10:00:00.1234565", time(10, 0, 0, 123457)),
     ],
 )
 def test_round_true_rounds_as_postgresql_does(t: PgType, value: Any, expected: Any) -> None:

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from loom_ray.errors import ColumnTypeChangedError, RouteTableChangedError
+from loom_ray.formats.registry import SCHEMA_UNKNOWN
 from loom_ray.main import blocked_note
 from loom_ray.policy.sink_errors import BLOCKING, Blocker, Kind, classify, refuses_message, refuses_route_row
 
@@ -128,6 +129,14 @@ def test_progress_note_groups_actors_by_sqlstate_with_the_oldest_since_and_the_f
         f"fix: {BLOCKING['53100'].fix}"
     )
     assert blocked_note({}, now=130.0) == ""
+
+
+def test_progress_note_says_reads_wait_when_a_schema_holds_them() -> None:
+    blocked = {"c1": Blocker(SCHEMA_UNKNOWN, "schema 7 not found", 100.0).as_dict()}
+    assert blocked_note(blocked, now=130.0) == (
+        ", reads of 1 actors blocked for 30s by SQLSTATE LR003 (schema_unknown: schema 7 not found); "
+        f"fix: {SCHEMA_UNKNOWN.fix}"
+    )
 
 
 def _pg(sqlstate: str, routine: str = "ExecConstraints", **fields: str) -> asyncpg.PostgresError:
