@@ -188,7 +188,8 @@ def test_t11_errors_do_not_show_the_password(secure: Hardened, job_factory: Call
         "bad port": secure.dsn(FULL_ROLE).replace(f":{secure.stack.pg_port}/", ":notaport/"),
         "unreachable port": secure.dsn(FULL_ROLE).replace(f":{secure.stack.pg_port}/", ":9/"),
     }[broken]
-    job = job_factory(dsn=dsn)
+    # An unreachable PostgreSQL is waited for (LOOM_STARTUP_TIMEOUT_S) before the driver gives up with exit 3.
+    job = job_factory(dsn=dsn, env_extra={"LOOM_STARTUP_TIMEOUT_S": "10"})
     assert job.start().wait(120) != 0, f"main started with a {broken} DSN"
     output = job.log_text()
     assert secure.password not in output and wrong not in output, output
