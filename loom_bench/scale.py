@@ -57,6 +57,8 @@ TARGETS = {
     "reclaim_s": (5.0, "reclaim of a dead handle's partitions <= 5 s"),
 }
 _CREATE_BATCH = 2000  # partitions per create_topics request
+_START_POLL_S = 0.1  # between rounds while consumers start
+_START_LIMIT_S = 120.0  # how long consumers may take to start
 _ROUND_LIMIT = 200  # rounds allowed for one phase to converge before the run fails
 
 
@@ -187,19 +189,32 @@ class Timer:
     async def until(
         self, done: Callable[[dict[str, Any]], bool], first: Callable[[], Awaitable[Any]] | None = None
     ) -> tuple[float, int]:
-        """Rounds (the first one ``first`` if given) until ``done(status)``; seconds and rounds. Raises
-        RuntimeError when it does not converge within _ROUND_LIMIT rounds."""
+        """Rounds (the first one ``first`` if given) until ``done(status)``; seconds and rounds. While consumers
+        are starting (pending) the rounds are spaced by _START_POLL_S, as the coordinator's own loop spaces them,
+        for up to _START_LIMIT_S. Raises RuntimeError when it does not converge within _ROUND_LIMIT other rounds."""
         started = time.monotonic()
-        for rounds in range(1, _ROUND_LIMIT + 1):
+        rounds = idle = 0
+        while idle < _ROUND_LIMIT:
+            rounds += 1
             await self.round(first if rounds == 1 else None)
-            if done(await self.coordinator.status()):
+            status = await self.coordinator.status()
+            if done(status):
                 return time.monotonic() - started, rounds
+            if status["pending"] and time.monotonic() - started < _START_LIMIT_S:
+                await asyncio.sleep(_START_POLL_S)
+            else:
+                idle += 1
         raise RuntimeError(f"no convergence in {_ROUND_LIMIT} rounds: {await self.coordinator.status()}")
 
 
 def fully_owned(status: dict[str, Any]) -> bool:
     """Every partition the coordinator knows has an owner."""
     return bool(status["partitions"]) and status["assigned"] == status["partitions"]
+
+
+def settled(status: dict[str, Any]) -> bool:
+    """Every partition owned, and by as many consumers as the target (none still starting)."""
+    return fully_owned(status) and bool(status["settled"])
 
 
 def rss_mb() -> float:
@@ -235,7 +250,7 @@ async def run_phases(args: argparse.Namespace, settings: Settings) -> dict[str, 
     result: dict[str, Any] = {"rss_mb_start": rss_mb()}
     try:
         before = counts.snapshot()
-        seconds, rounds = await timer.until(fully_owned, lambda: coordinator.resize(args.handles))
+        seconds, rounds = await timer.until(settled, lambda: coordinator.resize(args.handles))
         result.update(first_assignment_s=round(seconds, 3), first_assignment_rounds=rounds)
         after = counts.snapshot()
         result["first_assignment_requests"] = {k: _rounded(k, v - before.get(k, 0)) for k, v in after.items()}
@@ -288,12 +303,13 @@ async def reclaim(timer: Timer, fleet: Fleet) -> dict[str, Any]:
 
 
 async def resize_check(timer: Timer, fleet: Fleet) -> dict[str, Any]:
-    """Resize to 3, 10, 3 (each to a full assignment); then every partition must be owned exactly once:
-    by one of 3 owners, held by exactly that one live handle. Raises AssertionError otherwise."""
+    """Resize to 3, 10, 3 (each until settled: the consumers started and the partitions spread); then every
+    partition must be owned exactly once: by one of 3 owners, held by exactly that one live handle. Raises
+    AssertionError otherwise."""
     coordinator = timer.coordinator
     steps = []
     for count in (3, 10, 3):
-        seconds, rounds = await timer.until(fully_owned, functools.partial(coordinator.resize, count))
+        seconds, rounds = await timer.until(settled, functools.partial(coordinator.resize, count))
         steps.append({"to": count, "s": round(seconds, 3), "rounds": rounds})
     status = await coordinator.status()
     holders = await fleet.holders()

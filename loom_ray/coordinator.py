@@ -182,6 +182,7 @@ class Coordinator:
         self._parked_loaded = False  # whether loom_parked was read (at the first round that reached it)
         self._deaths: Deaths | None = None  # consumer deaths in a row: the restart backoff
         self._restart_noted: float | None = None  # the restart time last logged
+        self._settled = False  # the last round left the consumers and partitions as planned (status's settled)
         self.moves = 0
         self.reclaims = 0
 
@@ -198,6 +199,7 @@ class Coordinator:
                     server_settings={
                         "application_name": f"loom-coordinator pid={os.getpid()}",
                         "search_path": db.quoted_schema(self._settings),
+                        "lock_timeout": str(offsets.CLAIM_LOCK_TIMEOUT_MS),
                     },
                 )
             except db.TRANSIENT_ERRORS as exc:
@@ -613,7 +615,9 @@ class Coordinator:
         for tp in [tp for tp in self._owners if tp not in known]:
             del self._owners[tp]  # topic deleted or shrunk
         await self._release_parked()
-        await self._move_to(assign(self._assignable(now), list(self._members), self._owners))
+        plan = assign(self._assignable(now), list(self._members), self._owners)
+        await self._move_to(plan)
+        self._settled = not self._pending and len(self._members) == self._target_count() and self._owners == plan
 
     def _assignable(self, now: float) -> list[TopicPartition]:
         """The partitions to spread over the consumers: all but the parked ones and those waiting out the
@@ -879,7 +883,9 @@ class Coordinator:
         faults, since}`` for each parked partition (not read: ``drained`` stays false); ``pending``: the consumers
         asked for and not started yet (waiting to be placed), each with the seconds it has waited; ``waiting``: the
         faulted partitions waiting out their backoff, ``"topic[p]" -> {error, faults, claim_in_s}``;
-        ``restart_in_s``: seconds until a missing consumer may start (after consumers died in a row), or 0."""
+        ``restart_in_s``: seconds until a missing consumer may start (after consumers died in a row), or 0;
+        ``settled``: the last round found the consumers as the target asks (none pending) and left every
+        partition that may be read where the plan puts it (``ctl resize --wait`` waits for it)."""
         reachable = self._database
         progress = self._progress
         observed = self._records.observed_at
@@ -923,6 +929,7 @@ class Coordinator:
             "moves": self.moves,
             "reclaims": self.reclaims,
             "target": self._target_count(),
+            "settled": self._settled,
         }
 
     async def shutdown(self) -> None:

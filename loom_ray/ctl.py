@@ -2,9 +2,10 @@
 stop|release-node|stop-jobs``.
 
 Connects to the Ray cluster (``--address`` or ``RAY_ADDRESS``) and talks to a deployment's coordinator
-(``--deployment``, else LOOM_DEPLOYMENT, else the only one running). ``resize`` moves partitions with a live
-hand-off: each old owner flushes and releases, then the new owner claims (an owner that does not answer is
-fenced by the new epoch anyway). ``unpark`` lets partitions the coordinator parked (their flush failed again
+(``--deployment``, else LOOM_DEPLOYMENT, else the only one running). ``resize`` sets the consumer count and
+returns (``--wait``: once that many run and hold the partitions); partitions move with a live hand-off: each
+old owner flushes and releases, then the new owner claims (an owner that does not answer is fenced by the new
+epoch anyway). ``unpark`` lets partitions the coordinator parked (their flush failed again
 and again with one error) be read again, once the cause is fixed; it prints what it unparked and exits 1 if a
 partition named was not parked. ``stop`` drains a deployment's coordinator and removes it (its driver then
 ends; a supervisor would start it again: stop that instead). ``release-node`` hands the partitions of the
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("deployments", help="list the deployments whose coordinator runs, one per line")
     resize = commands.add_parser("resize", help="set the number of consumer actors")
     resize.add_argument("actors", type=int)
+    resize.add_argument(
+        "--wait", action="store_true", help="return once that many consumers run and hold the partitions"
+    )
+    resize.add_argument("--timeout", type=float, default=300.0, help="seconds to wait at most (default 300)")
     unpark = commands.add_parser("unpark", help="read parked partitions again, once the cause of their faults is fixed")
     unpark.add_argument("partitions", nargs="*", type=parse_partition, metavar="TOPIC[PARTITION]")
     unpark.add_argument("--all", action="store_true", help="every parked partition")
@@ -94,20 +99,53 @@ def main(argv: list[str] | None = None) -> int:
     if coordinator is None:
         return 1
     if args.command == "resize":
-        print(f"target: {ray.get(coordinator.resize.remote(args.actors))} consumer actors")
-    elif args.command == "unpark":
+        print(f"target: {ray.get(coordinator.resize.remote(args.actors))} consumer actors", flush=True)
+        return wait_settled(coordinator, args.timeout) if args.wait else 0
+    if args.command == "unpark":
         asked = None if args.all else args.partitions
         answer = cast(dict[str, dict[str, Any]], ray.get(coordinator.unpark.remote(asked, args.by)))
         lines, code = unparked_lines(answer, asked)
         print("\n".join(lines))
         return code
-    elif args.command == "stop":
+    if args.command == "stop":
         ray.get(coordinator.shutdown.remote(None))
         ray.kill(coordinator, no_restart=True)
         print("stopped: every consumer drained, the coordinator removed")
     else:
         print(json.dumps(ray.get(coordinator.status.remote()), indent=2, default=str))
     return 0
+
+
+def settling_line(status: dict[str, Any]) -> str:
+    """One line on how far a deployment is from its target, from the coordinator's ``status()``."""
+    return (
+        f"{len(status['actors'])} of {status['target']} consumers running, {len(status['pending'])} waiting to be "
+        f"placed, {status['assigned']} of {status['partitions']} partitions owned"
+    )
+
+
+def wait_settled(coordinator: Any, timeout_s: float) -> int:
+    """Poll the coordinator until its rounds leave the consumers and partitions as planned (``settled``),
+    printing each change of :func:`settling_line`; 0 then, 1 after ``timeout_s`` (the last line says what is
+    missing: typically consumers waiting for a node)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        status = ray.get(coordinator.status.remote())
+        line = settling_line(status)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if status["settled"]:
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"not settled after {timeout_s:.0f}s: {line}", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
 
 
 def coordinators(namespace: str) -> list[str]:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
+from pydantic import SecretStr
 
 from loom_ray.errors import ConfigError
 from loom_ray.settings import SECRET_FIELDS, Settings
@@ -59,7 +60,8 @@ def identity_of(settings: Settings) -> Identity:
     settled = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
     for name in SECRET_FIELDS:  # a changed secret is a changed setting; its digest tells without showing it
         value = getattr(settings, name)
-        settled[name] = None if value is None else hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value  # a URL is hidden, not a secret
+        settled[name] = None if text is None else hashlib.sha256(text.encode()).hexdigest()
     settled["routes"] = settings.routes.model_dump(mode="json")
     digest = hashlib.sha256(orjson.dumps(settled, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return Identity(

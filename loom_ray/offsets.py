@@ -7,6 +7,7 @@ that partition: PostgreSQL, not Ray or Kafka, decides who may write.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,12 +44,20 @@ class ClaimRequest:
 # partition left out of the answer is not claimed.
 BrokerRead = Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, BrokerPartition]]]
 
-_LOCK_SQL = """
+log = logging.getLogger(__name__)
+
+# The coordinator's lock_timeout: how long a claim waits for an old owner's flush to end. Flushes take
+# milliseconds; a row held longer (a flush stuck in its transaction, a person's lock) is claimed a round
+# later rather than holding up the round, and with it every lag sample and health check.
+CLAIM_LOCK_TIMEOUT_MS = 5_000
+
+_ROWS_SQL = """
 SELECT o.topic, o."partition", o.next_offset, o.incarnation, o.topic_id
 FROM loom_offsets AS o JOIN unnest($1::text[], $2::int[]) AS r(topic, "partition") USING (topic, "partition")
 ORDER BY o.topic, o."partition"
-FOR UPDATE OF o
 """
+_LOCK_SQL = _ROWS_SQL + "FOR UPDATE OF o"
+_LOCK_FREE_SQL = _LOCK_SQL + " SKIP LOCKED"
 
 _CLAIM_SQL = """
 INSERT INTO loom_offsets AS o (topic, "partition", next_offset, epoch, owner, incarnation, topic_id)
@@ -71,14 +80,25 @@ async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], bro
     ``broker`` for their watermarks (after the lock, so no flush moves a row past them), plan each start
     (:func:`loom_ray.policy.claims.plan_claim`), bump the epochs, and record the gaps resets leave.
 
-    The row locks wait for in-flight flushes of the old owners and see the offsets they left. Partitions the
-    broker did not answer for are left out of the result (claim them again later).
+    The row locks wait for in-flight flushes of the old owners and see the offsets they left; a row held past
+    the connection's ``lock_timeout`` (the coordinator's is :data:`CLAIM_LOCK_TIMEOUT_MS`) is left out, as
+    are partitions the broker did not answer for (claim them again later).
     """
     if not requests:
         return []
-    tps = [(r.topic, r.partition) for r in requests]
     async with conn.transaction():
-        rows = await conn.fetch(_LOCK_SQL, [t for t, _ in tps], [p for _, p in tps])
+        rows, busy = await _lock(conn, [(r.topic, r.partition) for r in requests])
+        if busy:
+            log.warning(
+                "%d offset rows held by another session past lock_timeout (a flush stuck in its transaction, or "
+                "a person's lock), e.g. %s[%d]: those partitions are claimed later",
+                len(busy),
+                *min(busy),
+            )
+            requests = [r for r in requests if (r.topic, r.partition) not in busy]
+            if not requests:
+                return []
+        tps = [(r.topic, r.partition) for r in requests]
         stored = {
             (r["topic"], r["partition"]): StoredOffset(r["next_offset"], r["incarnation"], r["topic_id"]) for r in rows
         }
@@ -113,6 +133,23 @@ async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], bro
                 [g.detail for _, g in gaps],
             )
     return [Claim(r["topic"], r["partition"], r["epoch"], r["next_offset"], r["incarnation"]) for r in claimed]
+
+
+async def _lock(
+    conn: asyncpg.Connection, tps: list[TopicPartition]
+) -> tuple[list[asyncpg.Record], set[TopicPartition]]:
+    """Lock the offset rows of ``tps`` (in key order); the rows, and the partitions whose row another session
+    held longer than the connection's ``lock_timeout`` (none when it has none). After such a wait the rows
+    are locked again skipping the held ones, so one stuck row never holds the others' claims back."""
+    topics, partitions = [t for t, _ in tps], [p for _, p in tps]
+    try:
+        async with conn.transaction():  # a savepoint: a lock_timeout rolls back only this wait
+            return await conn.fetch(_LOCK_SQL, topics, partitions), set()
+    except asyncpg.LockNotAvailableError:
+        rows = await conn.fetch(_LOCK_FREE_SQL, topics, partitions)
+        existing = await conn.fetch(_ROWS_SQL, topics, partitions)
+    locked = {(r["topic"], r["partition"]) for r in rows}
+    return rows, {(r["topic"], r["partition"]) for r in existing} - locked
 
 
 async def claim(

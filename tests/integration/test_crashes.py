@@ -46,7 +46,8 @@ def kill_9_mid_run(
     watch: Callable[[int], Callable[[], None]] | None = None,
 ) -> tuple[Accounting, str]:
     """Run the job over :data:`MESSAGES` messages and, once a fifth is committed, send ``sig`` (kill -9 unless told) to
-    the first process whose PostgreSQL connections are named ``<application> ... pid=N``; return the
+    the first process whose PostgreSQL connections are named ``<application> ... pid=N`` (of consumers, one that
+    holds partitions of the topic: consumers start as nodes allow, so one may hold nothing yet); return the
     accounting and the job's log. ``watch(pid)`` runs just before the signal and returns what to check just
     after it, while the job runs on."""
     messages = MESSAGES
@@ -57,8 +58,13 @@ def kill_9_mid_run(
         wait_until(
             lambda: committed(endpoints, topic) > messages // 5, 180, "a fifth committed", running=(process, log)
         )
-        victims = pids_of(endpoints, application)
-        assert victims, f"no {application} connections found in pg_stat_activity"
+        victims: list[int] = []
+
+        def found() -> bool:
+            victims[:] = _victims(endpoints, topic, application)
+            return bool(victims)
+
+        wait_until(found, 60, f"{application} connections in pg_stat_activity", running=(process, log))
         check = watch(victims[0]) if watch is not None else None
         os.kill(victims[0], sig)
         if check is not None:
@@ -74,6 +80,14 @@ def test_kill_9_of_a_consumer_actor_mid_run(endpoints: Endpoints, topic_name: st
     assert result.exact, str(result)
     assert result.max_epoch >= 2, "the killed actor's partitions were never reclaimed"
     assert "is gone" in log
+
+
+def _victims(endpoints: Endpoints, topic: str, application: str) -> list[int]:
+    """Pids of the processes with connections named ``<application> ... pid=N``; of consumers (``loom-ray``) only
+    those holding a partition of ``topic``."""
+    if application != "loom-ray":
+        return pids_of(endpoints, application)
+    return pids_of(endpoints, application, {owner for owner, _ in _owners(endpoints, topic).values() if owner})
 
 
 def _owners(endpoints: Endpoints, topic: str) -> dict[int, tuple[str | None, int]]:

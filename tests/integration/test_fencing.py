@@ -100,3 +100,40 @@ async def _bulk_claims(dsn: str, topic: str) -> None:
 
 def test_many_partitions_are_claimed_in_one_transaction(endpoints: Endpoints, topic_name: str) -> None:
     asyncio.run(_bulk_claims(endpoints.dsn, topic_name))
+
+
+async def _claims_past_a_held_row(dsn: str, topic: str) -> None:
+    conn = await asyncpg.connect(dsn, server_settings={"lock_timeout": "300"})
+    holder = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        for partition in range(3):
+            await claim_at(conn, topic, partition, "old")
+
+        async def read(tps: list[tuple[str, int]]) -> dict[tuple[str, int], BrokerPartition]:
+            return {tp: BrokerPartition(low=0, high=90, topic_id=None) for tp in tps}
+
+        requests = [ClaimRequest(topic, p, "new") for p in range(4)]
+        # Another session holds partition 1's row (a flush stuck in its transaction, a person's lock).
+        await holder.execute("BEGIN")
+        await holder.execute('SELECT 1 FROM loom_offsets WHERE topic = $1 AND "partition" = 1 FOR UPDATE', topic)
+        held = await claim_many(conn, requests, read)
+        await holder.execute("ROLLBACK")
+        later = await claim_many(conn, [ClaimRequest(topic, 1, "new")], read)
+        owners = await conn.fetch(
+            'SELECT "partition", owner, epoch FROM loom_offsets WHERE topic = $1 ORDER BY 1', topic
+        )
+    finally:
+        await holder.close()
+        await conn.close()
+    # The others are claimed (partition 3 for the first time) without waiting for the held one ...
+    assert sorted((c.partition, c.epoch) for c in held) == [(0, 2), (2, 2), (3, 1)]
+    # ... which is claimed once it is free.
+    assert [(c.partition, c.epoch) for c in later] == [(1, 2)]
+    assert [tuple(r) for r in owners] == [(0, "new", 2), (1, "new", 2), (2, "new", 2), (3, "new", 1)]
+
+
+def test_a_row_held_past_lock_timeout_is_left_for_later_and_the_rest_is_claimed(
+    endpoints: Endpoints, topic_name: str
+) -> None:
+    asyncio.run(_claims_past_a_held_row(endpoints.dsn, topic_name))

@@ -187,7 +187,7 @@ def test_resize_mid_run_hands_partitions_over(
         )
         for actors in (5, 2):
             ctl = subprocess.run(
-                [sys.executable, "-m", "loom_ray.ctl", "resize", str(actors)],
+                [sys.executable, "-m", "loom_ray.ctl", "resize", str(actors), "--wait"],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -195,6 +195,7 @@ def test_resize_mid_run_hands_partitions_over(
             )
             assert ctl.returncode == 0, ctl.stderr[-2000:]
             assert f"target: {actors} consumer actors" in ctl.stdout
+            assert f"{actors} of {actors} consumers running, 0 waiting to be placed" in ctl.stdout, ctl.stdout
             assert producer.poll() is None, "the producer finished before the resize: no traffic during the move"
         assert producer.wait(120) == 0
         wait_until(

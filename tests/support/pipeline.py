@@ -228,13 +228,16 @@ def committed(endpoints: Endpoints, topic: str) -> int:
     return int(scalar(endpoints, "SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = $1", topic))
 
 
-def pids_of(endpoints: Endpoints, application: str) -> list[int]:
-    """Pids of the processes holding connections named ``<application> ... pid=N`` (actors name theirs)."""
+def pids_of(endpoints: Endpoints, application: str, actors: set[str] | None = None) -> list[int]:
+    """Pids of the processes holding connections named ``<application> ... pid=N`` (actors name theirs), only
+    those of ``actors`` when given (consumers name theirs ``loom-ray <actor> pid=N``)."""
     names = scalar(
         endpoints,
         "SELECT array_agg(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE $1",
         f"{application} %",
     )
+    if actors is not None:
+        names = [name for name in names or [] if name.split(" ")[1] in actors]
     return sorted({int(m.group(1)) for name in names or [] if (m := re.search(r"pid=(\d+)", name))})
 
 

@@ -28,6 +28,8 @@ def test_the_identity_names_what_and_where_never_a_secret() -> None:
         ({"kafka_batch_size": 500}, False),  # any setting: the consumers would run with the old one
         ({"db_dsn": "postgresql://ingest:rotated@db:5432/app"}, False),  # a secret, by its digest
         ({"kafka_topics": "orders"}, False),
+        ({"schema_registry_url": "http://registry:8081"}, False),  # hidden in errors, yet a plain string
+        ({"schema_registry_password": "pw"}, False),
     ],
 )
 def test_the_fingerprint_covers_every_setting(change: dict[str, object], same: bool) -> None:
