@@ -28,6 +28,15 @@ from tests.support.services import Endpoints
 
 MESSAGES = 2_000
 PARTITIONS = 2
+LEAST_PRIVILEGE_SQL = Path(__file__).resolve().parents[2] / "sql" / "roles" / "least_privilege.sql"
+
+
+async def _script(dsn: str, text: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(text)
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True)
@@ -207,18 +216,13 @@ def test_a_revoked_insert_privilege_blocks_until_granted_again(
     role = f"loom_sinkerr_{uuid.uuid4().hex[:8]}"
     parts = urlsplit(endpoints.dsn)
     role_dsn = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}"))
-    # What sql/roles/least_privilege.sql grants, on this test's schema, then INSERT on loom_messages revoked.
-    schema.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+    # sql/roles/least_privilege.sql for a role of this test on this test's schema, then INSERT on loom_messages
+    # revoked.
+    grants = (
+        LEAST_PRIVILEGE_SQL.read_text().replace("loom_ingest", role).replace("SCHEMA public", f"SCHEMA {schema.name}")
+    )
     try:
-        schema.execute(
-            f"GRANT USAGE ON SCHEMA {schema.name} TO {role}",
-            f"GRANT SELECT, INSERT ON loom_messages, loom_dead_letters, loom_audit, loom_gaps, consumer_lag_history "
-            f"TO {role}",
-            f"GRANT SELECT, INSERT, UPDATE ON loom_offsets, loom_sink_errors, loom_parked TO {role}",
-            f"GRANT DELETE ON consumer_lag_history TO {role}",
-            f"GRANT SELECT ON loom_migrations, loom_views TO {role}",
-            f"REVOKE INSERT ON loom_messages FROM {role}",
-        )
+        asyncio.run(_script(schema.endpoints.dsn, grants + f"REVOKE INSERT ON loom_messages FROM {role};"))
         text = run_blocked(
             endpoints,
             schema,
