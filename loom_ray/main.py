@@ -27,6 +27,7 @@ import asyncpg
 from confluent_kafka import KafkaException
 
 from loom_ray import db, deployment
+from loom_ray.driver_log import LogCap
 from loom_ray.errors import ConfigError, CoordinatorGoneError, RayUnreachableError, ServiceUnavailableError
 from loom_ray.kafka.admin import KafkaMetadata, explain, unreachable
 from loom_ray.migrate import migrate
@@ -267,7 +268,8 @@ def run(settings: Settings, args: argparse.Namespace, stop: Stop) -> int:
     if args.actors:
         ray.get(coordinator.resize.remote(args.actors))
     started = time.monotonic()
-    window = watch(coordinator, args, before, stop, started, token)
+    cap = LogCap.of(sys.stdout.fileno(), settings.driver_log_max_bytes)
+    window = watch(coordinator, args, before, stop, started, token, cap)
     drain(coordinator, settings, token)
     after = asyncio.run(final_counts(settings))
     print(summary(before, after, time.monotonic() - started, window), flush=True)
@@ -343,13 +345,19 @@ def _to_drain(name: str, settings: Settings, token: str) -> Any:
 
 
 def watch(
-    coordinator: Any, args: argparse.Namespace, before: Counts, stop: Stop, started: float, token: str
+    coordinator: Any,
+    args: argparse.Namespace,
+    before: Counts,
+    stop: Stop,
+    started: float,
+    token: str,
+    cap: LogCap | None = None,
 ) -> IngestWindow:
     """Print progress until a signal (or the drain, with --exit-when-drained); the samples of records committed.
 
     Every ``--progress-interval`` seconds: one progress line for the deployment, then one line per consumer
     actor (:class:`~loom_ray.progress.ConsumerLines`). Under ``ray job submit`` they are the job's log, which
-    the Ray dashboard's Jobs page shows.
+    the Ray dashboard's Jobs page shows; ``cap`` keeps that file bounded (:mod:`loom_ray.driver_log`).
     """
     import ray
     from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
@@ -380,6 +388,8 @@ def watch(
             for consumer_line in consumers.lines(status, now):
                 print(consumer_line, flush=True)
             printed = (now, window.processed)
+            if cap is not None:
+                cap.check()
         if args.exit_when_drained and status["drained"]:
             log.info("all partitions drained")
             break

@@ -178,6 +178,14 @@ class Settings(BaseSettings):
             "and of a partition's release or assignment; keep below the pod's grace period (30 s)."
         ),
     )
+    driver_log_max_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        le=2**40,
+        description="Past this size the driver's log (its output, when that is a file it appends to: the "
+        "job-driver-<id>.log of `ray job submit`, which Ray does not rotate) is copied to <log>.1 and emptied "
+        "(0 = never).",
+    )
     audit: bool = Field(False, description="Also append every committed offset to loom_audit (fault tests).")
 
     # Routes: topics into the user's own tables.

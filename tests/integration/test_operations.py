@@ -114,6 +114,7 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     messages = 6_000
     fill(endpoints, topic_name, messages, partitions=6)
     env = {k: v for k, v in pipeline_env(endpoints, topic_name).items() if k.startswith(("LOOM_", "RAY_AUTH"))}
+    env["LOOM_DRIVER_LOG_MAX_BYTES"] = "1024"  # Ray's job-driver-<id>.log is rotated by the driver itself
     client = JobSubmissionClient(ray_head)
     submitted: list[str] = []
 
@@ -138,6 +139,12 @@ def test_ray_job_submit_runs_to_the_end(endpoints: Endpoints, topic_name: str, r
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     assert f"messages={messages}" in logs
+    # The log Ray keeps for the job (and shows) was emptied past 1 KiB, its lines copied beside it.
+    rotated = re.findall(r"driver log passed 1024 bytes: its lines so far are in (\S+\.log\.1)", logs)
+    assert rotated, logs[-3000:]
+    assert Path(rotated[-1]).name == f"job-driver-{job}.log.1"
+    assert "progress: " in Path(rotated[-1]).read_text()
+    assert len(logs.encode()) < 1024 + 16_384, "the log kept what it had past the limit"  # at most one interval's lines
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
 

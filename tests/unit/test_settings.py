@@ -119,6 +119,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "routes_file": (str(EXAMPLE_ROUTES), EXAMPLE_ROUTES),
     "deployment": ("orders-eu", "orders-eu"),
     "startup_timeout_s": ("30", 30.0),
+    "driver_log_max_bytes": ("1048576", 1_048_576),
     "formats": ("json", ("json",)),
     "schema_registry_url": ("https://sr1:8081,https://sr2:8081", "https://sr1:8081,https://sr2:8081"),
     "schema_registry_username": ("reader", "reader"),
