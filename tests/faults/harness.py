@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -213,7 +214,10 @@ class Job:
         return all(stored.get(p) == high for p, (_, high) in marks.items())
 
     def wait_running(self, partitions: int, timeout_s: float = 240) -> None:
-        """Wait until the job's consumers hold a claim on every partition (the job is up)."""
+        """Wait until the job's consumers hold a claim on every partition and the coordinator is settled (every
+        consumer it asked for started, the partitions spread over them): consumers start as the node places
+        them, so the first one may hold every partition for a while, and a fault aimed at an owner then would
+        hit a partition about to move anyway."""
 
         def claimed() -> int:
             rows = asyncio.run(
@@ -226,6 +230,12 @@ class Job:
             return int(rows[0]["n"])
 
         self._wait(lambda: self._safe(claimed, 0) >= partitions, timeout_s, f"claims on {partitions} partitions")
+        self._wait(lambda: self._safe(self.settled, False), timeout_s, "the coordinator to settle")
+
+    def settled(self) -> bool:
+        """Whether the coordinator says it is settled (``ctl status``)."""
+        output = self.ctl_run("status", timeout_s=60)
+        return bool(json.loads(output[output.index("\n{") :])["settled"])
 
     def wait_committed(self, at_least: int, timeout_s: float = 180) -> None:
         self._wait(lambda: self._safe(self.committed, 0) >= at_least, timeout_s, f"{at_least} offsets committed")

@@ -122,7 +122,7 @@ def test_t4_zombie_paused_across_a_handover(
     with Monitor(job) as monitor:
         for _ in range(rounds):
             if actors == _MAX_ACTORS - 1:
-                job.ctl_run("resize", "2")  # back down, without a zombie, so that the next resize moves some
+                job.ctl_run("resize", "2", "--wait")  # back down, without a zombie, so that the next resize moves some
                 actors = 2
             actors += 1
             _zombie_round(job, injector, actors, in_transaction=False, within_s=60)
