@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.consumer import ConsumerActor
-from actors.metrics import ConsumerCountMetrics, LagHealthMetrics, LagMetrics, ParkedMetrics
+from actors.metrics import ConsumerCountMetrics, LagHealthMetrics, LagMetrics, ParkedMetrics, PausedMetrics
 from loom_ray.coordinator import ConsumerGone, Coordinator
 from loom_ray.deployment import Ownership
 from loom_ray.offsets import Claim
@@ -80,6 +80,7 @@ class CoordinatorActor:
         self._lag = LagMetrics()
         self._health = LagHealthMetrics()
         self._parked = ParkedMetrics()
+        self._paused = PausedMetrics()
         self._consumers = ConsumerCountMetrics()
         self._core = Coordinator(
             settings,
@@ -88,6 +89,7 @@ class CoordinatorActor:
             self._health.set,
             self._parked.set,
             on_consumers=self._consumers.set,
+            on_paused=self._paused.set,
         )
         self._ownership = Ownership()
         # Async actors run __init__ on their event loop: start at once, also after a restart by Ray.

@@ -157,22 +157,39 @@ class LagHealthMetrics:
         self.health.set(status, {"topic": topic, "partition": str(partition)})
 
 
-class ParkedMetrics:
-    """The coordinator's per-partition gauge ``ray_loom_partition_parked``: 1 while the partition is parked (not
-    read after repeated faults with one error, :mod:`loom_ray.policy.parking`), 0 otherwise. Set when a
-    partition is parked or unparked, and for every partition at each lag sample, so the series exists (at 0)
-    before anything is parked."""
+class PartitionFlagMetrics:
+    """A coordinator's per-partition gauge, 1 while the partition is in some state and 0 otherwise; set when
+    the state changes and for every partition at each lag sample, so the series exists (at 0) before any
+    partition enters the state."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.gauge = Gauge(name, description, ("topic", "partition"))
+
+    def set(self, topic: str, partition: int, on: bool) -> None:
+        """Publish one partition's state."""
+        self.gauge.set(1 if on else 0, {"topic": topic, "partition": str(partition)})
+
+
+class ParkedMetrics(PartitionFlagMetrics):
+    """``ray_loom_partition_parked``: the partition is parked (not read after repeated faults with one error,
+    :mod:`loom_ray.policy.parking`)."""
 
     def __init__(self) -> None:
-        self.parked = Gauge(
+        super().__init__(
             "loom_partition_parked",
             "1 while the partition is parked after repeated faults (python -m loom_ray.ctl unpark), else 0.",
-            ("topic", "partition"),
         )
 
-    def set(self, topic: str, partition: int, parked: bool) -> None:
-        """Publish one partition's state."""
-        self.parked.set(1 if parked else 0, {"topic": topic, "partition": str(partition)})
+
+class PausedMetrics(PartitionFlagMetrics):
+    """``ray_loom_partition_paused``: the partition's topic is paused (``python -m loom_ray.ctl pause``: not
+    fetched nor flushed, its place kept)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "loom_partition_paused",
+            "1 while the partition's topic is paused (python -m loom_ray.ctl pause; resume reads it again), else 0.",
+        )
 
 
 class ConsumerCountMetrics:

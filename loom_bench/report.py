@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loom_bench.measure import PG_AUTOVACUUM, PG_UNSEEN, PG_WRITERS
 from loom_bench.stats import ratio
 from loom_bench.summary import REPORTED, SPREAD_FLAG, is_quiet, outside_load
 
@@ -76,6 +77,9 @@ def systems_table(workload: dict[str, Any]) -> list[str]:
     return lines
 
 
+_CPU_KEYS = ("cpu_s_per_million", "cpu_s_per_million_pg", "cpu_s_per_million_kafka")  # pipeline, PostgreSQL, Kafka
+
+
 def variants_table(workload: dict[str, Any]) -> list[str]:
     """Every variant measured (the main table shows the fastest of each group)."""
     lines = [
@@ -84,9 +88,7 @@ def variants_table(workload: dict[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in workload["variants"].items():
-        cpu = "/".join(
-            number(row.get(k)) for k in ("cpu_s_per_million", "cpu_s_per_million_pg", "cpu_s_per_million_kafka")
-        )
+        cpu = "/".join(number(row.get(k)) for k in _CPU_KEYS)
         load = f"{number(row.get('load_1m_before'), 2)} → {number(row.get('load_1m_after'), 2)}"
         lines.append(
             f"| {name} | {with_spread(row)} | {number(row.get('window_s'), 1)} | {cpu} | "
@@ -117,6 +119,34 @@ def cpu_split_table(workload: dict[str, Any]) -> list[str]:
         "| Variant | pipeline CPU-s/M | workers (actors, B5's processes) | driver | Ray's own processes "
         "| largest labels |",
         "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return header + rows
+
+
+def pg_split_table(workload: dict[str, Any]) -> list[str]:
+    """Where PostgreSQL's CPU goes for each variant that has the split (:func:`loom_bench.measure.pg_part`):
+    the backends by the client they serve, autovacuum, the WAL writer, checkpointer and background writer, and
+    what no sample saw (processes that exited between two, such as the backends of short connections and
+    autovacuum workers, and other databases' backends: ``measure.server_cpu_seconds`` less the rest)."""
+    rows = []
+    for name, row in workload["variants"].items():
+        split: dict[str, float | None] = row.get("cpu_split_pg") or {}
+        if not split:
+            continue
+        backends = sum(v or 0.0 for k, v in split.items() if k.startswith("backend"))
+        largest = sorted(((v or 0.0, k) for k, v in split.items() if k.startswith("backend")), reverse=True)[:4]
+        rows.append(
+            f"| {name} | {number(row.get('cpu_s_per_million_pg'))} | {number(backends)} | "
+            + ", ".join(f"`{k.removeprefix('backend: ')}` {number(v)}" for v, k in largest)
+            + f" | {number(split.get(PG_AUTOVACUUM) or 0.0)} | {number(split.get(PG_WRITERS) or 0.0)} | "
+            f"{number(split.get(PG_UNSEEN))} |"
+        )
+    if not rows:
+        return ["Not measured in this run."]
+    header = [
+        "| Variant | PostgreSQL CPU-s/M | backends | backends by client | autovacuum | checkpoints and WAL "
+        "| exited between samples, other databases |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     return header + rows
 
@@ -301,15 +331,17 @@ def w4_section(results: dict[str, Any], source: str) -> str:
         f"over {found['window']['seconds']:.0f} s after {found['window']['warmup_s']:.0f} s of warm-up. Correct: "
         "after each run `w4_events` holds one row per committed offset, each the record at its coordinates.",
         "",
-        "| System | msgs/s median (min–max, spread) | ÷ PostgreSQL's limit | runs correct | rows (last run) |",
-        "| --- | --- | --- | --- | --- |",
+        "| System | msgs/s median (min–max, spread) | ÷ PostgreSQL's limit | CPU-s/M pipeline / PG / Kafka "
+        "| runs correct | rows (last run) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for variant, reps in runs.items():
         correct = sum(1 for r in reps if r.get("correct"))
-        share = percent(ratio(systems[variant].get("msgs_per_s"), limit.get("msgs_per_s")))
+        system = systems[variant]
+        share = percent(ratio(system.get("msgs_per_s"), limit.get("msgs_per_s")))
+        cpu = " / ".join(number(system.get(k)) for k in _CPU_KEYS)
         lines.append(
-            f"| {variant} | {with_spread(systems[variant])} | {share} | {correct} / {len(reps)} | "
-            f"{reps[-1]['rows']:,} |"
+            f"| {variant} | {with_spread(system)} | {share} | {cpu} | {correct} / {len(reps)} | {reps[-1]['rows']:,} |"
         )
     found_ratio = found["ratio"]
     verdict = "—" if found_ratio is None else "met" if found_ratio >= W4_TARGET else "**not met**"
@@ -368,6 +400,10 @@ def render(
             "### Where the pipeline's CPU goes (CPU-s per million messages, drain window, median of the repetitions)",
             "",
             *cpu_split_table(workload),
+            "",
+            "### Where PostgreSQL's CPU goes (CPU-s per million messages, drain window, median of the repetitions)",
+            "",
+            *pg_split_table(workload),
             "",
             "### Latency under load (Kafka LogAppendTime → PostgreSQL commit)",
             "",

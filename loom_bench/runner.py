@@ -256,9 +256,9 @@ def _rates(
         # time and CPU count from its first partition claim instead (all rows, no first transaction left out).
         found["commit_window_msgs_per_s"] = rate.msgs_per_s
         found["msgs_per_s"] = rate.rows / (rate.last_commit - start)
-        found.update(_cpu(series, start, rate.last_commit, rate.rows))
+        found.update(window_cpu(series, start, rate.last_commit, rate.rows))
     else:
-        found.update(_cpu(series, rate.first_commit, rate.last_commit, round(rate.msgs_per_s * rate.seconds)))
+        found.update(window_cpu(series, rate.first_commit, rate.last_commit, round(rate.msgs_per_s * rate.seconds)))
     return found
 
 
@@ -292,8 +292,9 @@ def _memory(series: Series) -> dict[str, Any]:
     }
 
 
-def _cpu(series: Series, start: float, end: float, messages: int) -> dict[str, Any]:
-    """CPU per group between ``start`` and ``end`` per million ``messages``; ``other_cores`` is noise."""
+def window_cpu(series: Series, start: float, end: float, messages: int) -> dict[str, Any]:
+    """CPU per group between ``start`` and ``end`` per million ``messages`` (the pipeline's processes by label,
+    PostgreSQL by part, Kafka); ``other_cores`` is noise. W1/W2's drains and W4's runs report it."""
     groups = {
         name: window_delta(getattr(series, name), start, end) for name in ("pipeline", "postgres", "kafka", "box")
     }
@@ -305,19 +306,22 @@ def _cpu(series: Series, start: float, end: float, messages: int) -> dict[str, A
         "cpu_s_per_million_kafka": per_million(groups["kafka"], messages),
         "cpu_s_per_million_total": per_million(measured, messages),
         "other_cores": None if box is None else round(max(0.0, box - measured) / (end - start), 2),
-        "cpu_split": cpu_split(series, start, end, messages),
+        "cpu_split": cpu_split(series.pipeline_by_label, start, end, messages),
+        "cpu_split_pg": cpu_split(series.postgres_by_part, start, end, messages),
     }
 
 
-def cpu_split(series: Series, start: float, end: float, messages: int) -> dict[str, float]:
-    """The pipeline's CPU between ``start`` and ``end`` per process label, in CPU-s per million ``messages``.
-
-    Labels under 0.05 CPU-s per million are left out; the split shows where a system's cost goes (its
-    workers vs Ray's own processes)."""
-    labels = {name for _, values in series.pipeline_by_label for name in values}
+def cpu_split(
+    by_label: list[tuple[float, dict[str, float]]], start: float, end: float, messages: int
+) -> dict[str, float]:
+    """A group's CPU between ``start`` and ``end`` per label, in CPU-s per million ``messages``: the pipeline's
+    per process label (its workers vs Ray's own processes), PostgreSQL's per part (backends by client,
+    autovacuum, the writers: :func:`loom_bench.measure.pg_part`). Labels under 0.05 CPU-s per million are left
+    out."""
+    labels = {name for _, values in by_label for name in values}
     found: dict[str, float] = {}
     for name in sorted(labels):
-        points = [(t, values.get(name, 0.0)) for t, values in series.pipeline_by_label]
+        points = [(t, values.get(name, 0.0)) for t, values in by_label]
         value = per_million(window_delta(points, start, end), messages)
         if value is not None and value >= 0.05:
             found[name] = round(value, 2)

@@ -53,11 +53,11 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     found["lost"] = _worst([r.get("lost") for r in reps])
     found["duplicated"] = _worst([r.get("duplicated") for r in reps])
     found["errors"] = [r["error"] for r in reps if r.get("error")]
-    labels = sorted({name for r in reps for name in r.get("cpu_split") or {}})
-    found["cpu_split"] = {
-        name: median_or_none([r["cpu_split"].get(name, 0.0) if r.get("cpu_split") else None for r in reps])
-        for name in labels
-    }
+    for split in ("cpu_split", "cpu_split_pg"):
+        labels = sorted({name for r in reps for name in r.get(split) or {}})
+        found[split] = {
+            name: median_or_none([r[split].get(name, 0.0) if r.get(split) else None for r in reps]) for name in labels
+        }
     found["p50_ms"] = found["p99_ms"] = None
     return found
 

@@ -111,7 +111,8 @@ def drain(
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     running = processes.start(spec.commands, spec.env, svc.raw_dir / f"{tag}-{variant}")
-    finished = processes.wait(running, svc.timeout_s, done)
+    with runner.sampler(svc, running) as sampling:
+        finished = processes.wait(running, svc.timeout_s, done)
     processes.kill(running)
     result: dict[str, Any] = {
         "variant": reported,
@@ -123,6 +124,9 @@ def drain(
     result["window_s"] = None if rate is None else round(rate.seconds, 2)
     if short:
         result["error"] = short
+    elif rate is not None and rate.msgs_per_s is not None:
+        messages_in_window = round(rate.msgs_per_s * rate.seconds)
+        result.update(runner.window_cpu(sampling.series, rate.first_commit, rate.last_commit, messages_in_window))
     result.update(check(svc, system, topic, where.group))
     log.info("%s %s: %s", tag, variant, {k: result.get(k) for k in ("msgs_per_s", "correct", "error")})
     return result

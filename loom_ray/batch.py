@@ -4,12 +4,14 @@ A :class:`PartitionBatch` collects rows and dead letters for one partition, in o
 ``start`` (the offset the database expects next) to ``end`` (one past the last offset it accounts for).
 Offsets between its records that hold none (transaction markers, aborted records, compacted ones) are
 covered by :meth:`PartitionBatch.skip_to`; offsets the broker no longer has by a recorded :class:`Gap`.
-The pipeline hands a batch to the sink when :func:`flush_due` says so; the sink advances the stored offset
+The pipeline hands batches to the sink when :func:`flush_due` says one is due (:func:`take_together` adds the
+ones close to it); the sink advances the stored offset
 from ``start`` to ``end`` in the same transaction as the rows, dead letters and gaps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
 Row = tuple[Any, ...]
 DeadLetter = tuple[Any, ...]  # a loom_dead_letters record, in sink.postgres.DEAD_LETTER_COLUMNS order
 
-OFFSET_OUT_OF_RANGE = "offset_out_of_range"  # loom_gaps.reason: the log start moved past the offset
 # Memory a buffered record holds beyond its value's bytes: the row tuple, its key, offset and timestamp
 # objects and the decoded text's header (checked with tracemalloc by tests/unit/test_hot_path.py).
 RECORD_OVERHEAD_BYTES = 256
@@ -59,6 +60,9 @@ class PartitionBatch:
     # The topic's route (LOOM_ROUTES_FILE) and the table shape its records were converted for; None: rows go to
     # loom_messages. A batch keeps the plan it was opened with; the next one takes the consumer's current plan.
     plan: RoutePlan | None = None
+    # Offsets below it were read before a rewind (loom_offsets.reread_until): a flush of a batch that starts
+    # below it lets loom_ray.ops.reread skip what is already stored.
+    reread_until: int = 0
     rows: list[Row] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -81,6 +85,11 @@ class PartitionBatch:
         return self.size_bytes + self.count * RECORD_OVERHEAD_BYTES
 
     @property
+    def rereads(self) -> bool:
+        """Whether the batch holds offsets read before a rewind."""
+        return self.start < self.reread_until
+
+    @property
     def advances(self) -> bool:
         """Whether committing the batch moves the stored offset (records, gaps or offsets without a record)."""
         return self.end > self.start
@@ -88,7 +97,15 @@ class PartitionBatch:
     def after(self, plan: RoutePlan | None = None) -> PartitionBatch:
         """An empty batch that starts where this one ends, with the same claim (and ``plan``, for a routed
         topic: the plan its records will be converted by)."""
-        return PartitionBatch(self.topic, self.partition, self.epoch, self.end, incarnation=self.incarnation, plan=plan)
+        return PartitionBatch(
+            self.topic,
+            self.partition,
+            self.epoch,
+            self.end,
+            incarnation=self.incarnation,
+            plan=plan,
+            reread_until=self.reread_until,
+        )
 
     def skip_to(self, offset: int, now: float) -> None:
         """Account for offsets up to ``offset`` that hold no record for a read_committed consumer."""
@@ -141,3 +158,21 @@ def flush_due(batch: PartitionBatch, limits: FlushLimits, now: float, paused: bo
         or batch.size_bytes >= limits.max_bytes
         or now - batch.opened_at >= limits.max_age_s
     )
+
+
+def take_together(
+    batches: Sequence[PartitionBatch], limits: FlushLimits, now: float, paused: bool = False
+) -> list[PartitionBatch]:
+    """The batches one flush takes now: none unless :func:`flush_due` says one must go; then those, and every
+    other batch at least half ``max_age_s`` old.
+
+    A batch that would be due within half a timeout rides along: the consumer commits its partitions in one
+    transaction instead of a stream of small ones (each of which costs PostgreSQL a commit and an offset update
+    per partition), and their age clocks, restarted together, stay in step. Younger batches wait, so a cold
+    partition still costs one offset update per half timeout at most however often a hot one fills.
+    """
+    due = [flush_due(b, limits, now, paused) for b in batches]
+    if not any(due):
+        return []
+    half = limits.max_age_s / 2
+    return [b for b, d in zip(batches, due, strict=True) if d or (b.advances and now - b.opened_at >= half)]

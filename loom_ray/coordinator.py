@@ -13,19 +13,23 @@ Runs inside the coordinator actor (``actors/coordinator.py``) as one loop, ``rec
    reports (partitions it dropped because their own flush failed: a bug) are read once each, by ``seq``;
 3. read progress: committed offsets (now), and high watermarks from the latest finished request (one per
    partition leader, sent in the background: a round never waits for it but the first, so at thousands of
-   partitions it does not set the round's length);
+   partitions it does not set the round's length); and what people asked with ``python -m loom_ray.ctl``
+   (:mod:`loom_ray.ops`): the paused topics, and the rewinds and skips waiting to be applied;
 4. plan: a partition whose owner reports a commit that the offset row no longer shows (PostgreSQL lost it in
    a crash) is claimed again; a faulted partition is claimed again only after its backoff, and parked after
    repeated faults with one error (:mod:`loom_ray.policy.parking`; recorded in ``loom_parked``, not claimed
    until ``unpark()``); the consumer count follows the backlog;
 5. start or stop consumers to reach the target count (``resize()``, within the scaling bounds and never
    more than partitions); after consumers died in a row, the next start waits out a backoff;
-6. compute a balanced, sticky assignment of the partitions that may be claimed and move what changed: ask
-   the old owner to flush and release, then *claim* for the new owner (a new epoch in ``loom_offsets``
-   fences the old one whatever it does) and hand the new owner the claim.
+6. apply the waiting rewinds and skips (their partitions' owners flush and release, one claim moves them:
+   :func:`loom_ray.ops.moves.apply_move`); take back the parked and paused partitions a consumer still
+   holds; compute a balanced, sticky assignment of the partitions that may be claimed (not parked, not
+   paused, not waiting out a fault's backoff) and move what changed: ask the old owner to flush and release,
+   then *claim* for the new owner (a new epoch in ``loom_offsets`` fences the old one whatever it does) and
+   hand the new owner the claim.
 
 Everything it knows is rebuilt from PostgreSQL and Ray on start, so a restarted coordinator simply
-claims every partition again, but the parked ones. ``status()`` answers from the last round's progress,
+claims every partition again, but the parked and paused ones. ``status()`` answers from the last round's progress,
 without a request of its own.
 """
 
@@ -47,11 +51,15 @@ from confluent_kafka import KafkaException
 from loom_ray import db, deployment, lag_history, offsets, parked
 from loom_ray.kafka.admin import Discovery, KafkaMetadata
 from loom_ray.offsets import Claim
+from loom_ray.ops import audit, pause
+from loom_ray.ops.audit import Operation
+from loom_ray.ops.moves import NotAnswered, apply_move, targets_of
+from loom_ray.ops.pause import Paused
 from loom_ray.policy.assignment import TopicPartition, assign, dropped, lost_commits, moves
 from loom_ray.policy.backoff import backoff_delay
-from loom_ray.policy.claims import BrokerPartition
 from loom_ray.policy.lag_health import WINDOW_SAMPLES, PartitionStatus, Sample, evaluate, overall
 from loom_ray.policy.parking import Deaths, Fault, ParkingLot, decide, record_death, restart_at
+from loom_ray.policy.positions import BrokerPartition, known_id
 from loom_ray.policy.scaling import ScalingBounds, clamp_actors, desired_actors
 from loom_ray.progress import RecordTally, records_per_consumer
 from loom_ray.settings import Settings
@@ -61,6 +69,8 @@ log = logging.getLogger(__name__)
 
 # A claim that fails for these (the broker has no watermark yet, PostgreSQL out of reach) is retried next round.
 _CLAIM_ERRORS: tuple[type[BaseException], ...] = (KafkaException, *db.TRANSIENT_ERRORS)
+# An operator's rewind or skip that fails for these stays pending for the next round.
+_MOVE_ERRORS: tuple[type[BaseException], ...] = (*_CLAIM_ERRORS, NotAnswered)
 _CLAIM_CHUNK = 1000  # partitions per claim transaction: bounds how long one transaction holds row locks
 _HANDOFF_CONCURRENCY = 16  # consumers released from or assigned to at once
 _START_GLANCE_S = 0.05  # how long a round lets new consumers start before it goes on without them
@@ -132,10 +142,11 @@ class Coordinator:
         on_parked: Callable[[str, int, bool], None] | None = None,
         clock: Callable[[], float] = time.time,
         on_consumers: Callable[[int, int], None] | None = None,
+        on_paused: Callable[[str, int, bool], None] | None = None,
     ) -> None:
-        """``on_lag``, ``on_health``, ``on_parked`` and ``on_consumers`` (running, pending) publish metrics (the
-        actor's gauges); ``clock`` (epoch seconds) times faults, parking and the consumer restart backoff (tests
-        pass their own)."""
+        """``on_lag``, ``on_health``, ``on_parked``, ``on_consumers`` (running, pending) and ``on_paused`` publish
+        metrics (the actor's gauges); ``clock`` (epoch seconds) times faults, parking and the consumer restart
+        backoff (tests pass their own)."""
         self._settings = settings
         self.identity = deployment.identity_of(settings)
         self._factory = factory
@@ -143,6 +154,7 @@ class Coordinator:
         self._on_health = on_health
         self._on_parked = on_parked
         self._on_consumers = on_consumers
+        self._on_paused = on_paused
         self._clock = clock
         # Per partition, its newest lag samples (None until read at the first sample) and its lag health
         # (policy/lag_health.py) over them, as of the last sample.
@@ -152,7 +164,11 @@ class Coordinator:
         self._pending: dict[str, _Pending] = {}
         self._owners: dict[TopicPartition, str] = {}
         self._partitions: list[TopicPartition] = []
-        self._topic_ids: dict[str, str] = {}
+        self._topic_ids: dict[str, str] = {}  # known ids only (policy.positions.known_id)
+        # Per partition, the epoch of the newest claim this coordinator made: progress read under an older
+        # epoch (before the claim, in the same round) says nothing about where the claim starts, so the
+        # partition is not called drained on it.
+        self._claimed: dict[TopicPartition, int] = {}
         # Per topic, the partitions it had when first seen with no claim stored: the only ones that start at
         # the end with LOOM_KAFKA_AUTO_OFFSET_RESET=latest (partitions added later start at their first offset).
         self._first_sight: dict[str, set[int]] = {}
@@ -179,6 +195,9 @@ class Coordinator:
         self._reported: set[str] = set()  # consumers whose blocker loom_sink_errors holds
         self._report_failing = False
         self._lot = ParkingLot()  # faulted and parked partitions
+        self._paused: dict[str, Paused] = {}  # topics paused (loom_paused), read every round
+        self._operations: list[Operation] = []  # rewinds and skips waiting for this coordinator
+        self._applied_by = f"coordinator {self.identity.deployment}"
         self._parked_loaded = False  # whether loom_parked was read (at the first round that reached it)
         self._deaths: Deaths | None = None  # consumer deaths in a row: the restart backoff
         self._restart_noted: float | None = None  # the restart time last logged
@@ -285,12 +304,14 @@ class Coordinator:
             await self._apply(progress, now)
 
     async def _observe(self) -> dict[TopicPartition, dict[str, int]]:
-        """Discover: the topics' partitions, the parked ones (at the first round), the consumers' health,
-        faults and deaths, and each partition's progress (:meth:`progress`)."""
+        """Discover: the topics' partitions, the parked ones (at the first round), the paused topics and the
+        operations waiting, the consumers' health, faults and deaths, and each partition's progress
+        (:meth:`progress`)."""
         assert self._metadata is not None
         await self._discover(await asyncio.to_thread(self._metadata.discover))
         highs = await self._high_watermarks()
         await self._load_parked()
+        await self._read_operations()
         self._take_started()
         await self._check_health()
         progress = await self.progress(highs)
@@ -304,11 +325,13 @@ class Coordinator:
         self._autoscale(progress)
 
     async def _apply(self, progress: dict[TopicPartition, dict[str, int]], now: float) -> None:
-        """Apply: record blockers and parked partitions, start or stop consumers, move partitions, sample lag."""
+        """Apply: record blockers and parked partitions, start or stop consumers, apply rewinds and skips, move
+        partitions, sample lag."""
         await self._heartbeat()
         await self._report_blockers()
         await self._save_parked()
         await self._scale(now)
+        await self._apply_operations()
         await self._rebalance(now)
         await self._sample_lag(progress)
 
@@ -334,12 +357,14 @@ class Coordinator:
                 self._first_sight[topic] = set() if topic in claimed else set(found.partitions[topic])
         for topic in sorted(found.missing):
             await self._hand_back(topic)
-        for topic, topic_id in found.topic_ids.items():
-            known = self._topic_ids.get(topic)
+        for topic, found_id in found.topic_ids.items():
+            topic_id, known = known_id(found_id), self._topic_ids.get(topic)
+            if topic_id is None:
+                continue
             if known is not None and known != topic_id:
                 log.warning("topic %s was recreated (id %s -> %s): claiming it again", topic, known, topic_id)
                 self._disown([tp for tp in self._owners if tp[0] == topic])
-        self._topic_ids.update(found.topic_ids)
+            self._topic_ids[topic] = topic_id
         kept = [tp for tp in self._partitions if tp[0] in found.errors and tp[0] not in found.missing]
         self._partitions = sorted({*kept, *((t, p) for t, ps in found.partitions.items() for p in ps)})
 
@@ -423,6 +448,52 @@ class Coordinator:
             )
         return faulted
 
+    async def _read_operations(self) -> None:
+        """Every round: the paused topics (``loom_paused``) and the rewinds and skips waiting to be applied
+        (``loom_operations``), both asked with ``python -m loom_ray.ctl`` (:mod:`loom_ray.ops`)."""
+        assert self._pool is not None
+        topics = list(self._settings.kafka_topics)
+        async with self._pool.acquire() as conn:
+            found = await pause.paused(conn, topics)
+            self._operations = await audit.pending(conn, topics)
+        changed = found.keys() ^ self._paused.keys()
+        for topic in sorted(changed):
+            log.warning("topic %s %s", topic, "paused: its partitions are handed back" if topic in found else "resumed")
+        self._paused = found
+        for tp in self._partitions:
+            if tp[0] in changed:
+                self._publish_paused(tp)
+
+    async def _apply_operations(self) -> None:
+        """Apply the rewinds and skips asked for this deployment's topics (:func:`loom_ray.ops.moves.apply_move`):
+        the owners of their partitions flush and hand them back, then one transaction moves them (a new epoch,
+        no owner); the rebalance that follows claims them for consumers from there. One that fails for an
+        outage or a broker that did not answer stays pending for the next round; one the policy refuses is
+        closed as failed, saying why."""
+        assert self._pool is not None
+        for operation in self._operations:
+            wanted = targets_of(operation)
+            held = [tp for tp in wanted if tp in self._owners]
+            await self._release_all([tp for tp in held if self._owners[tp] in self._members])
+            self._disown(held)
+            try:
+                async with self._pool.acquire() as conn:
+                    applied = await apply_move(conn, operation.id, self._broker, self._applied_by)
+            except _MOVE_ERRORS as exc:
+                log.warning("%s %d not applied (%s: %s); retrying next round", operation.kind, operation.id,
+                            type(exc).__name__, exc)  # fmt: skip
+                continue
+            if applied is None:
+                continue
+            if applied.error is not None:
+                log.warning("%s %d asked by %s refused: %s", operation.kind, operation.id, operation.requested_by,
+                            applied.error)  # fmt: skip
+                continue
+            self._claimed.update({(m.claim.topic, m.claim.partition): m.claim.epoch for m in applied.moved})
+            log.warning("%s %d asked by %s applied: %s", operation.kind, operation.id, operation.requested_by,
+                        applied.result())  # fmt: skip
+        self._operations = []
+
     async def _load_parked(self) -> None:
         """At the first round: the partitions an earlier coordinator parked (``loom_parked``) stay parked."""
         if self._parked_loaded:
@@ -464,10 +535,11 @@ class Coordinator:
             return
         self._lot.unsaved.clear()
 
-    async def _release_parked(self) -> None:
-        """Take back the parked partitions a consumer still holds (a fault it reported under an older claim
-        than the one it holds now): their owners flush and release them, and nobody claims them again."""
-        held = [tp for tp in self._owners if tp in self._lot.parked]
+    async def _release_held_back(self) -> None:
+        """Take back the parked and paused partitions a consumer still holds (a fault it reported under an
+        older claim than the one it holds now; a topic paused since): their owners flush and release them, and
+        nobody claims them until they are unparked or resumed."""
+        held = [tp for tp in self._owners if tp in self._lot.parked or tp[0] in self._paused]
         if held:
             await self._release_all([tp for tp in held if self._owners[tp] in self._members])
             self._disown(held)
@@ -475,6 +547,10 @@ class Coordinator:
     def _publish_parked(self, tp: TopicPartition) -> None:
         if self._on_parked is not None:
             self._on_parked(tp[0], tp[1], tp in self._lot.parked)
+
+    def _publish_paused(self, tp: TopicPartition) -> None:
+        if self._on_paused is not None:
+            self._on_paused(tp[0], tp[1], tp[0] in self._paused)
 
     async def _heartbeat(self) -> None:
         """Keep this deployment's row in ``loom_deployments`` alive (a driver of another deployment with one of
@@ -614,16 +690,20 @@ class Coordinator:
         known = set(self._partitions)
         for tp in [tp for tp in self._owners if tp not in known]:
             del self._owners[tp]  # topic deleted or shrunk
-        await self._release_parked()
+        await self._release_held_back()
         plan = assign(self._assignable(now), list(self._members), self._owners)
         await self._move_to(plan)
         self._settled = not self._pending and len(self._members) == self._target_count() and self._owners == plan
 
     def _assignable(self, now: float) -> list[TopicPartition]:
-        """The partitions to spread over the consumers: all but the parked ones and those waiting out the
-        backoff after a fault (:meth:`_waiting`)."""
+        """The partitions to spread over the consumers: all but the parked ones, the paused topics' and those
+        waiting out the backoff after a fault (:meth:`_waiting`)."""
         waiting = self._waiting(now)
-        return [tp for tp in self._partitions if tp not in self._lot.parked and tp not in waiting]
+        return [
+            tp
+            for tp in self._partitions
+            if tp not in self._lot.parked and tp[0] not in self._paused and tp not in waiting
+        ]
 
     def _waiting(self, now: float) -> dict[TopicPartition, float]:
         """The faulted partitions nobody holds whose backoff has not passed, each with the time it may be
@@ -647,6 +727,7 @@ class Coordinator:
             except _CLAIM_ERRORS as exc:
                 log.warning("claiming %d partitions failed (%s); retrying next round", len(chunk), exc)
         claimed = {(c.topic, c.partition) for c in claims}
+        self._claimed.update({(c.topic, c.partition): c.epoch for c in claims})
         for tp in moved:
             if tp not in claimed:
                 self._owners.pop(tp, None)
@@ -698,24 +779,22 @@ class Coordinator:
 
     async def _claim_all(self, wanted: list[tuple[TopicPartition, str]]) -> list[Claim]:
         """Claim partitions for their new owners in one transaction (:func:`loom_ray.offsets.claim_many`)."""
-        assert self._pool is not None and self._metadata is not None
-        metadata = self._metadata
+        assert self._pool is not None
         latest = self._settings.kafka_auto_offset_reset == "latest"
         requests = [
             offsets.ClaimRequest(t, p, owner, latest and p in self._first_sight.get(t, ())) for (t, p), owner in wanted
         ]
-
-        async def broker(tps: list[TopicPartition]) -> dict[TopicPartition, BrokerPartition]:
-            marks = await asyncio.to_thread(metadata.watermarks, tps)
-            missing = len(tps) - len(marks)
-            if missing:
-                log.warning(
-                    "no watermarks for %d of %d partitions to claim; retrying them next round", missing, len(tps)
-                )
-            return {tp: BrokerPartition(low, high, self._topic_ids.get(tp[0])) for tp, (low, high) in marks.items()}
-
         async with self._pool.acquire() as conn:
-            return await offsets.claim_many(conn, requests, broker)
+            return await offsets.claim_many(conn, requests, self._broker)
+
+    async def _broker(self, tps: list[TopicPartition]) -> dict[TopicPartition, BrokerPartition]:
+        """The partitions as the broker has them now, for a claim (a partition without watermarks left out)."""
+        assert self._metadata is not None
+        marks = await asyncio.to_thread(self._metadata.watermarks, tps)
+        missing = len(tps) - len(marks)
+        if missing:
+            log.warning("no watermarks for %d of %d partitions to claim; retrying them next round", missing, len(tps))
+        return {tp: BrokerPartition(low, high, self._topic_ids.get(tp[0])) for tp, (low, high) in marks.items()}
 
     async def _assign_all(self, claims: list[Claim], target: dict[TopicPartition, str]) -> None:
         """Hand each new owner its claims in one call; owners work concurrently."""
@@ -764,6 +843,7 @@ class Coordinator:
             self._on_lag([(t, p, row["lag"], self._owners.get((t, p))) for (t, p), row in progress.items()])
         for tp in progress:
             self._publish_parked(tp)
+            self._publish_paused(tp)
         assert self._pool is not None
         await lag_history.record(
             self._pool,
@@ -796,7 +876,10 @@ class Coordinator:
                 window = self._windows.setdefault(tp, deque(maxlen=WINDOW_SAMPLES))
                 window.append(Sample(now, row["next_offset"], row["lag"]))
         self._windows = {tp: w for tp, w in self._windows.items() if tp in progress}
-        self._health = {tp: evaluate(self._windows.get(tp, ()), row["lag"], now) for tp, row in progress.items()}
+        self._health = {
+            tp: PartitionStatus.OK if tp[0] in self._paused else evaluate(self._windows.get(tp, ()), row["lag"], now)
+            for tp, row in progress.items()
+        }
         if self._on_health is not None:
             for (topic, partition), status in self._health.items():
                 self._on_health(topic, partition, status)
@@ -875,7 +958,9 @@ class Coordinator:
 
     async def status(self) -> dict[str, Any]:
         """A snapshot for the driver's progress and per-consumer lines, from the last round; ``database`` is
-        False while PostgreSQL is out of reach. ``lags`` maps ``"topic[p]"`` to that partition's lag;
+        False while PostgreSQL is out of reach. ``drained``: every partition owned and at lag 0, as read after
+        this coordinator's newest claim of it (a claim that starts elsewhere, a new incarnation or a rewind, is
+        not drained on offsets read before it). ``lags`` maps ``"topic[p]"`` to that partition's lag;
         ``committed`` sums the committed offsets; ``records`` counts the rows and dead letters the consumers
         committed (:class:`~loom_ray.progress.RecordTally`), as of the health check ``records_age_s`` ago.
         ``lag_health`` is the deployment's status and each partition's that is not OK, by Burrow's rules
@@ -908,9 +993,13 @@ class Coordinator:
             "drained": reachable
             and len(progress) == len(self._partitions) > 0
             and len(self._owners) == len(self._partitions)
-            and all(row["lag"] == 0 for row in progress.values()),
+            and all(row["lag"] == 0 and row["epoch"] >= self._claimed.get(tp, 0) for tp, row in progress.items()),
             "topic_errors": dict(self._topic_errors),
             "parked": {f"{t}[{p}]": row.as_dict() for (t, p), row in sorted(self._lot.parked.items())},
+            "paused": {
+                topic: {**row.as_dict(), "partitions": sum(1 for t, _ in self._partitions if t == topic)}
+                for topic, row in sorted(self._paused.items())
+            },
             "waiting": {
                 f"{t}[{p}]": {
                     "error": self._lot.histories[(t, p)].newest.error,

@@ -1,5 +1,6 @@
-"""Operator commands against running deployments: ``python -m loom_ray.ctl status|deployments|resize N|unpark|
-stop|release-node|stop-jobs``.
+"""Operator commands: ``python -m loom_ray.ctl status|deployments|resize N|unpark|stop|release-node|stop-jobs``
+against running deployments, and ``dead-letters|replay|rewind|skip|pause|resume`` on the data, whether the job
+runs or not (:mod:`loom_ray.ops.cli`: they need the deployment's ``LOOM_*`` settings, not Ray).
 
 Connects to the Ray cluster (``--address`` or ``RAY_ADDRESS``) and talks to a deployment's coordinator
 (``--deployment``, else LOOM_DEPLOYMENT, else the only one running). ``resize`` sets the consumer count and
@@ -24,6 +25,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from loom_ray.ops import cli
 from loom_ray.settings import Settings
 
 _PARTITION = re.compile(r"(?P<topic>.+)\[(?P<partition>\d+)\]")
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (release, jobs):
         sub.add_argument("--wait", action="store_true", help="return once done (the default for release-node)")
         sub.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most (default 60)")
+    cli.add_commands(commands, parse_partition)
     args = parser.parse_args(argv)
+    if args.command in cli.COMMANDS:
+        return cli.run(args)
     if args.command == "unpark" and bool(args.partitions) == args.all:
         parser.error("unpark: name partitions (e.g. 'orders[3]') or give --all, not both")
     if args.command == "stop-jobs":

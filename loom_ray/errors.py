@@ -69,3 +69,14 @@ class RouteTableChangedError(LoomError):
     Carries SQLSTATE ``LR001``, which :mod:`loom_ray.policy.sink_errors` classes as needing a person."""
 
     sqlstate = "LR001"
+
+
+class PositionRefusedError(LoomError):
+    """An operator's rewind or skip of a partition cannot be done (forward of, or behind, where it stands;
+    beyond the broker's log; a log that is not the one stored): the message says why and what to do instead.
+    Nothing was moved."""
+
+
+class OperationError(LoomError):
+    """An operation asked with ``python -m loom_ray.ctl`` cannot run as asked (a topic the deployment does not
+    ingest, a route that does not exist, a filter that selects nothing it may act on); nothing was changed."""

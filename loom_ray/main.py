@@ -114,7 +114,8 @@ async def counts(conn: asyncpg.Connection, settings: Settings) -> Counts:
     row = await conn.fetchrow(
         """SELECT (SELECT coalesce(sum(next_offset), 0) FROM loom_offsets WHERE topic = ANY($1)) AS committed,
                   (SELECT count(*) FROM loom_messages WHERE topic = ANY($1)) AS rows,
-                  (SELECT count(*) FROM loom_dead_letters WHERE topic = ANY($1)) AS dead_letters,
+                  (SELECT count(*) FROM loom_dead_letters WHERE topic = ANY($1) AND resolved_at IS NULL)
+                      AS dead_letters,
                   (SELECT coalesce(sum(to_offset - from_offset), 0) FROM loom_gaps WHERE topic = ANY($1))
                       AS gap_offsets""",
         topics,
@@ -384,7 +385,8 @@ def watch(
             rate = (window.processed - records_then) / max(now - since, 1e-9)
             offsets = status["committed"] - before.committed
             line = progress_line(status, window.processed, (rate, now - since), offsets, now - started)
-            print(line + blocked_note(status.get("blocked", {}), time.time()) + fault_note(status), flush=True)
+            notes = blocked_note(status.get("blocked", {}), time.time()) + fault_note(status) + paused_note(status)
+            print(line + notes, flush=True)
             for consumer_line in consumers.lines(status, now):
                 print(consumer_line, flush=True)
             printed = (now, window.processed)
@@ -460,6 +462,18 @@ def fault_note(status: dict[str, Any]) -> str:
     if status.get("restart_in_s", 0) > 0:
         notes.append(f", consumers died in a row: the next one starts in {status['restart_in_s']:.0f}s")
     return "".join(notes)
+
+
+def paused_note(status: dict[str, Any]) -> str:
+    """The progress line's words on topics paused with ``python -m loom_ray.ctl pause`` (their partitions are not
+    read: the job is not drained while they are), and the command that reads them again."""
+    paused: dict[str, dict[str, Any]] = status.get("paused", {})
+    if not paused:
+        return ""
+    partitions = sum(row["partitions"] for row in paused.values())
+    listed = ", ".join(f"{topic} by {row['by']}" for topic, row in sorted(paused.items()))
+    which = " ".join(f"--topic {topic}" for topic in sorted(paused))
+    return f", {partitions} partitions paused ({listed}); python -m loom_ray.ctl resume {which}"
 
 
 def drain(coordinator: Any, settings: Settings, token: str) -> None:

@@ -13,18 +13,20 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from loom_ray.policy.claims import BrokerPartition, StoredOffset, plan_claim
+from loom_ray.policy.positions import BrokerPartition, Position, StoredOffset, Target, plan
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The right to write one partition: from ``next_offset`` on, while ``epoch`` is current."""
+    """The right to write one partition: from ``next_offset`` on, while ``epoch`` is current. Offsets below
+    ``reread_until`` were read before a rewind (:mod:`loom_ray.ops.reread`)."""
 
     topic: str
     partition: int
     epoch: int
     next_offset: int
     incarnation: int = 0
+    reread_until: int = 0
 
 
 TopicPartition = tuple[str, int]
@@ -32,12 +34,15 @@ TopicPartition = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """One partition to claim: for ``owner``; ``from_end`` when it starts at its end if never claimed."""
+    """One partition to claim: for ``owner`` (None: for nobody, an operator's move applied while no consumer
+    should hold it); ``from_end`` when it starts at its end if never claimed; ``target`` where an operator
+    moves it (a rewind or a skip), None to resume it."""
 
     topic: str
     partition: int
-    owner: str
+    owner: str | None
     from_end: bool = False
+    target: Target | None = None
 
 
 # Watermarks and topic id of each partition asked for, read by the caller after the rows are locked; a
@@ -52,7 +57,7 @@ log = logging.getLogger(__name__)
 CLAIM_LOCK_TIMEOUT_MS = 5_000
 
 _ROWS_SQL = """
-SELECT o.topic, o."partition", o.next_offset, o.incarnation, o.topic_id
+SELECT o.topic, o."partition", o.next_offset, o.incarnation, o.topic_id, o.reread_until
 FROM loom_offsets AS o JOIN unnest($1::text[], $2::int[]) AS r(topic, "partition") USING (topic, "partition")
 ORDER BY o.topic, o."partition"
 """
@@ -60,12 +65,18 @@ _LOCK_SQL = _ROWS_SQL + "FOR UPDATE OF o"
 _LOCK_FREE_SQL = _LOCK_SQL + " SKIP LOCKED"
 
 _CLAIM_SQL = """
-INSERT INTO loom_offsets AS o (topic, "partition", next_offset, epoch, owner, incarnation, topic_id)
-SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[])
+INSERT INTO loom_offsets AS o
+    (topic, "partition", next_offset, epoch, owner, incarnation, topic_id, reread_until, reread_operation)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[],
+                     $8::bigint[], $9::bigint[])
 ON CONFLICT (topic, "partition") DO UPDATE
     SET epoch = o.epoch + 1, owner = EXCLUDED.owner, next_offset = EXCLUDED.next_offset,
-        incarnation = EXCLUDED.incarnation, topic_id = coalesce(EXCLUDED.topic_id, o.topic_id), updated_at = now()
-RETURNING o.topic, o."partition", o.epoch, o.next_offset, o.incarnation
+        incarnation = EXCLUDED.incarnation, topic_id = coalesce(EXCLUDED.topic_id, o.topic_id),
+        reread_until = EXCLUDED.reread_until,
+        reread_operation = CASE WHEN EXCLUDED.reread_until = 0 THEN NULL
+                                ELSE coalesce(EXCLUDED.reread_operation, o.reread_operation) END,
+        updated_at = now()
+RETURNING o.topic, o."partition", o.epoch, o.next_offset, o.incarnation, o.reread_until
 """
 
 _GAP_SQL = """
@@ -75,14 +86,33 @@ ON CONFLICT DO NOTHING
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """One partition a claim took: the claim, the offset row as it was (None: never claimed), and the
+    position the policy chose (:func:`loom_ray.policy.positions.plan`)."""
+
+    claim: Claim
+    before: StoredOffset | None
+    position: Position
+
+
 async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], broker: BrokerRead) -> list[Claim]:
+    """Take many partitions in one transaction (:func:`move_many`); the claims."""
+    return [moved.claim for moved in await move_many(conn, requests, broker)]
+
+
+async def move_many(
+    conn: asyncpg.Connection, requests: list[ClaimRequest], broker: BrokerRead, operation: int | None = None
+) -> list[Moved]:
     """Take many partitions in one transaction and three statements: lock their rows (in key order), ask
-    ``broker`` for their watermarks (after the lock, so no flush moves a row past them), plan each start
-    (:func:`loom_ray.policy.claims.plan_claim`), bump the epochs, and record the gaps resets leave.
+    ``broker`` for their watermarks (after the lock, so no flush moves a row past them), place each
+    (:func:`loom_ray.policy.positions.plan`: resume, or the request's rewind or skip, ``operation`` being
+    the ``loom_operations`` row that asked), bump the epochs, and record the gaps that leaves.
 
     The row locks wait for in-flight flushes of the old owners and see the offsets they left; a row held past
     the connection's ``lock_timeout`` (the coordinator's is :data:`CLAIM_LOCK_TIMEOUT_MS`) is left out, as
-    are partitions the broker did not answer for (claim them again later).
+    are partitions the broker did not answer for (claim them again later). A move the policy refuses raises
+    :class:`~loom_ray.errors.PositionRefusedError`, and nothing is claimed.
     """
     if not requests:
         return []
@@ -100,11 +130,14 @@ async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], bro
                 return []
         tps = [(r.topic, r.partition) for r in requests]
         stored = {
-            (r["topic"], r["partition"]): StoredOffset(r["next_offset"], r["incarnation"], r["topic_id"]) for r in rows
+            (r["topic"], r["partition"]): StoredOffset(
+                r["next_offset"], r["incarnation"], r["topic_id"], r["reread_until"]
+            )
+            for r in rows
         }
         found = await broker(tps)
         plans = [
-            (r, plan_claim(stored.get((r.topic, r.partition)), found[(r.topic, r.partition)], r.from_end))
+            (r, plan(stored.get((r.topic, r.partition)), found[(r.topic, r.partition)], r.from_end, r.target))
             for r in requests
             if (r.topic, r.partition) in found
         ]
@@ -114,25 +147,62 @@ async def claim_many(conn: asyncpg.Connection, requests: list[ClaimRequest], bro
             _CLAIM_SQL,
             [r.topic for r, _ in plans],
             [r.partition for r, _ in plans],
-            [plan.next_offset for _, plan in plans],
+            [position.next_offset for _, position in plans],
             [1] * len(plans),
             [r.owner for r, _ in plans],
-            [plan.incarnation for _, plan in plans],
+            [position.incarnation for _, position in plans],
             [found[(r.topic, r.partition)].topic_id for r, _ in plans],
+            [position.reread_until for _, position in plans],
+            [operation] * len(plans),
         )
-        gaps = [(r, plan.gap) for r, plan in plans if plan.gap is not None]
-        if gaps:
-            await conn.execute(
-                _GAP_SQL,
-                [r.topic for r, _ in gaps],
-                [r.partition for r, _ in gaps],
-                [g.incarnation for _, g in gaps],
-                [g.from_offset for _, g in gaps],
-                [g.to_offset for _, g in gaps],
-                [g.reason for _, g in gaps],
-                [g.detail for _, g in gaps],
-            )
-    return [Claim(r["topic"], r["partition"], r["epoch"], r["next_offset"], r["incarnation"]) for r in claimed]
+        await _record_gaps(conn, [(r.topic, r.partition, position) for r, position in plans])
+    by_tp = {(r.topic, r.partition): position for r, position in plans}
+    return [
+        Moved(
+            Claim(r["topic"], r["partition"], r["epoch"], r["next_offset"], r["incarnation"], r["reread_until"]),
+            stored.get((r["topic"], r["partition"])),
+            by_tp[(r["topic"], r["partition"])],
+        )
+        for r in claimed
+    ]
+
+
+async def _record_gaps(conn: asyncpg.Connection, placed: list[tuple[str, int, Position]]) -> None:
+    """Insert the gaps the positions leave (a gap already recorded from the same offset is kept)."""
+    gaps = [(t, p, position.gap) for t, p, position in placed if position.gap is not None]
+    if gaps:
+        await conn.execute(
+            _GAP_SQL,
+            [t for t, _, _ in gaps],
+            [p for _, p, _ in gaps],
+            [g.incarnation for _, _, g in gaps],
+            [g.from_offset for _, _, g in gaps],
+            [g.to_offset for _, _, g in gaps],
+            [g.reason for _, _, g in gaps],
+            [g.detail for _, _, g in gaps],
+        )
+
+
+_REPOSITION_SQL = """
+UPDATE loom_offsets SET next_offset = $4, incarnation = $5, epoch = epoch + 1, owner = NULL, reread_until = 0,
+                        reread_operation = NULL, updated_at = now()
+WHERE topic = $1 AND "partition" = $2 AND epoch = $3
+"""
+
+
+async def reposition(conn: asyncpg.Connection, claim: Claim, position: Position) -> bool:
+    """Move a partition its owner holds under ``claim`` to ``position`` (a new incarnation the consumer found
+    after a fetch out of range, :func:`loom_ray.policy.positions.out_of_range`) and record its gap, in one
+    transaction; the new epoch fences the owner too, which drops the partition for the coordinator to claim
+    again. False, changing nothing, when the claim was no longer current (fenced)."""
+    async with conn.transaction():
+        status = await conn.execute(
+            _REPOSITION_SQL, claim.topic, claim.partition, claim.epoch, position.next_offset, position.incarnation
+        )
+        if status != "UPDATE 1":
+            return False
+        await _record_gaps(conn, [(claim.topic, claim.partition, position)])
+    return True
 
 
 async def _lock(
@@ -156,7 +226,7 @@ async def claim(
     conn: asyncpg.Connection,
     topic: str,
     partition: int,
-    owner: str,
+    owner: str | None,
     broker: Callable[[], Awaitable[BrokerPartition]],
     from_end: bool,
 ) -> Claim:

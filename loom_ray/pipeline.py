@@ -24,21 +24,22 @@ import asyncpg
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from loom_ray import db
-from loom_ray.batch import OFFSET_OUT_OF_RANGE, FlushLimits, PartitionBatch, flush_due
+from loom_ray import db, offsets
+from loom_ray.batch import FlushLimits, PartitionBatch, Row, take_together
 from loom_ray.crashpoints import crash_point
-from loom_ray.decode import Rejection, capped, decode_value, sha256, size_rejection
+from loom_ray.decode import Rejection, capped, decode_value, sha256
 from loom_ray.fields import UNSTORABLE, UnreadableHeaders, diagnose, read_headers, unencodable_headers
-from loom_ray.formats import debezium
 from loom_ray.formats.base import Codec, SchemaNotReady
 from loom_ray.formats.codecs import Codecs
-from loom_ray.formats.read import key_document, route_document
+from loom_ray.formats.read import registry_row, routed_record
 from loom_ray.formats.waits import SchemaWaits
 from loom_ray.kafka.consumer import Fetched, PartitionConsumer
 from loom_ray.offsets import Claim
+from loom_ray.ops.reread import Rereads
 from loom_ray.policy.backoff import backoff_delay
+from loom_ray.policy.positions import Action, out_of_range
 from loom_ray.policy.sink_errors import Blocker, Kind, Verdict, classify
-from loom_ray.routes.convert import RoutedRecord, RoutePlan, change_values, convert, tombstone
+from loom_ray.routes.convert import RoutedRecord, RoutePlan
 from loom_ray.routes.model import Route
 from loom_ray.settings import Settings
 from loom_ray.sink.codecs import install_codecs, kafka_ts_micros
@@ -202,7 +203,12 @@ class IngestWorker:
             self._settings, f"loom-ray {self.name} pid={os.getpid()}", init=install_codecs
         )
         self._sink = PostgresSink(
-            self._pool, self.name, self._settings.dead_letter_max_bytes, self._settings.audit, self._tables
+            self._pool,
+            self.name,
+            self._settings.dead_letter_max_bytes,
+            self._settings.audit,
+            self._tables,
+            Rereads(),
         )
         self._kafka = PartitionConsumer(self._settings, self.name)
         _tune_gc()
@@ -224,10 +230,12 @@ class IngestWorker:
             claim.next_offset,
             incarnation=claim.incarnation,
             plan=self._plan(route),
+            reread_until=claim.reread_until,
         )
         self._assignments += 1
         codec = self._codecs.for_topic(claim.topic)
         self._parts[tp] = _Partition(claim, claim.next_offset, batch, self._assignments, route, codec)
+        self._mirror[tp] = claim.next_offset  # the truth as claimed, even if nothing more arrives
         await self._kafka.assign(claim.topic, claim.partition, claim.next_offset, paused=self._paused)
         log.info(
             "%s assigned %s[%d] epoch=%d incarnation=%d from offset %d",
@@ -239,19 +247,23 @@ class IngestWorker:
         )
 
     async def release(self, topic: str, partition: int) -> int | None:
-        """Flush what is buffered for the partition, then drop it; the committed offset, or None if fenced."""
+        """Flush what is buffered for the partition, mirror its offset, then drop it; the committed offset, or None
+        if a flush of it was fenced or faulted (its offset is then the one the next claim finds)."""
         part = self._parts.pop((topic, partition), None)
         if part is None:
             return None
         assert self._kafka is not None
         await self._kafka.unassign(topic, partition)
         async with self._flush_lock:  # waits for an in-flight flush that may hold this partition's batch
-            if (topic, partition, part.claim.epoch) in self.fenced:
-                return None
-            result = await self._write_with_retry([part.open]) if part.open.advances else FlushResult()
-        if result.fenced or result.faulted:
+            claim = (topic, partition, part.claim.epoch)
+            # That flush was fenced or faulted on it: the offset before the open batch was never committed.
+            lost = claim in self.fenced or any((f.topic, f.partition, f.epoch) == claim for f in self.faults)
+            result = await self._write_with_retry([part.open]) if part.open.advances and not lost else FlushResult()
+        self._mirror.pop((topic, partition), None)  # its next owner mirrors it from now on
+        if lost or result.fenced or result.faulted:
             return None
         committed = part.open.end
+        await self._kafka.mirror({(topic, partition): committed})
         log.info("%s released %s[%d] at offset %d", self.name, topic, partition, committed)
         return committed
 
@@ -278,7 +290,7 @@ class IngestWorker:
                 await self._out_of_range(tp, assignments)
             self._check_flush_task()
             if self._flush_task is None:
-                due = self._take_due(now, force=False)  # while paused, flush_due takes every batch
+                due = self._take_due(now, force=False)  # while paused, every batch is due
                 if due:
                     self._flush_task = asyncio.create_task(self._flush(due))
             await self._mirror_offsets(now)
@@ -344,106 +356,35 @@ class IngestWorker:
                 self._add_unstorable(part, message, offset, raw_headers, exc, now)
 
     def _add_special(self, part: _Partition, message: Message, offset: int, raw_headers: Any, now: float) -> bool:
-        """A record off the default path (a routed topic, a registry format): added to the batch as a row or a
-        dead letter, or False when its schema must be fetched first; the partition then waits at it
-        (:meth:`_wait_for_schema`)."""
+        """A record off the default path (a routed topic, a registry format; :mod:`loom_ray.formats.read`):
+        added to the batch as a row, a dead letter or an offset committed without a row, or False when its
+        schema must be fetched first; the partition then waits at it (:meth:`_wait_for_schema`)."""
+        batch = part.open
+        found: Row | RoutedRecord | Rejection | None
         try:
-            if part.open.plan is not None:
-                self._add_routed(part, part.open.plan, message, offset, raw_headers, now)
+            headers = encode_headers(raw_headers) if raw_headers else None
+            if batch.plan is not None:
+                found = routed_record(
+                    batch.plan, part.codec, message, raw_headers, headers, self._settings.max_message_bytes
+                )
             else:
-                self._add_decoded(part, message, offset, raw_headers, now)
+                assert part.codec is not None
+                found = registry_row(part.codec, message, headers, batch.incarnation, self._settings.max_message_bytes)
         except SchemaNotReady as pending:
             part.stats.messages -= 1  # read again once the schema is there
             self._wait_for_schema(part, pending, offset)
             return False
         except Exception as exc:  # some field cannot be stored: the slow path finds which
             self._add_unstorable(part, message, offset, raw_headers, exc, now)
-        return True
-
-    def _add_decoded(self, part: _Partition, message: Message, offset: int, raw_headers: Any, now: float) -> None:
-        """A record of a registry format into ``loom_messages``: its value as JSON, with its schema id."""
-        assert part.codec is not None
-        value = message.value()
-        headers = encode_headers(raw_headers) if raw_headers else None
-        decoded = size_rejection(value, self._settings.max_message_bytes) or part.codec.text(value)  # type: ignore[arg-type]
-        if isinstance(decoded, Rejection):
-            self._add_dead_letter(part, message, offset, headers, decoded, now)
-            return
-        text, schema_id = decoded
-        ts_type, ts_ms = message.timestamp()
-        kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts_micros(ts_ms)
-        batch = part.open
-        key = message.key()
-        row = (batch.topic, batch.partition, offset, key, text, headers, kafka_ts, batch.incarnation, schema_id)
-        batch.add_row(offset, row, len(value), now)  # type: ignore[arg-type]  # not None: size_rejection
-
-    def _add_routed(
-        self, part: _Partition, route_plan: RoutePlan, message: Message, offset: int, raw_headers: Any, now: float
-    ) -> None:
-        """Convert a record of a routed topic into its route's columns (:mod:`loom_ray.routes.convert`): a
-        row, a delete by key for a tombstone, or a dead letter naming the route, the column and the reason. A
-        Debezium route's tombstone (the one after a delete) is committed without a row."""
-        value = message.value()
-        key = message.key()
-        headers = encode_headers(raw_headers) if raw_headers else None
-        batch = part.open
-        debezium_route = route_plan.route.envelope == "debezium"
-        if value is None and debezium_route:
-            batch.skip_to(offset + 1, now)
-            return
-        if value is None:
-            values = tombstone(route_plan, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset)
-        else:
-            document = route_document(part.codec, value, self._settings.max_message_bytes)
-            if isinstance(document, Rejection):
-                self._add_dead_letter(part, message, offset, headers, document, now)
-                return
-            if debezium_route:
-                self._add_change(part, route_plan, message, document, offset, raw_headers, now)
-                return
-            values = convert(
-                route_plan, document, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
-            )
-        if isinstance(values, Rejection):
-            self._add_dead_letter(part, message, offset, headers, values, now)
-            return
-        record = RoutedRecord(offset, value is None, values, key, value, headers)
-        part.open.add_row(offset, record, 0 if value is None else len(value), now)
-
-    def _add_change(
-        self,
-        part: _Partition,
-        route_plan: RoutePlan,
-        message: Message,
-        document: Any,
-        offset: int,
-        raw_headers: Any,
-        now: float,
-    ) -> None:
-        """A Debezium change event into its route's row or delete (:func:`loom_ray.routes.convert.change_values`);
-        an event the route ignores (a truncate, with ``on_truncate = "ignore"``) is committed without a row."""
-        key = message.key()
-        headers = encode_headers(raw_headers) if raw_headers else None
-        batch = part.open
-        event = debezium.change(document)
-        if isinstance(event, Rejection):
-            self._add_dead_letter(part, message, offset, headers, event, now)
-            return
-        key_values = None
-        if event.op == "d" and event.before is None and key is not None:
-            key_values = key_document(part.codec, key)
-        found = change_values(
-            route_plan, event, key_values, key, raw_headers, message.timestamp(), batch.topic, batch.partition, offset
-        )
+            return True
         if found is None:
             batch.skip_to(offset + 1, now)
         elif isinstance(found, Rejection):
             self._add_dead_letter(part, message, offset, headers, found, now)
         else:
-            delete, values = found
             value = message.value()
-            size = len(value) if value is not None else 0
-            batch.add_row(offset, RoutedRecord(offset, delete, values, key, value, headers), size, now)
+            batch.add_row(offset, found, 0 if value is None else len(value), now)
+        return True
 
     def _wait_for_schema(self, part: _Partition, pending: SchemaNotReady, offset: int) -> None:
         """Stop reading ``part`` at ``offset`` until the registry gave the schema its record needs, then read it
@@ -525,12 +466,16 @@ class IngestWorker:
                 part.open.skip_to(position, now)
 
     async def _out_of_range(self, tp: TopicPartition, assignments: int) -> None:
-        """The broker has no record at the offset we read next: decide from its watermarks, never implicitly.
+        """The broker has no record at the offset we read next: decide from its watermarks, never implicitly
+        (:func:`loom_ray.policy.positions.out_of_range`).
 
-        Below the log start (retention or DeleteRecords removed records before we read them): record the
-        skipped range as a gap, committed with the batch, and read on from the log start. Above the high
-        watermark (the topic was recreated, or its log truncated): drop the partition; the coordinator claims
-        it again and the claim starts a new incarnation. Otherwise the range moved back: read on.
+        Below the log start (retention or DeleteRecords removed records before we read them): the skipped
+        range is a gap, committed with the batch, and reading goes on from the log start. Above the high
+        watermark (the topic was recreated, or its log truncated): the partition is dropped; the coordinator
+        claims it again and the claim decides. Inside the log (truncated below the offset and written again
+        before we looked): what is buffered is dropped (it may not be the log's any more), the new incarnation
+        is recorded under this claim (:func:`loom_ray.offsets.reposition`, which fences this consumer too),
+        and the partition is dropped for the coordinator to claim again there.
         """
         assert self._kafka is not None
         part = self._parts.get(tp)
@@ -540,7 +485,8 @@ class IngestWorker:
         if self._parts.get(tp) is not part:
             return
         expected = part.open.end
-        if expected > high:
+        decision = out_of_range(expected, part.committed, part.open.incarnation, low, high)
+        if decision.action is Action.HAND_BACK:
             log.warning(
                 "%s: %s[%d] has no offset %d (high watermark %d): the topic was recreated or its log truncated; "
                 "handing it back to be claimed again",
@@ -551,25 +497,48 @@ class IngestWorker:
             )
             await self._drop(tp, reason="offset above the high watermark")
             return
-        if expected < low:
-            detail = (
-                f"the log start moved to {low} (retention or DeleteRecords) before offsets "
-                f"{expected}..{low - 1} were read"
-            )
-            log.warning("%s: %s[%d] gap: %s", self.name, *tp, detail)
-            part.open.add_gap(low, OFFSET_OUT_OF_RANGE, detail, time.monotonic())
+        if decision.action is Action.NEW_INCARNATION:
+            await self._restart_incarnation(tp, part, expected, low, high)
+            return
+        position = decision.position
+        assert position is not None
+        if position.gap is not None:
+            log.warning("%s: %s[%d] gap: %s", self.name, *tp, position.gap.detail)
+            part.open.add_gap(position.next_offset, position.gap.reason, position.gap.detail, time.monotonic())
         self._assignments += 1
         part.assigned = self._assignments
         await self._kafka.seek(*tp, part.open.end, paused=self._paused)
 
+    async def _restart_incarnation(
+        self, tp: TopicPartition, part: _Partition, expected: int, low: int, high: int
+    ) -> None:
+        """Record a new incarnation of a log written again under us at its committed offset, and drop the
+        partition. Under the flush lock, so that no flush of it is in flight and the committed offset is
+        final; its open batch is dropped with it."""
+        async with self._flush_lock:
+            if self._parts.get(tp) is not part:
+                return
+            position = out_of_range(expected, part.committed, part.open.incarnation, low, high).position
+            assert position is not None
+            self._parts.pop(tp)
+            async with self._pool.acquire() as conn:
+                recorded = await offsets.reposition(conn, part.claim, position)
+        await self._unassign_quietly(tp)
+        log.warning(
+            "%s: %s[%d] %s",
+            self.name,
+            *tp,
+            position.gap.detail if recorded and position.gap is not None else "fenced while handing it back",
+        )
+
     def _take_due(self, now: float, force: bool) -> list[PartitionBatch]:
-        """Detach the batches that must be flushed and open fresh ones after them."""
-        due = []
-        for part in self._parts.values():
-            batch = part.open
-            if batch.advances and (force or flush_due(batch, self._limits, now, self._paused)):
-                due.append(batch)
-                part.open = batch.after(self._plan(part.route))
+        """Detach the batches to flush (all that advance if ``force``, else :func:`take_together`'s) and open fresh
+        ones after them."""
+        batches = [part.open for part in self._parts.values()]
+        due = [b for b in batches if b.advances] if force else take_together(batches, self._limits, now, self._paused)
+        for batch in due:
+            part = self._parts[(batch.topic, batch.partition)]
+            part.open = batch.after(self._plan(part.route))
         self._inflight_bytes = sum(b.held_bytes for b in due)
         return due
 
@@ -762,7 +731,7 @@ class IngestWorker:
                 part.stats.batches += 1
                 part.stats.rows += len(batch.rows)
                 part.stats.dead_letters += len(batch.dead_letters)
-            self._mirror[tp] = batch.end
+                self._mirror[tp] = batch.end  # a partition let go meanwhile is mirrored by whoever holds it
         for batch in result.fenced:
             tp = (batch.topic, batch.partition)
             self.fenced.append((batch.topic, batch.partition, batch.epoch))
@@ -775,7 +744,10 @@ class IngestWorker:
             self._observer.on_flush(result, seconds)
 
     async def _unassign_quietly(self, tp: TopicPartition) -> None:
+        """Stop fetching a partition this consumer lost, and stop mirroring its offset: a value still pending
+        here may be older than what its next owner, which mirrors from its claim, has sent meanwhile."""
         assert self._kafka is not None
+        self._mirror.pop(tp, None)
         with contextlib.suppress(Exception):
             await self._kafka.unassign(*tp)
 

@@ -55,11 +55,14 @@ print(found["Dir"])
   fi
 fi
 
-stamp=.venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+# Installed with bytecode: a Python that may not write it (PYTHONDONTWRITEBYTECODE, as on CI machines) would
+# otherwise compile Ray and every dependency from source in each process it starts, and a local Ray starts
+# about ten (its API server, agents, log monitor, workers) on every ray.init.
+stamp=.venv/.installed-$(cat requirements.lock pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 [ -f "$stamp" ] && exit 0
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
-.venv/bin/uv pip sync -q --python .venv/bin/python requirements.lock
+.venv/bin/uv pip sync -q --compile-bytecode --python .venv/bin/python requirements.lock
 .venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
 rm -f .venv/.installed-* && touch "$stamp"
 echo "bootstrap: .venv ready" >&2

@@ -7,4 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/bootstrap.sh
+# The tree's own bytecode, for the same reason as the dependencies' (scripts/bootstrap.sh): the suite starts
+# hundreds of Python processes.
+.venv/bin/python -m compileall -q loom_ray tests >/dev/null
 ./scripts/with-stack.sh .venv/bin/python -m pytest "$@"

@@ -1,10 +1,16 @@
-"""Session fixtures for tests that use real services; unit tests never touch them."""
+"""Session fixtures for tests that use real services; unit tests never touch them.
+
+Under ``CI=true`` (or ``CI=1``; ``.ci/run`` sets it) a skipped test fails the run: a test that cannot run
+there (chromium, promtool or Java missing, the CRD not fetched, a service variable unset) has proven nothing,
+and a green run must not hide it. No skip is exempt. An expected failure (``xfail``) is not a skip and is
+left alone.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -13,6 +19,39 @@ from tests.support.registry import session_registry
 from tests.support.services import Endpoints, services
 
 os.environ.update({k: v for k, v in RAY_TEST_ENV.items() if k not in os.environ})
+
+
+def _skips_fail() -> bool:
+    """Whether this run is CI's, where a skip is a failure."""
+    return os.environ.get("CI", "").lower() in ("1", "true")
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip report into a failure that says why the test did not run."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI={os.environ['CI']}, where every test must run: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """A test skipped in setup (a ``skipif`` mark, a fixture's ``pytest.skip``) or in its body fails under CI."""
+    report = yield
+    assert isinstance(report, pytest.TestReport)
+    if report.skipped and not hasattr(report, "wasxfail") and _skips_fail():
+        _fail_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, object, object]:
+    """A module skipped as a whole (``pytest.skip(allow_module_level=True)``, ``importorskip``) fails under CI."""
+    report = yield
+    assert isinstance(report, pytest.CollectReport)
+    if report.skipped and _skips_fail():
+        _fail_skip(report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from loom_bench.systems import report_result
 from loom_ray import offsets
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.pipeline import IngestWorker
-from loom_ray.policy.claims import BrokerPartition
+from loom_ray.policy.positions import BrokerPartition
 from loom_ray.settings import Settings
 
 POLL_S = 0.2

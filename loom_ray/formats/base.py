@@ -2,8 +2,9 @@
 a record gets (JSON for the default table or a route, a dead letter, or "wait for the schema").
 
 A :class:`Codec` lives on a consumer, one per format. For each record of a registry-format topic the consumer
-calls :meth:`Codec.text` (the default table) or :meth:`Codec.document` (a route). The first record of a schema
-id raises :class:`SchemaNotReady`: the consumer stops reading that partition at that record, awaits
+calls :meth:`Codec.text` (the default table), :meth:`Codec.document` (a route with a model or a Debezium
+envelope) or :meth:`Codec.decode` (any other route: its columns take the decoded values). The first record of
+a schema id raises :class:`SchemaNotReady`: the consumer stops reading that partition at that record, awaits
 :meth:`Codec.prepare` (the registry asked on a worker thread, retried with backoff while
 :class:`~loom_ray.formats.registry.SchemaFetchError` says it cannot answer) and reads the record again. Every
 later record of the id is decoded on the event loop from the cached reader, with no request.

@@ -1,6 +1,8 @@
 """A decoded record (Avro, Protobuf, a Debezium event's Connect types) as JSON, exactly.
 
-Runs on the consumer for every record of a registry format, after its codec decoded it into Python values.
+Runs on the consumer for every record of a registry format into the default table or through a route with a
+model or a Debezium envelope, after its codec decoded it into Python values; a plain route converts the
+decoded values (:func:`loom_ray.routes.types.native_converter`), each exactly as its JSON form written here.
 JSON has no decimal, bytes or time, so each is written as follows, by orjson (one pass in C):
 
 - a decimal: in the default table's jsonb a JSON number with every digit (:func:`text`; jsonb's numeric

@@ -109,6 +109,17 @@ class KafkaMetadata:
         high = self._offsets(partitions, OFFSET_END, timeout_s)
         return {tp: (low[tp], high[tp]) for tp in partitions if tp in low and tp in high}
 
+    def offsets_for_times(
+        self, partitions: list[tuple[str, int]], timestamp_ms: int, timeout_s: float = 10.0
+    ) -> dict[tuple[str, int], int]:
+        """Per partition, the first offset whose record's timestamp is at or after ``timestamp_ms`` (ms since
+        1970), or -1 when there is none (every record is older: the end of the log); a partition whose request
+        failed is left out."""
+        answered = self._client.offsets_for_times(
+            [TopicPartition(t, p, timestamp_ms) for t, p in partitions], timeout_s
+        )
+        return {(a.topic, a.partition): a.offset for a in answered if a.error is None}
+
     def _offsets(
         self, partitions: Iterable[tuple[str, int]], which: int, timeout_s: float, refreshed: bool = False
     ) -> dict[tuple[str, int], int]:

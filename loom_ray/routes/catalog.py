@@ -101,13 +101,16 @@ class UniqueKey:
 @dataclass(frozen=True, slots=True)
 class TableShape:
     """A route's table: ``label`` (schema-qualified, quoted), its columns by name, its unique keys, whether
-    deferrable constraints touch it, and its :func:`signature <read_shape>`."""
+    deferrable constraints touch it, and its :func:`signature <read_shape>`. ``copy_target`` is its
+    ``(schema, name)`` as spelled when a COPY into it is what an INSERT is (a plain or partitioned table
+    without rules), else None."""
 
     label: str
     columns: Mapping[str, TableColumn]
     unique_keys: tuple[UniqueKey, ...]
     deferrable: bool
     signature: str
+    copy_target: tuple[str, str] | None = None
 
     def key_named(self, columns: frozenset[str]) -> UniqueKey | None:
         """The unique key on exactly ``columns``, an immediate one first."""
@@ -167,6 +170,11 @@ WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred
   AND k.ord <= i.indnkeyatts
 GROUP BY i.indexrelid, c.relname, i.indimmediate
 """
+_RELATION_SQL = """
+SELECT n.nspname::text AS schema, c.relname::text AS name, c.relkind IN ('r', 'p') AND NOT c.relhasrules AS copies
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = $1::regclass
+"""
 _DEFERRABLE_SQL = """
 SELECT EXISTS (SELECT 1 FROM pg_constraint c
                WHERE (c.conrelid = $1::regclass OR c.confrelid = $1::regclass) AND c.condeferrable)
@@ -198,7 +206,9 @@ async def read_shape(conn: asyncpg.Connection, label: str, loom_schema: str) -> 
     )
     deferrable = bool(await conn.fetchval(_DEFERRABLE_SQL, label))
     signature = await conn.fetchval(f"SELECT {quote_identifier(loom_schema)}.loom_route_shape($1::regclass)", label)
-    return TableShape(label, columns, keys, deferrable, signature)
+    relation = await conn.fetchrow(_RELATION_SQL, label)
+    copy_target = (relation["schema"], relation["name"]) if relation["copies"] else None
+    return TableShape(label, columns, keys, deferrable, signature, copy_target)
 
 
 async def _types(conn: asyncpg.Connection, oids: set[int]) -> dict[int, asyncpg.Record]:

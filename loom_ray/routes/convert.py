@@ -1,8 +1,8 @@
 """A routed record into the typed values of its route's columns, or the rejection that becomes its dead letter.
 
 Pure; runs on the consumer actor for every record of a routed topic (``IngestWorker._add_routed``), after
-the value is parsed once (:func:`loom_ray.decode.decode_document`). Each column's value is looked up at its
-source and converted for the column's type as the table has it (:func:`plan` builds the converters from
+the value is parsed or decoded once (:func:`loom_ray.formats.read.route_document`). Each column's value is
+looked up at its source and converted for the column's type as the table has it (:func:`plan` builds the converters from
 the :class:`~loom_ray.routes.catalog.TableShape` once); the first column that does not fit rejects the
 record with a message naming the route, the column and the reason (stage ``validate``). A tombstone (no
 value) is a delete by key when the route says ``on_tombstone = "delete"``, else a dead letter. A route with
@@ -24,7 +24,7 @@ from loom_ray.formats.debezium import UPSERTS, Change, position
 from loom_ray.routes.catalog import PgType, TableShape
 from loom_ray.routes.model import Column, Route
 from loom_ray.routes.models import load_model
-from loom_ray.routes.types import Converter, Unfit, converter
+from loom_ray.routes.types import Converter, Unfit, converter, native_converter
 
 _MISSING = object()
 POSITION = "position"  # the source of the column a Debezium route's ``position`` names
@@ -53,6 +53,7 @@ class _ColumnPlan:
     header: str | None
     refuses_null: bool  # required, part of the key, or the version
     convert: Converter
+    native: Converter  # convert, for a record as its codec decoded it (routes.types.native_converter)
     validated: bool  # read from the route's model's validated value (else from the value as it came)
     type: PgType
 
@@ -113,11 +114,13 @@ def _column_plan(
     convert = converter(pg, source, column.round)
     assert convert is not None  # fit.problems refuses a source that cannot fill the type
     if holds_position:  # a Debezium event's source position (an integer), not a path into its row
-        return _ColumnPlan(column.name, POSITION, (), None, None, True, convert, False, pg)
+        return _ColumnPlan(column.name, POSITION, (), None, None, True, convert, convert, False, pg)
     path = column.json_path if column.source == "value" else column.path
     field = path[0] if column.source == "value" and len(path) == 1 else None
+    native = native_converter(pg, column.round) if column.source == "value" and source == "json" else convert
+    refuses_null = column.required or refuses_null
     return _ColumnPlan(
-        column.name, column.source, path, field, column.header, column.required or refuses_null, convert, validated, pg
+        column.name, column.source, path, field, column.header, refuses_null, convert, native, validated, pg
     )
 
 
@@ -162,11 +165,13 @@ def convert(
     partition: int,
     offset: int,
     position: int | None = None,
+    native: bool = False,
 ) -> tuple[Any, ...] | Rejection:
     """The record's values in column order, or the rejection naming the first column that does not fit.
 
     ``timestamp`` is confluent-kafka's ``(type, ms)``; type 0 means the record has none (NULL). ``position``:
-    a Debezium event's source position, for the route's ``position`` column.
+    a Debezium event's source position, for the route's ``position`` column. ``native``: ``document`` is the
+    record as its codec decoded it, not its JSON form (a route without a model only: a model validates JSON).
     """
     validated = document
     if plan.model is not None:
@@ -189,7 +194,7 @@ def convert(
                 _check_null(column, raw)
                 append(None)
             else:
-                append(column.convert(raw))
+                append(column.native(raw) if native else column.convert(raw))
     except Unfit as unfit:
         return _reject(plan, column, unfit)
     return tuple(values)

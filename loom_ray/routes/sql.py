@@ -1,5 +1,5 @@
-"""The SQL of a route, built by pure functions: its table's DDL, its staging table, and the set-based
-statements that apply a staged batch.
+"""The SQL of a route, built by pure functions: its table's DDL, its staging table, the set-based
+statements that apply a staged batch, and the lock taken before a batch is COPYed straight into its table.
 
 Every identifier is quoted exactly as the catalog spells it. The flush (:mod:`loom_ray.sink.routed`) COPYs a
 batch's records into the route's staging table, each numbered by ``_loom_ord`` (offset order within each
@@ -61,9 +61,23 @@ def create_stage_sql(plan: RoutePlan) -> str:
     return f"CREATE TEMP TABLE IF NOT EXISTS {plan.stage} ({', '.join(columns)}) ON COMMIT DELETE ROWS"
 
 
+def _chosen(column: str) -> str:
+    """``column`` is one of the staged records numbered ``$1``: a semi-join on the array's elements, which
+    PostgreSQL hashes. (``= ANY($1)`` searches the array for every staged row once the statement's plan is
+    generic, after its fifth execution on a connection: a flush of n records then costs n² comparisons.)"""
+    return f"{column} IN (SELECT unnest($1::int4[]))"
+
+
 def _guard(loom_schema: str) -> str:
     """The one-time check, at the start of a statement, that ``$2`` (the table) still has signature ``$3``."""
     return f"(SELECT {quote_identifier(loom_schema)}.loom_route_guard($2::text::regclass, $3::text))"
+
+
+def lock_sql(loom_schema: str) -> str:
+    """For a route that COPYs into its table (``RouteTables.copy_target``): lock table ``$1`` as an INSERT
+    would and check that it still has signature ``$2`` and takes a COPY as an INSERT (``loom_route_lock``: LR001
+    if not), once per flush, before the COPY."""
+    return f"SELECT {quote_identifier(loom_schema)}.loom_route_lock($1::text::regclass, $2::text)"
 
 
 def insert_sql(plan: RoutePlan, loom_schema: str) -> str:
@@ -71,9 +85,7 @@ def insert_sql(plan: RoutePlan, loom_schema: str) -> str:
     whose key the table already holds is skipped: the statement returns the numbers of those skipped."""
     route = plan.route
     columns = _names(c.name for c in plan.columns)
-    select = (
-        f"SELECT {columns} FROM {plan.stage} WHERE {ORD} = ANY($1::int4[]) AND {_guard(loom_schema)} ORDER BY {ORD}"
-    )
+    select = f"SELECT {columns} FROM {plan.stage} WHERE {_chosen(ORD)} AND {_guard(loom_schema)} ORDER BY {ORD}"
     target = plan.table.label
     if route.on_duplicate != "ignore":
         return f"INSERT INTO {target} ({columns})\n{select}"
@@ -83,7 +95,7 @@ def insert_sql(plan: RoutePlan, loom_schema: str) -> str:
         f"    INSERT INTO {target} AS t ({columns})\n    {select}\n"
         f"    ON CONFLICT ({key}) DO NOTHING RETURNING {_qualified('t', route.key)}\n"
         f")\n"
-        f"SELECT s.{ORD} FROM {plan.stage} AS s WHERE s.{ORD} = ANY($1::int4[])\n"
+        f"SELECT s.{ORD} FROM {plan.stage} AS s WHERE {_chosen(f's.{ORD}')}\n"
         f"  AND NOT EXISTS (SELECT 1 FROM _loom_in WHERE {_match('_loom_in', 's', route.key)})"
     )
 
@@ -106,7 +118,7 @@ def upsert_sql(plan: RoutePlan, loom_schema: str) -> str:
     insert = (
         f"INSERT INTO {target} AS t ({columns})\n"
         f"SELECT DISTINCT ON ({key}) {columns} FROM {plan.stage}\n"
-        f"WHERE {ORD} = ANY($1::int4[]) AND {_guard(loom_schema)}\n"
+        f"WHERE {_chosen(ORD)} AND {_guard(loom_schema)}\n"
         f"ORDER BY {key}, {ORD} DESC\n"
         f"ON CONFLICT ({key}) {on_conflict}"
     )
@@ -118,7 +130,7 @@ def upsert_sql(plan: RoutePlan, loom_schema: str) -> str:
         f"WHERE t.{version} IS NULL OR t.{version} <= EXCLUDED.{version}\n"
         f"RETURNING {_qualified('t', route.key)}\n"
         f")\n"
-        f"SELECT s.{ORD} FROM {plan.stage} AS s WHERE s.{ORD} = ANY($1::int4[])\n"
+        f"SELECT s.{ORD} FROM {plan.stage} AS s WHERE {_chosen(f's.{ORD}')}\n"
         f"  AND NOT EXISTS (SELECT 1 FROM _loom_in WHERE {_match('_loom_in', 's', route.key)})"
     )
 
@@ -133,7 +145,7 @@ def compare_sql(plan: RoutePlan, loom_schema: str) -> str:
     return (
         f"SELECT s.{ORD}, (s.{version} IS NOT NULL AND t.{version} IS NOT NULL AND s.{version} < t.{version})\n"
         f"FROM {plan.stage} AS s JOIN {plan.table.label} AS t ON {_match('t', 's', route.key)}\n"
-        f"WHERE s.{ORD} = ANY($1::int4[]) AND {_guard(loom_schema)}\n"
+        f"WHERE {_chosen(f's.{ORD}')} AND {_guard(loom_schema)}\n"
         f"ORDER BY {_qualified('t', route.key)} FOR UPDATE OF t"
     )
 
@@ -142,7 +154,7 @@ def delete_sql(plan: RoutePlan, loom_schema: str) -> str:
     """Delete by key the rows of the staged tombstones numbered ``$1`` (those :mod:`loom_ray.routes.reduce`
     found to apply)."""
     match = _match("t", "d", plan.route.key)
-    staged = f"SELECT * FROM {plan.stage} WHERE {ORD} = ANY($1::int4[]) AND {_guard(loom_schema)}"
+    staged = f"SELECT * FROM {plan.stage} WHERE {_chosen(ORD)} AND {_guard(loom_schema)}"
     return f"DELETE FROM {plan.table.label} AS t USING ({staged}) AS d WHERE {match}"
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 
 from loom_ray.decode import contains_nul
+from loom_ray.formats import jsonify
 from loom_ray.routes.catalog import ARRAY, ENUM, PgType
 from loom_ray.sink.codecs import PG_EPOCH, kafka_ts_micros
 
@@ -118,6 +119,70 @@ def converter(pg: PgType, source: str, rounds: bool = False) -> Converter | None
         return _text(pg)
     bound = _INT_BOUNDS.get(pg.kind)
     return Decimal if bound is None else _integer(pg, bound)
+
+
+def native_converter(pg: PgType, rounds: bool = False) -> Converter:
+    """The conversion of a field from a record as its codec decoded it (:meth:`Codec.decode
+    <loom_ray.formats.base.Codec.decode>`: JSON values beside Decimal, datetime, date, time, UUID, bytes) into
+    a column of type ``pg``: the value, or the refusal, :func:`converter` gives for the field's JSON form
+    (:func:`loom_ray.formats.jsonify.document`). The decoded types a column of the same kind holds exactly
+    (a Decimal into ``numeric``, a datetime into a timestamp of microseconds, ...) are taken as they are; any
+    other is written as JSON first and converted as such."""
+    as_json = _json(pg, rounds)
+    fast: dict[type, Converter]
+    if pg.kind == ARRAY:
+        assert pg.element is not None
+        fast = {list: _array(pg, native_converter(pg.element, rounds))}
+    else:
+        fast = _native_fast(pg, rounds)
+
+    def convert(value: Any) -> Any:
+        kind = type(value)
+        if kind in _JSON_SCALARS:
+            return as_json(value)
+        taken = fast.get(kind)
+        if taken is not None:
+            found = taken(value)
+            if found is not _AS_JSON:
+                return found
+        return as_json(jsonify.document(value))
+
+    return convert
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool})
+_AS_JSON = object()  # a native conversion's answer: convert this value through its JSON form
+
+
+def _native_fast(pg: PgType, rounds: bool) -> dict[type, Converter]:
+    """The decoded types that ``pg``'s kind takes as they are (each the value its JSON form converts to)."""
+    kind = pg.kind
+    if kind == "numeric":
+        return {Decimal: _numeric(pg, rounds, _finite_decimal)}
+    if kind in _TIMES and _fraction_step(pg) == 1:
+        zone_required = kind == "timestamptz"
+
+        def moment(value: datetime) -> Any:
+            if value.tzinfo is None:
+                if zone_required:
+                    return _AS_JSON  # refused, with the message its text gets
+                value = value.replace(tzinfo=UTC)
+            return (value - PG_EPOCH) // _MICROSECOND
+
+        return {datetime: moment}
+    if kind == "time" and _fraction_step(pg) == 1:
+        return {time: lambda value: value if value.tzinfo is None else _AS_JSON}
+    if kind == "date":
+        return {date: _same}
+    if kind == "uuid":
+        return {uuid.UUID: _same}
+    if kind == "bytea":
+        return {bytes: _same}
+    return {}
+
+
+def _finite_decimal(value: Decimal) -> Decimal:
+    return value if value.is_finite() else _decimal_text(str(value))
 
 
 def _json(pg: PgType, rounds: bool) -> Converter:
@@ -517,6 +582,6 @@ def _array(pg: PgType, element: Converter) -> Converter:
     return convert
 
 
-def _same(value: bytes) -> bytes:
-    """Raw bytes into ``bytea``: as they are."""
+def _same(value: Any) -> Any:
+    """Raw bytes into ``bytea``, or a decoded value its column holds: as they are."""
     return value

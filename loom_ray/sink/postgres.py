@@ -4,7 +4,8 @@ Called by the pipeline with the batches that are due. Step by step, inside one t
 
 1. compare-and-set each partition's ``loom_offsets`` row from ``batch.start`` to ``batch.end`` where the
    epoch is still ours; a row that does not match means another owner claimed the partition: roll back,
-   report it fenced, and retry the other partitions' batches;
+   report it fenced, and retry the other partitions' batches; batches holding offsets read again after a
+   rewind then go through the ``rereads`` hook (:mod:`loom_ray.ops.reread`: nothing is stored twice);
 2. binary COPY the rows into ``loom_messages``; a row PostgreSQL refuses (a CHECK, a jsonb quirk) or asyncpg
    cannot encode is found by bisecting under savepoints and becomes a dead letter (stage ``db_row``), the
    rest still commit; the batches of routed topics go to their routes' tables instead
@@ -26,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 
@@ -93,6 +94,21 @@ RETURNING o.topic, o."partition"
 """
 
 
+class RereadFlush(Protocol):
+    """One flush's records read again after a rewind (:mod:`loom_ray.ops.reread`): the batches to write, then
+    ``settle`` the dead letters."""
+
+    batches: list[PartitionBatch]
+
+    async def settle(self, conn: asyncpg.Connection, dead_letters: Sequence[DeadLetter]) -> list[DeadLetter]: ...
+
+
+class RereadHook(Protocol):
+    """Asked right after the compare-and-set when a batch holds offsets read again (``PartitionBatch.rereads``)."""
+
+    async def begin(self, conn: asyncpg.Connection, batches: Sequence[PartitionBatch]) -> RereadFlush | None: ...
+
+
 @dataclass(slots=True)
 class FlushResult:
     """What one :meth:`PostgresSink.write` did."""
@@ -115,8 +131,10 @@ class PostgresSink:
         dead_letter_max_bytes: int,
         audit: bool = False,
         routes: RouteTables | None = None,
+        rereads: RereadHook | None = None,
     ) -> None:
         self._pool = pool
+        self._rereads = rereads
         self._owner = owner
         self._dead_letter_max_bytes = dead_letter_max_bytes
         self._audit = audit
@@ -168,6 +186,11 @@ class PostgresSink:
                 won = {(r["topic"], r["partition"]) for r in matched}
                 raise FencedError([(b.topic, b.partition) for b in batches if (b.topic, b.partition) not in won])
             crash_point("after_offset_cas")
+            reread = None
+            if self._rereads is not None and any(b.rereads for b in batches):
+                reread = await self._rereads.begin(conn, batches)
+            if reread is not None:
+                batches = reread.batches
             rows = [row for b in batches if b.plan is None for row in b.rows]
             refused = await _loom_tables(copy_isolating(conn, "loom_messages", rows, MESSAGE_COLUMNS, refuses_message))
             routed = [b for b in batches if b.plan is not None]
@@ -180,6 +203,8 @@ class PostgresSink:
             dead_letters.extend(self._refused_row(row, exc) for row, exc in refused)
             if outcome is not None:
                 dead_letters.extend(self._refused_record(b, record, exc) for b, record, exc in outcome.refused)
+            if reread is not None:
+                dead_letters = await reread.settle(conn, dead_letters)
             gaps = [
                 (b.topic, b.partition, b.incarnation, g.from_offset, g.to_offset, g.reason, g.detail)
                 for b in batches

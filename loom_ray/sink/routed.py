@@ -11,17 +11,24 @@ records in the flush:
    out) and apply it in one or two set-based statements (:mod:`loom_ray.routes.sql`): a delete by key for
    the tombstones, then an insert or upsert.
 
-A row the table refuses at step 2 or 3 (a CHECK, a unique key, an exclusion constraint, a trigger that
-raises, a domain's check: :func:`loom_ray.policy.sink_errors.refuses_route_row`) is found by bisecting
+An insert route whose repeated keys are dead letters has nothing to choose, so where a COPY is what an INSERT
+is (:meth:`RouteTables.copy_target`) its records skip the staging table: the flush locks the table as an
+INSERT would, checks its signature (``loom_route_lock``) and binary COPYs the records into it in offset order,
+sparing PostgreSQL the staging COPY and the ``INSERT … SELECT``.
+
+A row the table refuses at step 2 or 3, or in that COPY (a CHECK, a unique key, an exclusion constraint, a
+trigger that raises, a domain's check: :func:`loom_ray.policy.sink_errors.refuses_route_row`) is found by bisecting
 under savepoints (:mod:`loom_ray.sink.isolate`) and becomes a dead letter naming the route and what refused
 it; the rest commits. Deferrable constraints are checked per statement (``SET CONSTRAINTS ALL IMMEDIATE``),
 so their refusals are isolated the same way instead of failing the commit. Last, one statement adds the
 flush's counts to ``loom_route_counts``.
 
-Every statement first checks the table's signature (``loom_route_guard``). When it changed,
+Every statement first checks the table's signature (``loom_route_guard``; before a direct COPY,
+``loom_route_lock``). When it changed,
 :class:`RouteTables` reads the table again: if it still fits the route and every column only gained room,
-the new shape is taken in (what is buffered is written under it, new records are converted for it) and the
-flush is tried again at once; otherwise :class:`~loom_ray.errors.RouteTableChangedError` blocks the route's
+the new shape is taken in (what is buffered is written under it, new records are converted for it; the
+pool's statement cache is dropped, as asyncpg encodes a COPY by the column types it cached) and the flush is
+tried again at once; otherwise :class:`~loom_ray.errors.RouteTableChangedError` blocks the route's
 flushes (retried with backoff, reported as ``sink_blocked``) until a person fixes the table.
 """
 
@@ -42,7 +49,15 @@ from loom_ray.routes.catalog import read_shape
 from loom_ray.routes.convert import RoutedRecord, RoutePlan, plan
 from loom_ray.routes.fit import problems, unchanged_or_wider
 from loom_ray.routes.model import Route, RouteSet
-from loom_ray.routes.sql import compare_sql, create_stage_sql, delete_sql, insert_sql, stage_columns, upsert_sql
+from loom_ray.routes.sql import (
+    compare_sql,
+    create_stage_sql,
+    delete_sql,
+    insert_sql,
+    lock_sql,
+    stage_columns,
+    upsert_sql,
+)
 from loom_ray.sink.isolate import copy_isolating, isolate
 
 log = logging.getLogger(__name__)
@@ -148,6 +163,15 @@ class RouteTables:
         """The table signature the statements of ``route`` expect."""
         return self._current[route].signature
 
+    def copy_target(self, route: Route) -> tuple[str, str] | None:
+        """``(schema, table)`` when the flush COPYs ``route``'s records straight into its table instead of
+        through the staging table: an insert route whose repeated keys are dead letters (no record to choose
+        or compare, every one is appended) into a table where a COPY is what an INSERT is
+        (``TableShape.copy_target``, as known now). None otherwise."""
+        if route.mode != "insert" or route.on_duplicate != "dead_letter":
+            return None
+        return self._current[route.name].copy_target
+
     async def refresh(self, conn: asyncpg.Connection, route_name: str) -> None:
         """The table of ``route_name`` changed: take the new shape in when it fits and only widens the route's
         columns; otherwise raise :class:`RouteTableChangedError` saying what changed and how to fix it."""
@@ -156,7 +180,7 @@ class RouteTables:
         after = await read_shape(conn, before.label, self.loom_schema)
         if after is None:
             raise RouteTableChangedError(f"route {route_name!r}: table {before.label} no longer exists")
-        if after.signature == before.signature:
+        if (after.signature, after.copy_target) == (before.signature, before.copy_target):
             return
         unfit = problems(route, after)
         if unfit:
@@ -172,6 +196,7 @@ class RouteTables:
                 "and the records buffered for it were converted for the old types"
             )
         log.info("route %s: table %s altered while running; taking the new shape in", route_name, before.label)
+        await conn.reload_schema_state()
         self._current[route_name] = after
 
 
@@ -209,39 +234,16 @@ class RoutedWriter:
         route_plan = batches[0].plan
         assert route_plan is not None
         route = route_plan.route
-        statements = self._statements(route_plan)
         records: list[RoutedRecord] = [r for b in batches for r in b.rows]  # type: ignore[misc]  # routed rows
         outcomes: dict[int, str] = {}
         refused: list[tuple[int, Exception]] = []
         if records:
-            await self._stage(conn, route_plan)
-            staged = [(ord_, record.delete, *record.values) for ord_, record in enumerate(records)]
-            refused_copy = await copy_isolating(conn, route_plan.stage, staged, statements.columns, refuses_route_row)
-            refused += [(row[0], exc) for row, exc in refused_copy]
-            skipped = {ord_ for ord_, _ in refused}
-            ords = [ord_ for ord_ in range(len(records)) if ord_ not in skipped]
-            arguments = (route_plan.table.label, self._tables.signature(route.name))
-            left_out = reduce.STALE if route.mode == "upsert" else reduce.DUPLICATE
-
-            async def apply(part: Sequence[int]) -> None:
-                stored: dict[Hashable, set[int]] | None = None
-                if statements.compare is not None:
-                    stored = {}
-                    for row in await conn.fetch(statements.compare, list(part), *arguments):
-                        older = stored.setdefault(route_plan.key_of(records[row[0]].values), set())
-                        if row[1]:
-                            older.add(row[0])
-                chosen = _choose(route_plan, records, part, stored)
-                if chosen.deletes:
-                    assert statements.delete is not None
-                    await statements.delete.run(conn, chosen.deletes, *arguments)
-                if chosen.writes:
-                    skipped = await statements.write.run(conn, chosen.writes, *arguments)
-                    chosen.outcomes.update(dict.fromkeys(skipped, left_out))
-                outcomes.update(chosen.outcomes)
-
+            target = self._tables.copy_target(route)
             try:
-                refused += await isolate(conn, ords, apply, refuses_route_row)
+                if target is None:
+                    refused = await self._stage_and_apply(conn, route_plan, records, outcomes)
+                else:
+                    refused = await self._append(conn, route_plan, target, records, outcomes)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate != ROUTE_TABLE_CHANGED:
                     raise
@@ -261,6 +263,70 @@ class RoutedWriter:
                 if found is not None:
                     counts.count(found)
             first = end
+
+    async def _append(
+        self,
+        conn: asyncpg.Connection,
+        route_plan: RoutePlan,
+        target: tuple[str, str],
+        records: list[RoutedRecord],
+        outcomes: dict[int, str],
+    ) -> list[tuple[int, Exception]]:
+        """COPY ``records`` straight into ``target`` (:meth:`RouteTables.copy_target`), after
+        ``loom_route_lock``; fills ``outcomes`` with the numbers of those inserted, returns those the table
+        refused."""
+        schema, table = target
+        async with conn.transaction():  # a savepoint: an LR001 leaves the flush's transaction usable to refresh
+            await conn.fetchval(
+                lock_sql(self._tables.loom_schema),
+                route_plan.table.label,
+                self._tables.signature(route_plan.route.name),
+            )
+        columns = [c.name for c in route_plan.columns]
+
+        async def copy(part: Sequence[int]) -> None:
+            rows = [records[ord_].values for ord_ in part]
+            await conn.copy_records_to_table(table, schema_name=schema, records=rows, columns=columns)
+
+        refused = await isolate(conn, range(len(records)), copy, refuses_route_row)
+        skipped = {ord_ for ord_, _ in refused}
+        outcomes.update((ord_, reduce.INSERTED) for ord_ in range(len(records)) if ord_ not in skipped)
+        return refused
+
+    async def _stage_and_apply(
+        self, conn: asyncpg.Connection, route_plan: RoutePlan, records: list[RoutedRecord], outcomes: dict[int, str]
+    ) -> list[tuple[int, Exception]]:
+        """COPY ``records`` into the plan's staging table, then apply what :mod:`loom_ray.routes.reduce` chose
+        of them; fills ``outcomes`` per record applied or left out, returns those the table refused."""
+        route = route_plan.route
+        statements = self._statements(route_plan)
+        await self._stage(conn, route_plan)
+        staged = [(ord_, record.delete, *record.values) for ord_, record in enumerate(records)]
+        refused_copy = await copy_isolating(conn, route_plan.stage, staged, statements.columns, refuses_route_row)
+        refused = [(row[0], exc) for row, exc in refused_copy]
+        skipped = {ord_ for ord_, _ in refused}
+        ords = [ord_ for ord_ in range(len(records)) if ord_ not in skipped]
+        arguments = (route_plan.table.label, self._tables.signature(route.name))
+        left_out = reduce.STALE if route.mode == "upsert" else reduce.DUPLICATE
+
+        async def apply(part: Sequence[int]) -> None:
+            stored: dict[Hashable, set[int]] | None = None
+            if statements.compare is not None:
+                stored = {}
+                for row in await conn.fetch(statements.compare, list(part), *arguments):
+                    older = stored.setdefault(route_plan.key_of(records[row[0]].values), set())
+                    if row[1]:
+                        older.add(row[0])
+            chosen = _choose(route_plan, records, part, stored)
+            if chosen.deletes:
+                assert statements.delete is not None
+                await statements.delete.run(conn, chosen.deletes, *arguments)
+            if chosen.writes:
+                skipped = await statements.write.run(conn, chosen.writes, *arguments)
+                chosen.outcomes.update(dict.fromkeys(skipped, left_out))
+            outcomes.update(chosen.outcomes)
+
+        return refused + await isolate(conn, ords, apply, refuses_route_row)
 
     async def _stage(self, conn: asyncpg.Connection, route_plan: RoutePlan) -> None:
         """Create the plan's staging table on this connection unless it was created on it before."""

@@ -7,9 +7,9 @@
 --   pg_hba.conf:  hostssl <database> loom_ingest <client-cidr> scram-sha-256
 --
 -- Re-runnable. The role may write rows, dead letters, audit lines and lag samples, advance and claim
--- offsets, park and unpark partitions, delete lag samples past LOOM_LAG_HISTORY_RETENTION_S, and read what
--- the driver and the monitoring views read; it cannot create, alter, drop or truncate anything, nor delete
--- anything else.
+-- offsets, park and unpark partitions, apply the rewinds and skips ctl asks for, delete lag samples past
+-- LOOM_LAG_HISTORY_RETENTION_S, and read what the driver and the monitoring views read; it cannot create,
+-- alter, drop or truncate anything, nor delete anything else.
 
 DO $$
 BEGIN
@@ -49,6 +49,17 @@ GRANT SELECT, INSERT, UPDATE ON loom_deployments TO loom_ingest;
 -- are the user's: grant SELECT, INSERT, UPDATE (upsert) and DELETE (tombstones) on them as their routes need.
 GRANT SELECT, INSERT, UPDATE ON loom_route_counts TO loom_ingest;
 GRANT SELECT ON v_route_counts TO loom_ingest;
+-- Operations (python -m loom_ray.ctl, sql/013_operations.sql): the coordinator reads the paused topics and
+-- the pending rewinds and skips every round and closes each it applies (UPDATE, never DELETE), recording a
+-- rewind's window; a flush that reads records again after a rewind counts them there and resolves, or
+-- re-fails, the dead letters it reads again (those columns only). ctl itself runs as a role that may write
+-- what it changes: the owner, or one granted INSERT on loom_operations and loom_paused, UPDATE on
+-- loom_operations, loom_paused and loom_dead_letters, and what a replay writes (the data tables, the routes').
+GRANT SELECT ON loom_paused TO loom_ingest;
+GRANT SELECT, UPDATE ON loom_operations TO loom_ingest;
+GRANT SELECT, INSERT, UPDATE ON loom_rereads TO loom_ingest;
+GRANT UPDATE (error_class, error_message, stage, sqlstate, attempts, attempted_at, resolved_at, resolved_by)
+    ON loom_dead_letters TO loom_ingest;
 -- Read only: which migrations and view definitions are applied (loom_ray/migrate.py), and the monitoring views.
 GRANT SELECT ON loom_migrations, loom_views, v_consumer_performance_monitor, v_consumer_alerts,
     v_consumer_activity_monitoring, v_consumer_lag_health TO loom_ingest;

@@ -3,7 +3,9 @@
 --
 -- One row per partition (the partitions of v_consumer_performance_monitor) with its status over its window,
 -- the newest 10 samples of consumer_lag_history (policy WINDOW_SAMPLES; fewer than 3, MIN_SAMPLES, is OK).
--- Each partition's window is read backwards along consumer_lag_history's primary key.
+-- Each partition's window is read backwards along consumer_lag_history's primary key. A partition of a topic
+-- paused with python -m loom_ray.ctl pause (loom_paused) is OK: it is not read on purpose, and the paused
+-- alert of v_consumer_alerts says so.
 CREATE OR REPLACE VIEW v_consumer_lag_health AS
 WITH parts AS (
     SELECT topic, "partition" FROM loom_offsets
@@ -12,6 +14,7 @@ WITH parts AS (
 ),
 windows AS (
     SELECT p.topic, p."partition", o.owner,
+           EXISTS (SELECT 1 FROM loom_paused AS z WHERE z.topic = p.topic AND z.resumed_at IS NULL) AS paused,
            -- As in v_consumer_performance_monitor: the newest high watermark minus the committed offset.
            greatest(w.last_high - coalesce(o.next_offset, w.last_offset), 0) AS current_lag,
            w.*
@@ -46,7 +49,7 @@ windows AS (
 judged AS (
     SELECT *,
            CASE
-               WHEN samples < 3 OR coalesce(current_lag, 0) = 0 OR lag_was_zero THEN 'OK'
+               WHEN paused OR samples < 3 OR coalesce(current_lag, 0) = 0 OR lag_was_zero THEN 'OK'
                WHEN rewound THEN 'REWIND'
                WHEN now() - last_at > last_at - first_at THEN 'STOP'
                WHEN NOT moved THEN 'STALL'

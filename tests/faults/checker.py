@@ -1,16 +1,20 @@
 """After a run drains: account for every acknowledged offset, per partition, in Jepsen's vocabulary.
 
-Inputs are the producer's ack log (loadgen ``--ack-log``: ``partition offset kind sha256`` per acknowledged
-message), the tables, and the run's logs. Per partition it counts:
+Inputs are the producer's ack log (loadgen ``--ack-log``, completed by
+:func:`tests.faults.producer.record_contents`: ``partition offset kind sha256 key payload`` per acknowledged
+record, key in hex and payload the record's :func:`payload_digest`), the tables, and the run's logs. Per
+partition it counts:
 
 - ``lost``: acknowledged, yet in neither ``loom_messages`` nor ``loom_dead_letters``;
 - ``duplicated``: offsets committed more than once, from the append-only ``loom_audit`` ranges (no unique
   key there, so a repeat cannot be absorbed the way the data tables' primary keys would absorb it);
 - ``both``: in the data table and in the dead-letter table;
-- ``corrupted``: a stored row whose content is not the producer's: a valid event whose ``sha`` field is not
-  the SHA-256 of its ``pad`` field (jsonb normalises the text, so the field is compared, not the bytes),
-  whose ``seq`` is not its key or belongs to another partition; a dead letter whose ``value_sha256`` is not
-  the producer's; a valid event dead-lettered outside ``db_row`` or a malformed one stored as a row;
+- ``corrupted``: a stored row that is not the record acknowledged at its offset: its key or its payload
+  digest differs from the ack log's (another offset's record, or an edited one); an event whose ``sha``
+  field is not the SHA-256 of its ``pad`` field, whose ``seq`` is not its key or belongs to another
+  partition (the only test for a row at an offset nobody acknowledged); a dead letter whose key or
+  ``value_sha256`` is not the acknowledged record's; a valid event dead-lettered outside ``db_row`` or a
+  malformed one stored as a row;
 - ``nonmonotonic``: audit ranges, in commit (txid) order, that do not start where the previous one ended
   (the first one: at the low watermark);
 - ``unseen``: offsets below the high watermark that nobody acknowledged and nothing stored;
@@ -42,12 +46,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
+import orjson
 
 from tests.support.pipeline import high_watermarks, read_committed_offsets
 
@@ -61,14 +68,14 @@ FROM {table} AS x LEFT JOIN loom_offsets AS o USING (topic, "partition")
 WHERE x.topic = $1 AND x.incarnation = coalesce(o.incarnation, 0)
 """
 _MESSAGES_SQL = """
-SELECT "partition", x."offset",
+SELECT "partition", x."offset", coalesce(encode(key, 'hex'), '-') AS key, payload::text AS payload,
        coalesce((payload->>'sha') = encode(sha256(convert_to(payload->>'pad', 'UTF8')), 'hex')
                 AND key = convert_to(payload->>'seq', 'UTF8')
                 AND jsonb_typeof(payload->'seq') = 'number'
                 AND (payload->>'seq')::numeric % $2 = "partition", false) AS intact
 """ + _CURRENT.format(table="loom_messages")
 _DEAD_LETTERS_SQL = """
-SELECT "partition", x."offset", encode(value_sha256, 'hex') AS sha, stage
+SELECT "partition", x."offset", encode(value_sha256, 'hex') AS sha, stage, coalesce(encode(key, 'hex'), '-') AS key
 """ + _CURRENT.format(table="loom_dead_letters")
 _AUDIT_SQL = (
     'SELECT "partition", start_offset, end_offset'
@@ -84,10 +91,26 @@ WHERE topic = $1 ORDER BY "partition", incarnation, from_offset
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """One acknowledged message: its kind (``valid`` or a malformed kind) and the SHA-256 of its value."""
+    """One acknowledged record: its kind (``valid`` or a malformed kind), the SHA-256 of its value, its key
+    and its payload digest."""
 
     kind: str
     sha: str  # hex, or "-" for a null value
+    key: str  # hex, or "-" for a null key
+    payload: str  # payload_digest(value)
+
+
+def payload_digest(document: bytes | str | None) -> str:
+    """SHA-256 (hex) of a JSON document in one canonical form (keys sorted, no spaces), so that the value a
+    producer sent and the jsonb text PostgreSQL returns for it digest alike; ``-`` for anything that does
+    not parse as JSON (a null value, a malformed one)."""
+    if document is None:
+        return "-"
+    try:
+        parsed = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return "-"
+    return hashlib.sha256(orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,13 +238,17 @@ class CheckReport:
 
 
 def read_acks(paths: Iterable[Path]) -> dict[int, dict[int, Ack]]:
-    """``partition -> offset -> Ack`` from one or more loadgen ack logs."""
+    """``partition -> offset -> Ack`` from one or more completed ack logs; ValueError for a line without the
+    key and payload digest (the ack log of a producer that was never waited for or stopped)."""
     acks: dict[int, dict[int, Ack]] = {}
     for path in paths:
         with path.open(encoding="ascii") as lines:
             for line in lines:
-                partition, offset, kind, sha = line.split()
-                acks.setdefault(int(partition), {})[int(offset)] = Ack(kind, sha)
+                parts = line.split()
+                if len(parts) != 6:
+                    raise ValueError(f"{path}: {line.strip()!r} lacks the key and payload digest (record_contents)")
+                partition, offset, kind, sha, key, payload = parts
+                acks.setdefault(int(partition), {})[int(offset)] = Ack(kind, sha, key, payload)
     return acks
 
 
@@ -274,10 +301,22 @@ def _uncovered(ranges: Sequence[tuple[int, int]], offsets: Iterable[int]) -> int
     return sum(1 for offset in offsets if offset not in covered)
 
 
+class _Row(NamedTuple):
+    intact: bool  # agrees with itself (sha of pad, seq as key and in this partition)
+    key: str  # hex, or "-"
+    payload: str  # payload_digest
+
+
+class _DeadLetter(NamedTuple):
+    sha: str | None  # hex of value_sha256; None for a null value
+    stage: str
+    key: str  # hex, or "-"
+
+
 @dataclass(slots=True)
 class _Stored:
-    rows: dict[int, dict[int, bool]]  # partition -> offset -> intact
-    dead: dict[int, dict[int, tuple[str | None, str]]]  # partition -> offset -> (sha, stage)
+    rows: dict[int, dict[int, _Row]]  # partition -> offset
+    dead: dict[int, dict[int, _DeadLetter]]  # partition -> offset
     audit: dict[int, list[tuple[int, int]]]  # partition -> ranges in txid order
     next_offsets: dict[int, int]
     incarnations: dict[int, int] = field(default_factory=dict)
@@ -293,9 +332,10 @@ async def _read(dsn: str, topic: str, partitions: int) -> _Stored:
     try:
         stored = _Stored({}, {}, {}, {})
         for r in await conn.fetch(_MESSAGES_SQL, topic, partitions):
-            stored.rows.setdefault(r["partition"], {})[r["offset"]] = r["intact"]
+            row = _Row(r["intact"], r["key"], payload_digest(r["payload"]))
+            stored.rows.setdefault(r["partition"], {})[r["offset"]] = row
         for r in await conn.fetch(_DEAD_LETTERS_SQL, topic):
-            stored.dead.setdefault(r["partition"], {})[r["offset"]] = (r["sha"], r["stage"])
+            stored.dead.setdefault(r["partition"], {})[r["offset"]] = _DeadLetter(r["sha"], r["stage"], r["key"])
         for r in await conn.fetch(_AUDIT_SQL, topic):
             stored.audit.setdefault(r["partition"], []).append((r["start_offset"], r["end_offset"]))
         for r in await conn.fetch(_OFFSETS_SQL, topic):
@@ -361,20 +401,21 @@ def _account_offsets(part: _Partition, stored: _Stored, result: PartitionCheck, 
 
 
 def _account_content(part: _Partition, stored: _Stored, result: PartitionCheck, examples: list[str]) -> None:
-    """``corrupted``: stored rows and dead letters against the producer's acknowledgements."""
-    for offset, intact in stored.rows.get(part.number, {}).items():
+    """``corrupted``: stored rows and dead letters against the records acknowledged at their offsets."""
+    for offset, row in stored.rows.get(part.number, {}).items():
         ack = part.acks.get(offset)
-        if not intact or (ack is not None and ack.kind != "valid"):
+        as_acked = ack is None or (ack.kind == "valid" and (ack.key, ack.payload) == (row.key, row.payload))
+        if not (row.intact and as_acked):
             result.corrupted += 1
-            examples.append(f"corrupted row {part.number}:{offset} intact={intact} ack={ack}")
-    for offset, (sha, stage) in stored.dead.get(part.number, {}).items():
+            examples.append(f"corrupted row {part.number}:{offset} {row} ack={ack}")
+    for offset, dead in stored.dead.get(part.number, {}).items():
         ack = part.acks.get(offset)
         if ack is None:
             continue
-        misrouted = ack.kind == "valid" and stage != "db_row"
-        if misrouted or (sha or "-") != ack.sha:
+        misrouted = ack.kind == "valid" and dead.stage != "db_row"
+        if misrouted or ((dead.sha or "-"), dead.key) != (ack.sha, ack.key):
             result.corrupted += 1
-            examples.append(f"corrupted dead letter {part.number}:{offset} stage={stage} ack={ack}")
+            examples.append(f"corrupted dead letter {part.number}:{offset} {dead} ack={ack}")
 
 
 def _check_partition(part: _Partition, stored: _Stored, examples: list[str]) -> PartitionCheck:

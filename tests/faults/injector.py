@@ -104,8 +104,10 @@ class Injector:
         request = Path(self._job.env_extra["LOOM_TEST_STOP_DIR"]) / f"{pid}.after_offset_cas"
         conn = await asyncpg.connect(self._job.stack.dsn)
         deadline = time.monotonic() + timeout_s
+        tries = 0
         try:
             while time.monotonic() < deadline:
+                tries += 1
                 request.touch()
                 while time.monotonic() < deadline:
                     if not request.exists() and _stopped(pid):
@@ -114,12 +116,15 @@ class Injector:
                 else:
                     break
                 if all([await _locked(conn, self._job.topic, p) for p in partitions]):
+                    log.info("%s stopped inside a flush holding all of %s at try %d", name, partitions, tries)
                     return
                 self._job.resume(pid)  # that flush held only some of its partitions
         finally:
             request.unlink(missing_ok=True)
             await conn.close()
-        raise AssertionError(f"{name} did not stop inside a flush holding all of {partitions} within {timeout_s:.0f}s")
+        raise AssertionError(
+            f"{name} did not stop inside a flush holding all of {partitions} within {timeout_s:.0f}s ({tries} tries)"
+        )
 
     async def _pause_between(self, name: str, pid: int, timeout_s: float) -> None:
         conn = await asyncpg.connect(self._job.stack.dsn)

@@ -16,8 +16,12 @@ and from the tables, never from loom-ray's own conversions:
   to the records in the topic (``applied_twice``, ``unapplied``);
 - insert route: each good record's (partition, offset) is in the table exactly once (``duplicated``,
   ``lost``), and no other row is (``extra``);
-- both: every bad record is one dead letter (``dead_letters_off``: the difference per partition), and
-  ``loom_offsets.next_offset`` is at the high watermark (``at_end``).
+- both: every bad record is one open dead letter (``dead_letters_off``: the difference per partition; a dead
+  letter a replay or rewind resolved counts as its row), and ``loom_offsets.next_offset`` is at the high
+  watermark (``at_end``).
+
+After a rewind, an upsert route applied the records it read again once more: ``loom_rereads.reapplied`` says
+how many per partition, and they are not counted as applied twice.
 """
 
 from __future__ import annotations
@@ -87,7 +91,10 @@ def _common(report: RouteReport, dsn: str, kafka: str, topic: str, records: list
     dead = {
         r["partition"]: r["n"]
         for r in _rows(
-            dsn, 'SELECT "partition", count(*) AS n FROM loom_dead_letters WHERE topic = $1 GROUP BY 1', topic
+            dsn,
+            'SELECT "partition", count(*) AS n FROM loom_dead_letters WHERE topic = $1 AND resolved_at IS NULL '
+            "GROUP BY 1",
+            topic,
         )
     }
     report.dead_letters = sum(dead.values())
@@ -145,8 +152,9 @@ def _against(
         r["partition"]: r["n"]
         for r in _rows(
             dsn,
-            'SELECT "partition", sum(upserted + deleted + stale + dead_letters) AS n FROM loom_route_counts '
-            "WHERE route = $1 AND topic = $2 GROUP BY 1",
+            'SELECT "partition", sum(upserted + deleted + stale + dead_letters) - coalesce(('
+            'SELECT sum(x.reapplied) FROM loom_rereads AS x WHERE x.topic = c.topic AND x."partition" = c."partition"'
+            "), 0) AS n FROM loom_route_counts AS c WHERE route = $1 AND topic = $2 GROUP BY c.topic, 1",
             report.route,
             topic,
         )

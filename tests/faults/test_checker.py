@@ -1,9 +1,10 @@
-"""The checker can fail: seeded violations on hand-written tables, and the naive consumer (T1c)."""
+"""The checker can fail: seeded violations on hand-written tables, and the naive consumers (T1c)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,7 @@ import pytest
 from loom_ray import loadgen
 from tests.faults.checker import audit_overlaps, check, discontinuities
 from tests.faults.conftest import Figures
-from tests.faults.harness import fetch
-from tests.faults.producer import Producer, env_int
+from tests.faults.producer import Producer, env_int, read_records, record_contents
 from tests.faults.scenario import Figure, conclude
 from tests.faults.stack import FaultStack
 from tests.faults.topics import delete_records
@@ -33,14 +33,28 @@ VALUES ($1, $2, $3, $4, $5, 0, 1, 'by-hand')
 """
 
 
+def _exact_rows(
+    stack: FaultStack, topic: str, stored: Iterable[int], end: int
+) -> list[tuple[str, int, int, bytes, str]]:
+    """The rows an exactly-once run stores at offsets ``stored`` of partition 0: each the record the broker
+    holds there; at an offset that holds none (a transaction marker), an event of its own."""
+    records = {m.offset(): (m.key(), m.value()) for m in read_records(stack.kafka, topic, {0: (0, end)})}
+    rows = []
+    for offset in stored:
+        key, value = records.get(offset) or (str(offset).encode(), loadgen.valid_value(offset, 200))
+        assert key is not None and value is not None
+        rows.append((topic, 0, offset, key, value.decode()))
+    return rows
+
+
 async def _ingest_by_hand(
-    dsn: str, topic: str, mutation: str, stored: Iterable[int] = range(_MESSAGES), end: int = _MESSAGES
+    stack: FaultStack, topic: str, mutation: str, stored: Iterable[int] = range(_MESSAGES), end: int = _MESSAGES
 ) -> None:
     """Write what an exactly-once run would (rows at ``stored``, audit ranges of 5 up to ``end``), then apply
     one violation."""
-    rows = [(topic, 0, o, str(o).encode(), loadgen.valid_value(o, 200).decode()) for o in stored]
+    rows = _exact_rows(stack, topic, stored, end)
     audit = [(topic, 0, start, min(start + 5, end), 5) for start in range(0, end, 5)]
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(stack.dsn)
     try:
         await conn.executemany(
             'INSERT INTO loom_messages (topic, "partition", "offset", key, payload) VALUES ($1, $2, $3, $4, $5)', rows
@@ -60,6 +74,12 @@ async def _ingest_by_hand(
             "VALUES ($1, 0, 4, 'X', 'x', 'decode')",
             "corrupted": "UPDATE loom_messages SET payload = jsonb_set(payload, '{pad}', '\"tampered\"') "
             'WHERE topic = $1 AND "offset" = 2',
+            # Offsets 2 and 3 hold each other's record: each row agrees with itself, not with its offset.
+            "swapped": "UPDATE loom_messages AS m SET key = o.key, payload = o.payload FROM loom_messages AS o "
+            'WHERE m.topic = $1 AND o.topic = $1 AND (m."offset", o."offset") IN ((2, 3), (3, 2))',
+            # A field outside pad, sha and seq edited: the row still agrees with itself.
+            "edited": "UPDATE loom_messages SET payload = jsonb_set(payload, '{amount}', '-1') "
+            'WHERE topic = $1 AND "offset" = 6',
             "unaudited": "DELETE FROM loom_audit WHERE topic = $1 AND start_offset = 0",
             "not_at_end": "UPDATE loom_offsets SET next_offset = 9 WHERE topic = $1",
         }
@@ -77,6 +97,8 @@ async def _ingest_by_hand(
         ("duplicated", {"duplicated": 3, "nonmonotonic": 1}),
         ("both", {"both": 1, "corrupted": 1}),  # a valid event dead-lettered at decode is also misrouted
         ("corrupted", {"corrupted": 1}),
+        ("swapped", {"corrupted": 2}),
+        ("edited", {"corrupted": 1}),
         ("reordered", {"nonmonotonic": 2}),  # [5,10) first: not at the low mark, then 0 after 10
         ("unaudited", {"unaudited": 5, "nonmonotonic": 1}),
         ("not_at_end", {"not_at_end": 1}),
@@ -86,7 +108,7 @@ def test_checker_reports_each_violation(
     fault_stack: FaultStack, topic: str, tmp_path: Path, mutation: str, expected: dict[str, int]
 ) -> None:
     producer = Producer(fault_stack, topic, tmp_path, _MESSAGES, partitions=1).fill()
-    asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, mutation))
+    asyncio.run(_ingest_by_hand(fault_stack, topic, mutation))
     report = check(fault_stack.dsn, fault_stack.kafka, topic, [producer.ack_log])
     assert report.violations == expected, report.table()
     if mutation == "exact":  # without gaps or the reader, the figure's counts keep their format
@@ -146,9 +168,9 @@ def test_checker_accounts_gaps_and_incarnations(
 ) -> None:
     producer = Producer(fault_stack, topic, tmp_path, _MESSAGES, partitions=1).fill()
     log_start, statements = _GAP_CASES[case]
+    asyncio.run(_ingest_by_hand(fault_stack, topic, "exact"))
     if log_start:
         delete_records(fault_stack.kafka, topic, {0: log_start})
-    asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, "exact"))
     for sql in statements:
         fault_stack.execute(sql, topic)
     report = check(fault_stack.dsn, fault_stack.kafka, topic, [producer.ack_log], expected_gaps=expected_gaps)
@@ -182,7 +204,8 @@ def test_checker_reads_back_read_committed(
         for seqs, commit in ((range(5), True), (range(5, 8), False), (range(8, 10), True)):
             writer.transaction(seqs, commit)
     assert writer.summary.no_record == 6
-    asyncio.run(_ingest_by_hand(fault_stack.dsn, topic, "exact", stored=stored, end=13))
+    record_contents(ack_log, fault_stack.kafka, topic)
+    asyncio.run(_ingest_by_hand(fault_stack, topic, "exact", stored=stored, end=13))
     report = check(fault_stack.dsn, fault_stack.kafka, topic, [ack_log], read_committed=True)
     assert report.violations == expected, report.table()
     assert report.total("no_record") == 6
@@ -209,35 +232,43 @@ def _naive(stack: FaultStack, topic: str, log: Path, *extra: str) -> subprocess.
         )
 
 
-def _rows(stack: FaultStack, topic: str) -> int:
-    rows = asyncio.run(fetch(stack.dsn, "SELECT count(*) AS n FROM loom_messages WHERE topic = $1", topic))
-    return int(rows[0]["n"])
+_HOLDING = re.compile(r"holding (\d+) messages: ")
+
+
+def _kill_in_window(stack: FaultStack, topic: str, log: Path, commit: str) -> int:
+    """Start a naive consumer (``--commit commit --hold``), ``kill -9`` it once it holds its first batch inside
+    its window (see :mod:`tests.faults.negative_control`); return the batch's size."""
+    naive = _naive(stack, topic, log, "--commit", commit, "--hold")
+    try:
+        wait_until(lambda: _HOLDING.search(log.read_text()), 120, f"{commit} to hold", running=(naive, log))
+    finally:
+        os.killpg(naive.pid, signal.SIGKILL)
+        naive.wait(30)
+    held = _HOLDING.search(log.read_text())
+    assert held is not None
+    return int(held.group(1))
 
 
 def test_negative_control_is_flagged(fault_stack: FaultStack, topic: str, tmp_path: Path, figures: Figures) -> None:
-    """T1c: auto-commit + in-memory batches + kill -9 mid-batch must show lost > 0 or duplicated > 0."""
+    """T1c: the naive consumers, each ``kill -9``ed inside its window while the producer runs, must show the
+    loss and the duplicates they cause, to the message: the auto-commit one loses the batch Kafka committed
+    and it never wrote (``lost``); the commit-after-write one, whose batch is written and not committed, has
+    it written again by its successor (``dup``, seen only in the audit: the primary key absorbed the rows)."""
     seed = env_int("LOOM_FAULT_SEED", 11)
     messages = env_int("LOOM_FAULT_T1C_MESSAGES", 30_000)
     started = time.monotonic()
     producer = Producer(fault_stack, topic, tmp_path, messages, rate=3000, seed=seed).start()
-    log = tmp_path / "naive.log"
-    kills = 0
     try:
-        for _ in range(2):
-            naive = _naive(fault_stack, topic, log)
-            try:
-                floor = _rows(fault_stack, topic)
-                wait_until(lambda f=floor: _rows(fault_stack, topic) > f + 3000, 120, "the naive consumer to write")
-            finally:
-                os.killpg(naive.pid, signal.SIGKILL)  # mid-batch: it flushes once a second, Kafka commits every 100 ms
-                naive.wait(30)
-                kills += 1
+        in_memory = _kill_in_window(fault_stack, topic, tmp_path / "naive-auto.log", "auto")
+        written = _kill_in_window(fault_stack, topic, tmp_path / "naive-after-write.log", "after-write")
         producer.wait()
     finally:
         producer.kill()
-    last = _naive(fault_stack, topic, log, "--idle-exit-s", "3")
+    log = tmp_path / "naive-drain.log"
+    last = _naive(fault_stack, topic, log, "--commit", "after-write", "--idle-exit-s", "3")
     assert last.wait(300) == 0, log.read_text()[-2000:]
-    figure = Figure("T1c", seed, f"{kills} (kill -9, naive auto-commit consumer)", started)
-    report, line = conclude(figure, fault_stack, topic, [producer], [log])
+    faults = "2 (kill -9: naive auto-commit consumer before its write, naive commit-after-write one before its commit)"
+    report, line = conclude(Figure("T1c", seed, faults, started), fault_stack, topic, [producer], [log])
     figures.add(f"{line} (negative control: a violation is the expected result)")
-    assert report.total("lost") > 0 or report.total("duplicated") > 0, report.table()
+    assert (report.total("lost"), report.total("duplicated")) == (in_memory, written), report.table()
+    assert in_memory > 0 and written > 0 and not report.ok

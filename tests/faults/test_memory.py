@@ -28,8 +28,8 @@ def test_t10_rss_stays_flat_under_sustained_load(
 ) -> None:
     seed = env_int("LOOM_FAULT_SEED", 13)
     rate = env_float("LOOM_FAULT_T10_RATE", 3000)
-    seconds = env_float("LOOM_FAULT_T10_SECONDS", 45)
-    warmup_s = env_float("LOOM_FAULT_T10_WARMUP_S", 15)
+    seconds = env_float("LOOM_FAULT_T10_SECONDS", 30)  # chaos.sh: 240
+    warmup_s = env_float("LOOM_FAULT_T10_WARMUP_S", 10)
     job = job_factory()
     with Monitor(job, interval_s=1.0) as monitor:
         producer, started = start_live(job, int(rate * seconds), seed, rate=rate)

@@ -49,4 +49,6 @@ def test_w4_every_system_writes_exactly_the_committed_records(
         assert "error" not in rep, rep
         assert rep["consumed"] == rep["rows"] == MESSAGES, variant
         assert rep["correct"] and rep["wrong_rows"] == rep["lost"] == rep["extra"] == 0, rep
+        if rep.get("msgs_per_s") is not None:  # a rate, and the CPU of each group over its window
+            assert {"cpu_s_per_million", "cpu_s_per_million_pg", "cpu_s_per_million_kafka"} <= set(rep), rep
     assert "| B6_tuned |" in (tmp_path / "W4.md").read_text()

@@ -10,7 +10,7 @@ import asyncpg
 from loom_ray.batch import PartitionBatch
 from loom_ray.migrate import migrate
 from loom_ray.offsets import ClaimRequest, claim_many
-from loom_ray.policy.claims import BrokerPartition
+from loom_ray.policy.positions import BrokerPartition
 from loom_ray.sink.postgres import PostgresSink
 from tests.support.claims import claim_at
 from tests.support.services import Endpoints

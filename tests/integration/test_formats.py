@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -202,6 +205,8 @@ class Run:
     prefix: str
     schema: str
     log: str
+    env: dict[str, str]
+    routes: str  # the routes file's text
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         async def fetch() -> list[tuple[Any, ...]]:
@@ -318,7 +323,7 @@ def run(endpoints: Endpoints, schema_registry: str, tmp_path_factory: pytest.Tem
         kafka_batch_size=25,  # the Debezium keys repeat inside batches and across them
     )
     log = run_until_drained(env, work / "driver.log", 300)
-    yield Run(endpoints, schema_registry, prefix, schema, log)
+    yield Run(endpoints, schema_registry, prefix, schema, log, env, routes.read_text())
 
 
 def test_registry_formats_land_in_the_default_table_exactly_with_their_schema_ids(run: Run) -> None:
@@ -421,3 +426,40 @@ def test_debezium_changes_replicate_the_source_table(run: Run, encoding: str) ->
     assert counts == [(len(records) - tombstones - deletes - len(refused), deletes)]
     positions = run.rows(f"SELECT count(*) FROM {run.schema}.accounts_{encoding} WHERE src_lsn IS NULL")
     assert positions == [(0,)]
+
+
+def test_a_replay_after_the_routes_are_fixed_decodes_through_the_registry(run: Run, tmp_path: Path) -> None:
+    """Runs last: it changes what the tests above read. The payments without ``amount`` (Avro) and the Avro
+    replica's truncates were dead letters; once ``amount`` may be missing and truncates are ignored,
+    ``ctl replay`` reads them again through the registry (a fresh process: every schema fetched anew) and
+    lands them: the payments as rows with no amount, the truncates committed without a row."""
+    fixed = run.routes.replace(
+        'amount = { type = "numeric(20,4)", required = true }', 'amount = { type = "numeric(20,4)" }'
+    )
+    fixed = fixed.replace('name = "replica-avro"', 'name = "replica-avro"\non_truncate = "ignore"')
+    assert fixed.count("required = true") == 1 and "on_truncate" in fixed  # customers' name stays required
+    routes = tmp_path / "routes.toml"
+    routes.write_text(fixed)
+    run.rows(f"ALTER TABLE {run.schema}.payments ALTER COLUMN amount DROP NOT NULL")
+    replica_before = run.rows(f"SELECT * FROM {run.schema}.accounts_avro ORDER BY id")
+    topics = [f"{run.prefix}-payments", f"{run.prefix}-dbz-avro"]
+    done = subprocess.run(
+        [sys.executable, "-m", "loom_ray.ctl", "replay", *(a for t in topics for a in ("--topic", t))],
+        env={**run.env, "LOOM_ROUTES_FILE": str(routes)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    payments = run.rows(f"SELECT id, amount, note FROM {run.schema}.payments WHERE id >= 30 ORDER BY id")
+    assert payments == [(n, None, _payment(n)["note"]) for n in range(30, 35)]
+    open_by_class = dict(
+        run.rows(
+            """SELECT error_class, count(*) FILTER (WHERE resolved_at IS NULL)::int FROM loom_dead_letters
+               WHERE topic = ANY($1::text[]) GROUP BY error_class""",
+            topics,
+        )
+    )
+    assert open_by_class.pop("MissingField") == 0 and open_by_class.pop("UnappliedChange") == 0
+    assert open_by_class and all(n > 0 for n in open_by_class.values())  # not events: dead letters still
+    assert run.rows(f"SELECT * FROM {run.schema}.accounts_avro ORDER BY id") == replica_before

@@ -1,10 +1,12 @@
 """The worker and the coordinator in-process (no Ray) on the real broker and PostgreSQL: a partition handed
-back while fetching was paused, and a coordinator that starts while PostgreSQL is out of reach."""
+back while fetching was paused, the Kafka group's offset across a hand-over, and a coordinator that starts
+while PostgreSQL is out of reach."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 import orjson
@@ -16,8 +18,9 @@ from loom_ray.coordinator import Coordinator
 from loom_ray.kafka.admin import KafkaMetadata
 from loom_ray.migrate import migrate
 from loom_ray.pipeline import IngestWorker
-from loom_ray.policy.claims import BrokerPartition
+from loom_ray.policy.positions import BrokerPartition
 from loom_ray.settings import Settings
+from tests.support.pipeline import group_offsets
 from tests.support.services import Endpoints
 from tests.support.tcp_proxy import proxy
 
@@ -56,16 +59,26 @@ async def _claim(conn: asyncpg.Connection, settings: Settings, topic: str, parti
         metadata.close()
 
 
-async def _paused_handback(endpoints: Endpoints, topic: str) -> None:
-    settings = Settings.from_env(
+def _settings(endpoints: Endpoints, topic: str, **overrides: Any) -> Settings:
+    """A worker's settings for ``topic`` on the test stack, with a small pool."""
+    return Settings.from_env(
         kafka_bootstrap_servers=endpoints.kafka,
         db_dsn=endpoints.dsn,
         kafka_topics=(topic,),
-        buffer_max_bytes=4096,  # fetching pauses at once
-        batch_max_bytes=2048,
         db_min_pool_size=1,
         db_max_pool_size=2,
+        **overrides,
     )
+
+
+def _committed(worker: IngestWorker, topic: str, partition: int) -> int | None:
+    """The offset ``worker`` last committed for the partition, if it holds it."""
+    committed: int | None = worker.stats()["committed"].get(f"{topic}[{partition}]")
+    return committed
+
+
+async def _paused_handback(endpoints: Endpoints, topic: str) -> None:
+    settings = _settings(endpoints, topic, buffer_max_bytes=4096, batch_max_bytes=2048)  # fetching pauses at once
     conn = await asyncpg.connect(endpoints.dsn)
     blocker = await asyncpg.connect(endpoints.dsn)
     worker = IngestWorker(settings, "handback")
@@ -88,11 +101,7 @@ async def _paused_handback(endpoints: Endpoints, topic: str) -> None:
         # ... and back: it must be fetched again, although fetching was paused when it left.
         await worker.assign(await _claim(conn, settings, topic, 0))
         _produce(endpoints, topic, [0], 5)
-
-        def drained() -> bool:
-            return worker.stats()["committed"].get(f"{topic}[0]") == 55
-
-        await _until(drained, 30, "partition 0 fetched again after the hand-back")
+        await _until(lambda: _committed(worker, topic, 0) == 55, 30, "partition 0 fetched again after the hand-back")
         await worker.stop(drain=True)
         await asyncio.wait_for(run, 10)
     finally:
@@ -106,6 +115,45 @@ def test_a_partition_released_while_paused_is_fetched_again_when_it_comes_back(
 ) -> None:
     _topic(endpoints, topic_name, 2, 50)
     asyncio.run(_paused_handback(endpoints, topic_name))
+
+
+async def _handover_mirror(endpoints: Endpoints, topic: str) -> None:
+    settings = _settings(
+        endpoints,
+        topic,
+        kafka_group_id=f"loom-{topic}",
+        kafka_auto_commit_interval_ms=600_000,  # no periodic mirror: only the ones a hand-over and a stop send
+        kafka_batch_timeout=0.2,
+    )
+    conn = await asyncpg.connect(endpoints.dsn)
+    first, second = IngestWorker(settings, "first"), IngestWorker(settings, "second")
+    try:
+        await migrate(conn)
+        await first.start()
+        await second.start()
+        await first.assign(await _claim(conn, settings, topic, 0))
+        first_run = asyncio.create_task(first.run())
+        await _until(lambda: _committed(first, topic, 0) == 50, 30, "the first owner's commit")
+        assert await first.release(topic, 0) == 50
+        _produce(endpoints, topic, [0], 30)
+        await second.assign(await _claim(conn, settings, topic, 0))
+        second_run = asyncio.create_task(second.run())
+        await _until(lambda: _committed(second, topic, 0) == 80, 30, "the second owner's commit")
+        await second.stop(drain=True)
+        await first.stop(drain=True)  # stopped last, it must not send the offset it committed before the hand-over
+        await asyncio.wait_for(asyncio.gather(first_run, second_run), 10)
+    finally:
+        await first.close()
+        await second.close()
+        await conn.close()
+
+
+def test_the_kafka_group_mirrors_the_last_owners_offset_after_a_hand_over(
+    endpoints: Endpoints, topic_name: str
+) -> None:
+    _topic(endpoints, topic_name, 1, 50)
+    asyncio.run(_handover_mirror(endpoints, topic_name))
+    assert group_offsets(endpoints, topic_name, 1) == {0: 80}
 
 
 async def _start_during_outage(endpoints: Endpoints, topic: str) -> None:

@@ -211,14 +211,16 @@ async def _read_back(sink: RoutedSink, schema: str) -> tuple[list[Any], list[Any
     return list(stored[0]), list(expected[0])
 
 
+@pytest.mark.parametrize("mode", ["upsert", "insert"])  # through the staging table; COPYed straight into the table
 def test_every_good_value_is_what_postgresql_reads_and_every_bad_one_a_named_dead_letter(
-    endpoints: Endpoints,
+    endpoints: Endpoints, mode: str
 ) -> None:
     schema = _schema()
+    routes = ROUTES.format(topic="t", s=schema).replace('mode = "upsert"', f'mode = "{mode}"')
 
     async def run() -> None:
         setup = (f'CREATE SCHEMA "{schema}"', *(s.format(s=schema) for s in SETUP))
-        sink = await routed_sink(endpoints.dsn, "loom_" + schema.lower(), ROUTES.format(topic="t", s=schema), *setup)
+        sink = await routed_sink(endpoints.dsn, "loom_" + schema.lower(), routes, *setup)
         try:
             result = await sink.write(sink.batch("t", _records()))
             assert (result.rows, result.dead_letters) == (1, len(BAD))

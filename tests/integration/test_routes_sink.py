@@ -248,7 +248,12 @@ n = {}
 
 
 def test_a_table_that_only_widens_while_running_is_taken_in(endpoints: Endpoints) -> None:
+    """The insert route COPYs into the table: both pool connections have COPYed under the old types before the
+    ALTER, so a COPY encoded by asyncpg's cached column types would dead-letter or misread what comes after."""
+
     async def body(sink: RoutedSink) -> None:
+        for n in (-2, -1):  # one flush on each of the pool's two connections (it hands them out in turn)
+            await sink.write(sink.batch("codes", [Record(None, {"code": "old", "n": n})]))
         buffered = sink.batch("codes", [Record(None, {"code": "abc", "n": 1})])
         too_long = sink.batch("codes", [Record(None, {"code": "abcdef", "n": 2})])
         assert [r.error_class for _, r in sink.validation] == ["TooLong"]
@@ -256,11 +261,55 @@ def test_a_table_that_only_widens_while_running_is_taken_in(endpoints: Endpoints
             await conn.execute("ALTER TABLE codes ALTER COLUMN code TYPE varchar(10), ALTER COLUMN n TYPE bigint")
         await sink.write(buffered)  # converted for the old shape, written under the new one
         await sink.write(too_long)
-        fits_now = sink.batch("codes", [Record(None, {"code": "abcdef", "n": 2**40})])
-        await sink.write(fits_now)
-        assert await sink.fetch("SELECT code, n FROM codes ORDER BY n") == [("abc", 1), ("abcdef", 2**40)]
+        for n in (2**40, 2**40 + 1):
+            await sink.write(sink.batch("codes", [Record(None, {"code": "abcdef", "n": n})]))
+        assert await sink.fetch("SELECT code, n FROM codes ORDER BY n") == [
+            ("old", -2),
+            ("old", -1),
+            ("abc", 1),
+            ("abcdef", 2**40),
+            ("abcdef", 2**40 + 1),
+        ]
+        assert [(o, c) for o, c, _, _ in await sink.dead_letters("codes")] == [(3, "TooLong")]  # too_long alone
 
     _run(endpoints, NARROW, body, "CREATE TABLE codes (code varchar(3), n integer)")
+
+
+def test_an_insert_route_keeps_a_rule_and_a_partitioned_table_as_an_insert_would(endpoints: Endpoints) -> None:
+    """An insert route COPYs into its table, which PostgreSQL does without rules: a table with a rule at start,
+    or one given a rule while running, takes its records through the staging table's INSERT, which the rule
+    rewrites. A partitioned table takes the COPY, each row into its partition."""
+    setup = (
+        "CREATE TABLE codes (code varchar(3), n integer) PARTITION BY RANGE (n)",
+        "CREATE TABLE codes_low PARTITION OF codes FOR VALUES FROM (MINVALUE) TO (100)",
+        "CREATE TABLE codes_high PARTITION OF codes FOR VALUES FROM (100) TO (MAXVALUE)",
+        "CREATE TABLE seen (code text, n integer)",
+        "CREATE TABLE kept (code varchar(3), n integer)",
+        "CREATE RULE kept_seen AS ON INSERT TO kept DO INSTEAD INSERT INTO seen VALUES (NEW.code, NEW.n)",
+        "CREATE TABLE later (code varchar(3), n integer)",
+    )
+
+    async def body(sink: RoutedSink) -> None:
+        two = [Record(None, {"code": "a", "n": 1}), Record(None, {"code": "b", "n": 200})]
+        await sink.write(sink.batch("codes", two))
+        assert await sink.fetch("SELECT tableoid::regclass::text, code FROM codes ORDER BY n") == [
+            ("codes_low", "a"),
+            ("codes_high", "b"),
+        ]
+        await sink.write(sink.batch("kept", [Record(None, {"code": "c", "n": 3})]))
+        await sink.write(sink.batch("later", [Record(None, {"code": "d", "n": 4})]))
+        async with sink.pool.acquire() as conn:
+            await conn.execute(
+                "CREATE RULE later_seen AS ON INSERT TO later DO ALSO INSERT INTO seen VALUES (NEW.code, NEW.n)"
+            )
+        await sink.write(sink.batch("later", [Record(None, {"code": "e", "n": 5})]))
+        assert await sink.fetch("SELECT code, n FROM seen ORDER BY n") == [("c", 3), ("e", 5)]
+        assert await sink.fetch("SELECT code FROM kept") == []
+        assert await sink.fetch("SELECT code FROM later ORDER BY n") == [("d",), ("e",)]
+        assert await sink.fetch("SELECT inserted FROM loom_route_counts ORDER BY route") == [(2,), (1,), (2,)]
+
+    routes = NARROW + NARROW.replace('"codes"', '"kept"') + NARROW.replace('"codes"', '"later"')
+    _run(endpoints, routes, body, *setup)
 
 
 def test_a_table_changed_otherwise_blocks_its_flushes_until_it_is_fixed(endpoints: Endpoints) -> None:

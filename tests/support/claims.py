@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from loom_ray import offsets
-from loom_ray.policy.claims import BrokerPartition
+from loom_ray.policy.positions import BrokerPartition
 
 
 async def claim_at(conn: asyncpg.Connection, topic: str, partition: int, owner: str, low: int = 0) -> offsets.Claim:

@@ -1,10 +1,10 @@
-"""PartitionBatch bookkeeping and the flush_due rule (explicit clock values, no sleeping)."""
+"""PartitionBatch bookkeeping and the flush_due and take_together rules (explicit clock values, no sleeping)."""
 
 from __future__ import annotations
 
 import pytest
 
-from loom_ray.batch import FlushLimits, PartitionBatch, flush_due
+from loom_ray.batch import FlushLimits, PartitionBatch, flush_due, take_together
 
 LIMITS = FlushLimits(max_messages=3, max_bytes=1000, max_age_s=0.5)
 
@@ -129,3 +129,39 @@ def test_a_gap_is_recorded_from_the_batch_end_and_moves_it() -> None:
     assert len(b.gaps) == 1
     b.add_row(500, ("row",), 5, now=4.0)
     assert b.end == 501
+
+
+def _opened(partition: int, at: float, count: int = 1) -> PartitionBatch:
+    batch = _batch(0)
+    batch.partition = partition
+    for offset in range(count):
+        batch.add_row(offset, (offset,), 1, now=at)
+    return batch
+
+
+def test_take_together_takes_nothing_until_one_batch_is_due() -> None:
+    batches = [_opened(0, at=100.0), _opened(1, at=100.1)]
+    assert take_together(batches, LIMITS, now=100.49) == []
+
+
+def test_batches_half_a_timeout_old_ride_along_with_a_due_one() -> None:
+    # LIMITS.max_age_s is 0.5: at 100.5 partition 0 is due, 1 and 2 are at least 0.25 s old, 3 is younger, 4 is empty.
+    due, old, just_half, young, empty = (
+        _opened(0, at=100.0),
+        _opened(1, at=100.2),
+        _opened(2, at=100.25),
+        _opened(3, at=100.3),
+        _batch(0),
+    )
+    taken = take_together([young, due, empty, old, just_half], LIMITS, now=100.5)
+    assert [b.partition for b in taken] == [0, 1, 2]
+
+
+def test_a_batch_full_by_count_takes_the_old_ones_but_not_the_young() -> None:
+    full, old, young = _opened(0, at=100.0, count=3), _opened(1, at=99.7), _opened(2, at=99.9)
+    assert [b.partition for b in take_together([full, old, young], LIMITS, now=100.0)] == [0, 1]
+
+
+def test_while_paused_take_together_takes_every_non_empty_batch() -> None:
+    batches = [_opened(0, at=100.0), _batch(0)]
+    assert take_together(batches, LIMITS, now=100.0, paused=True) == [batches[0]]

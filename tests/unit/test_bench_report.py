@@ -282,7 +282,7 @@ def test_cpu_split_per_label_inside_the_window() -> None:
             (3.0, {"raylet": 1.5, "ray::Consumer": 5.0, "dashboard.py": 0.00001}),
         ]
     )
-    found = cpu_split(series, 1.0, 3.0, 1_000_000)
+    found = cpu_split(series.pipeline_by_label, 1.0, 3.0, 1_000_000)
     # ray::IDLE became ray::Consumer (its count fell) and dashboard.py is under 0.05 CPU-s/M: both left out
     assert found == {"raylet": 1.0, "ray::Consumer": 5.0}
 
@@ -346,3 +346,33 @@ def test_a_window_the_topic_ran_out_in_is_no_rate() -> None:
     full = drain_rate([(100.0, 5000), (105.0, 5000), (110.0, 5000)])
     assert full is not None and short_window(full, Window(2.0, 10.0)) is None
     assert short_window(tail, Window(0.0, 0.0)) is None  # a smoke run drains the whole topic: no window
+
+
+def test_the_w4_section_shows_each_systems_cpu_per_million_by_group() -> None:
+    rep = {"load_1m_before": 0.5, "rows": 1000, "correct": True}
+    summary_of = {
+        "B4_tuned": {"msgs_per_s": 60_000.0, "min": 55_000.0, "max": 65_000.0, "spread": 0.17},
+        "B6_tuned": {"msgs_per_s": 50_000.0, "min": 50_000.0, "max": 50_000.0, "spread": 0.0},
+    }
+    summary_of["B4_tuned"].update(cpu_s_per_million=33.9, cpu_s_per_million_pg=3.4, cpu_s_per_million_kafka=2.1)
+    results = {
+        "mode": "full",
+        "started_at": "2026-12-07T15:45:00+00:00",
+        "command": "python -m loom_bench --workload W4",
+        "w4": {
+            "messages": 1000,
+            "runs": {"B4_tuned": [rep], "B6_tuned": [rep]},
+            "systems": summary_of,
+            "limit": {"variant": "copy_only_2conn", "msgs_per_s": 120_000.0, "loom_share": 0.5},
+            "ratio": 1.2,
+            "protobuf_share": None,
+            "window": {"warmup_s": 2.0, "seconds": 10.0},
+            "load_average_at_end": [0.5, 0.5, 0.5],
+        },
+    }
+    lines = report.w4_section(results, "w4.json").splitlines()
+    assert "CPU-s/M pipeline / PG / Kafka" in next(line for line in lines if line.startswith("| System |"))
+    (loom,) = (line for line in lines if line.startswith("| B4_tuned |"))
+    assert "| 50 % | 33.9 / 3.4 / 2.1 | 1 / 1 |" in loom
+    (peer,) = (line for line in lines if line.startswith("| B6_tuned |"))
+    assert "| — / — / — |" in peer  # not measured is shown as such, never as 0

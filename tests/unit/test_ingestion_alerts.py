@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _lag(partition: int, values: str, job: str = JOB) -> dict[str, str]:
-    labels = f'job="{job}",consumer="c1",topic="t",partition="{partition}"'
+def _lag(partition: int, values: str, job: str = JOB, topic: str = "t") -> dict[str, str]:
+    labels = f'job="{job}",consumer="c1",topic="{topic}",partition="{partition}"'
     return {"series": f"ray_loom_partition_lag{{{labels}}}", "values": values}
 
 
@@ -55,7 +55,7 @@ def _fires(alert: str, minute: int, *labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-NEW_RULES = ("LoomLagAbsent", "LoomLagHealthError", "LoomHeadScrapeDown")
+NEW_RULES = ("LoomLagAbsent", "LoomTopicLagGone", "LoomLagHealthError", "LoomHeadScrapeDown")
 HEAD_POD = "loom-ray-head-x7k2p"
 
 CASES: list[dict[str, Any]] = [
@@ -91,6 +91,26 @@ CASES: list[dict[str, Any]] = [
             _fires("LoomLagAbsent", 60, {"job": JOB}),
             *_quiet("LoomHeadScrapeDown", 41, 60),
             *_quiet("LoomLagHealthError", 41, 60),
+        ],
+    },
+    {
+        # Two deployments on one cluster: the one ingesting topic "b" stops at minute 30 (its coordinator's
+        # series go stale), the one ingesting "t" runs on, and one of its partitions goes away at minute 40
+        # (the lag of the others still names the topic). Only "b" fires, and 6 hours after its last sample
+        # it is quiet again; the cluster still reports lag, so LoomLagAbsent stays quiet.
+        "interval": "1m",
+        "input_series": [
+            _lag(0, "50x420"),
+            _lag(1, "50x40 stale"),
+            _lag(0, "9x30 stale", topic="b"),
+            _lag(1, "9x30 stale", topic="b"),
+        ],
+        "alert_rule_test": [
+            *_quiet("LoomTopicLagGone", 30, 35, 6 * 60 + 31),
+            _fires("LoomTopicLagGone", 36, {"topic": "b"}),
+            _fires("LoomTopicLagGone", 60, {"topic": "b"}),
+            _fires("LoomTopicLagGone", 6 * 60 + 29, {"topic": "b"}),
+            *_quiet("LoomLagAbsent", 36, 60),
         ],
     },
     {
@@ -182,6 +202,8 @@ DELAYS: list[tuple[str, list[dict[str, str]], int, int]] = [
     ),
     # The first sample missing at minute 31: the 5-minute `absent_over_time` window, then `for: 5m`.
     ("LoomLagAbsent", [_lag(0, "50x30 stale")], 31, 10),
+    # Topic "b"'s first sample missing at minute 31 while "t" is reported: at once, then `for: 5m`.
+    ("LoomTopicLagGone", [_lag(0, "50x60"), _lag(0, "9x30 stale", topic="b")], 31, 5),
     # The gauge at 3 (STALL) from minute 31, then `for: 5m`.
     ("LoomLagHealthError", [_lag(0, "50x60"), _health(0, "0x30 3x30")], 31, 5),
     # The first failed scrape at minute 31, then `for: 5m`.

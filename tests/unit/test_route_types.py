@@ -3,15 +3,18 @@ refused, and which PostgreSQL rules (rounding, cutting trailing spaces, UTC) app
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from datetime import date, time
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
+from loom_ray.formats import jsonify
 from loom_ray.routes.catalog import PgType
-from loom_ray.routes.types import Unfit, converter, timestamp_micros
+from loom_ray.routes.types import Unfit, converter, native_converter, timestamp_micros
 from loom_ray.sink.codecs import kafka_ts_micros
 from tests.support.shapes import pg
 
@@ -184,3 +187,95 @@ def test_metadata_sources() -> None:
         topic("orders")
     assert converter(pg("text"), "timestamp") is None
     assert converter(pg("timestamptz"), "offset") is None
+
+
+def _exact(value: Any) -> Any:
+    """The value with its type and form: Decimal("12.50") is not Decimal("12.5"), 1 is not 1.0 nor True."""
+    if type(value) is list:
+        return [_exact(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+def _outcome(convert: Any, value: Any) -> tuple[Any, ...]:
+    try:
+        return ("fits", _exact(convert(value)))
+    except Unfit as unfit:
+        return ("unfit", unfit.error_class, unfit.reason)
+    except orjson.JSONEncodeError as exc:  # no JSON form (a time with a zone): the record's conversion fails
+        return ("no JSON form", str(exc))
+
+
+_UTC = datetime.UTC
+_DECODED = [
+    Decimal("12.50"),
+    Decimal("-0.005"),
+    Decimal("1E+2"),
+    Decimal("123456789012345678901234567890.123456789"),
+    Decimal("NaN"),
+    Decimal("Infinity"),
+    datetime.datetime(2026, 12, 7, 10, 11, 12, 345000, tzinfo=_UTC),
+    datetime.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=-5))),
+    datetime.datetime(2026, 12, 7, 10, 11, 12, 1),  # a wall time (Avro local-timestamp-micros)
+    datetime.datetime(1, 1, 1, tzinfo=_UTC),
+    datetime.date(2024, 2, 29),
+    datetime.date(1, 1, 1),
+    datetime.time(10, 11, 12, 500),
+    datetime.time(0, 0),
+    datetime.time(10, 0, tzinfo=_UTC),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    b"\x00\x01\xff",
+    b"",
+    bytearray(b"ab"),
+    [Decimal("1.5"), None, Decimal("2")],
+    [datetime.datetime(2026, 1, 1, tzinfo=_UTC)],
+    [b"ab", None],
+    {"amount": Decimal("3.10"), "at": datetime.datetime(2026, 1, 1, tzinfo=_UTC), "raw": b"\x00", "n": [1, None]},
+    "12.5",
+    12,
+    1.25,
+    True,
+]
+_KINDS = [
+    pg("numeric"),
+    pg("numeric", precision=10, scale=2),
+    pg("numeric", precision=4, scale=1),
+    pg("int2"),
+    pg("int4"),
+    pg("int8"),
+    pg("float4"),
+    pg("float8"),
+    pg("text"),
+    pg("varchar", length=4),
+    pg("bool"),
+    pg("timestamptz"),
+    pg("timestamp"),
+    pg("timestamptz", precision=3),
+    pg("date"),
+    pg("time"),
+    pg("time", precision=0),
+    pg("uuid"),
+    pg("bytea"),
+    pg("json"),
+    pg("jsonb"),
+    STATUS,
+    pg("array", element=pg("numeric", precision=6, scale=2)),
+    pg("array", element=pg("timestamptz")),
+    pg("array", element=pg("bytea")),
+    pg("array", element=pg("text")),
+]
+
+
+@pytest.mark.parametrize("t", _KINDS, ids=lambda t: t.sql)
+@pytest.mark.parametrize("rounds", [False, True])
+def test_a_decoded_value_converts_as_its_json_form(t: PgType, rounds: bool) -> None:
+    # A registry format's route converts the record as its codec decoded it: every value and every refusal is
+    # the one the record's JSON form gets (loom_ray.formats.jsonify.document, what replay and earlier versions read).
+    as_json = converter(t, "json", rounds)
+    assert as_json is not None
+    native = native_converter(t, rounds)
+    for value in _DECODED:
+        try:
+            expected = _outcome(as_json, jsonify.document(value))
+        except orjson.JSONEncodeError as exc:
+            expected = ("no JSON form", str(exc))
+        assert _outcome(native, value) == expected, (t.sql, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from loom_ray.decode import Rejection
 from loom_ray.errors import RoutesFileError
+from loom_ray.formats import jsonify
 from loom_ray.routes.convert import RoutePlan, convert, plan, tombstone
 from loom_ray.routes.model import Route, load_routes, split_qualified
 from loom_ray.routes.sql import (
@@ -210,6 +212,28 @@ def test_a_field_that_does_not_fit_names_route_column_and_reason(
     assert reason in rejection.error_message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {
+            "customer": {"name": "ann", "since": datetime(2020, 1, 2, tzinfo=UTC)},
+            "amount": Decimal("12.50"),
+            "tags": [Decimal("1.0"), b"\x00\xff", {"at": datetime(2026, 1, 1, 10, tzinfo=UTC)}],
+            "items": [{"sku": "x1", "price": Decimal("3")}],
+        },
+        {"customer": {"name": b"ann"}, "amount": Decimal("1E+2")},  # bytes into text: refused as its base64
+        {"customer": {"name": "a"}, "amount": Decimal("NaN")},
+        {"customer": {"name": None}, "items": [{"sku": datetime(2026, 1, 1)}]},
+    ],
+)
+def test_a_decoded_record_becomes_what_its_json_form_becomes(tmp_path: Path, value: Any) -> None:
+    # A registry format's record through a route without a model: the paths find the same fields in the decoded
+    # record, and each column gets the value, or the record the rejection, that its JSON form gets.
+    route_plan = _orders(tmp_path)
+    native = convert(route_plan, value, b"7", None, (1, 1_700_000_000_000), "orders", 2, 41, native=True)
+    assert repr(native) == repr(_convert(route_plan, jsonify.document(value)))
+
+
 def test_a_field_no_column_reads_may_hold_anything(tmp_path: Path) -> None:
     values = _convert(_orders(tmp_path), {"customer": {"name": "a"}, "note": "x\x00y"})
     assert not isinstance(values, Rejection)
@@ -272,7 +296,7 @@ def test_upsert_sql_writes_one_record_per_key_by_number(tmp_path: Path) -> None:
     route_plan = _orders(tmp_path)
     sql = upsert_sql(route_plan, "loom")
     assert sql.startswith('INSERT INTO "shop"."orders" AS t (')
-    assert "WHERE _loom_ord = ANY($1::int4[]) AND " in sql
+    assert "WHERE _loom_ord IN (SELECT unnest($1::int4[])) AND " in sql
     assert '(SELECT "loom".loom_route_guard($2::text::regclass, $3::text))' in sql
     assert 'SELECT DISTINCT ON ("order_id")' in sql and 'ORDER BY "order_id", _loom_ord DESC' in sql
     assert 'ON CONFLICT ("order_id") DO UPDATE SET "customer" = EXCLUDED."customer"' in sql

@@ -7,7 +7,7 @@ tests/integration/test_registry_outage.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
@@ -26,7 +26,8 @@ NEEDS_SCHEMA = b"\x00\x00\x00\x00\x09"  # values starting so name schema id 9, w
 
 
 class FakeCodec(Codec):
-    """Values starting with NEEDS_SCHEMA need schema 9; ``failures`` fetch errors come before it is given."""
+    """Values starting with NEEDS_SCHEMA need schema 9; ``failures`` fetch errors come before it is given.
+    ``probe``, when set, runs at each request: what the consumer shows between two requests."""
 
     format = "avro"
     schema_type = "AVRO"
@@ -36,6 +37,7 @@ class FakeCodec(Codec):
         self.ready = False
         self.asked = 0
         self.asked_twice = asyncio.Event()
+        self.probe: Callable[[], None] | None = None
 
     def text(self, value: bytes) -> tuple[str, int] | Rejection:
         if value.startswith(NEEDS_SCHEMA):
@@ -46,6 +48,8 @@ class FakeCodec(Codec):
 
     async def prepare(self, key: Hashable, schema_id: int) -> None:
         self.asked += 1
+        if self.probe is not None:
+            self.probe()
         if self.asked == 2:
             self.asked_twice.set()
         if self.failures:
@@ -110,6 +114,8 @@ def test_a_partition_waits_at_the_record_whose_schema_is_missing_and_reads_on_fr
         codec = FakeCodec([RegistryUnreachableError(9, "refused"), SchemaUnknownError(9, "404")])
         observer = Observer()
         worker, kafka = _worker(codec, observer)
+        shown: list[str | None] = []  # the consumer's blocker as each request starts
+        codec.probe = lambda: shown.append((worker.stats()["blocked"] or {}).get("sqlstate"))
         part = worker._parts[("t", 0)]
         batch = [_message(0, 0, b"a"), _message(0, 1, NEEDS_SCHEMA), _message(1, 0, b"b"), _message(0, 2, b"c")]
         worker._add_all(batch, NOW, 0)
@@ -120,13 +126,9 @@ def test_a_partition_waits_at_the_record_whose_schema_is_missing_and_reads_on_fr
         worker._advance_to_positions({("t", 0): 3}, NOW, 0)  # the consumer's position is past what it skipped
         assert part.open.end == 1
 
-        seen = []
-        while part.waiting is not None:
-            blocked = worker.stats()["blocked"]
-            if blocked is not None and blocked["sqlstate"] not in seen:
-                seen.append(blocked["sqlstate"])
-            await asyncio.sleep(0.01)
-        assert seen == ["LR002", "LR003"]  # unreachable, then the id unknown: both shown while waiting
+        waiting = part.waiting
+        await asyncio.wait_for(waiting, 30)
+        assert shown == [None, "LR002", "LR003"]  # unreachable, then the id unknown: both shown while waiting
         assert observer.blocked == ["LR002", "LR003", None]
         assert worker.stats()["blocked"] is None
         assert kafka.calls == [("pause", [("t", 0)]), ("seek", "t", 0, 1, False)]  # read again from offset 1
