@@ -19,6 +19,7 @@ from tests.support.pipeline import (
     pids_of,
     pipeline_env,
     scalar,
+    slow_rows,
     start_main,
     stop_group,
     wait_until,
@@ -28,7 +29,8 @@ from tests.support.tcp_proxy import proxy
 
 GRACE_S = 30  # how soon a dead consumer's partitions must have another owner (a pod's SIGKILL comes later)
 # Per run, over 12 partitions at 100 messages a flush: about 4,000 per partition and 40 flushes each, so a fault
-# that lands once a fifth (or a tenth) is committed still finds a backlog on every partition.
+# that lands once a fifth (or a tenth) is committed still finds a backlog on every partition (kill_9_mid_run also
+# slows every fifth row by a millisecond: unslowed, the job can drain all of it before the fault lands).
 MESSAGES = 50_000
 _OWNERS_SQL = """
 SELECT coalesce(jsonb_object_agg("partition", jsonb_build_array(owner, epoch)), '{}')::text
@@ -45,33 +47,34 @@ def kill_9_mid_run(
     sig: int = signal.SIGKILL,
     watch: Callable[[int], Callable[[], None]] | None = None,
 ) -> tuple[Accounting, str]:
-    """Run the job over :data:`MESSAGES` messages and, once a fifth is committed, send ``sig`` (kill -9 unless told) to
-    the first process whose PostgreSQL connections are named ``<application> ... pid=N`` (of consumers, one that
-    holds partitions of the topic: consumers start as nodes allow, so one may hold nothing yet); return the
-    accounting and the job's log. ``watch(pid)`` runs just before the signal and returns what to check just
-    after it, while the job runs on."""
+    """Run the job over :data:`MESSAGES` messages (:func:`slow_rows`) and, once a fifth is committed, send ``sig``
+    (kill -9 unless told) to the first process whose PostgreSQL connections are named ``<application> ... pid=N``
+    (of consumers, one that holds partitions of the topic: consumers start as nodes allow, so one may hold nothing
+    yet); return the accounting and the job's log. ``watch(pid)`` runs just before the signal and returns what to
+    check just after it, while the job runs on."""
     messages = MESSAGES
     fill(endpoints, topic, messages)
     log = tmp_path / "main.log"
-    process = start_main(pipeline_env(endpoints, topic, kafka_batch_size=100), "--exit-when-drained", log=log)
-    try:
-        wait_until(
-            lambda: committed(endpoints, topic) > messages // 5, 180, "a fifth committed", running=(process, log)
-        )
-        victims: list[int] = []
+    with slow_rows(endpoints, topic, every=5):
+        process = start_main(pipeline_env(endpoints, topic, kafka_batch_size=100), "--exit-when-drained", log=log)
+        try:
+            wait_until(
+                lambda: committed(endpoints, topic) > messages // 5, 180, "a fifth committed", running=(process, log)
+            )
+            victims: list[int] = []
 
-        def found() -> bool:
-            victims[:] = _victims(endpoints, topic, application)
-            return bool(victims)
+            def found() -> bool:
+                victims[:] = _victims(endpoints, topic, application)
+                return bool(victims)
 
-        wait_until(found, 60, f"{application} connections in pg_stat_activity", running=(process, log))
-        check = watch(victims[0]) if watch is not None else None
-        os.kill(victims[0], sig)
-        if check is not None:
-            check()
-        assert process.wait(600) == 0, log.read_text()[-3000:]
-    finally:
-        stop_group(process)
+            wait_until(found, 60, f"{application} connections in pg_stat_activity", running=(process, log))
+            check = watch(victims[0]) if watch is not None else None
+            os.kill(victims[0], sig)
+            if check is not None:
+                check()
+            assert process.wait(600) == 0, log.read_text()[-3000:]
+        finally:
+            stop_group(process)
     return account(endpoints, topic), log.read_text()
 
 

@@ -15,6 +15,7 @@ from tests.support.pipeline import (
     high_watermarks,
     pipeline_env,
     scalar,
+    slow_rows,
     start_main,
     stop_group,
     wait_until,
@@ -65,23 +66,35 @@ def test_refuses_to_start_beyond_the_connection_budget(endpoints: Endpoints, top
 
 
 def test_autoscaling_follows_the_backlog(endpoints: Endpoints, topic_name: str, tmp_path: Path) -> None:
-    messages = 200_000
+    messages = 10_000
     fill(endpoints, topic_name, messages)
-    # A catch-up time well below the backlog's drain time at any speed: one consumer doing 100k msg/s still
-    # leaves more than half a second of backlog at its first measured rate, so the scale-up is certain.
-    env = pipeline_env(endpoints, topic_name, min_actors=1, max_actors=4, scale_catchup_s=0.5, kafka_batch_size=50)
+    # slow_rows: one consumer buffers ~140 records (64 KiB) at most, so it commits at most 1000 msg/s however fast
+    # the machine; the 10 s its backlog would take is far over the half-second catch-up time at its first measured
+    # rate, and the scale-up certain.
+    env = pipeline_env(
+        endpoints,
+        topic_name,
+        min_actors=1,
+        max_actors=4,
+        scale_catchup_s=0.5,
+        buffer_max_bytes=64 * 1024,
+        batch_max_bytes=16 * 1024,
+    )
     log = tmp_path / "main.log"
-    process = start_main(env, log=log)
-    running = (process, log)
-    try:
-        wait_until(lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer", running=running)
-        wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "everything committed", running=running)
-        scaled_down = re.compile(r"autoscale: 2 -> 1 consumers")
-        wait_until(lambda: scaled_down.search(log.read_text()), 120, "the scale-down to 1", running=running)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()[-3000:]
-    finally:
-        stop_group(process)
+    with slow_rows(endpoints, topic_name):
+        process = start_main(env, log=log)
+        running = (process, log)
+        try:
+            wait_until(
+                lambda: "autoscale: 1 -> " in log.read_text(), 120, "a scale-up from 1 consumer", running=running
+            )
+            wait_until(lambda: committed(endpoints, topic_name) >= messages, 300, "all committed", running=running)
+            scaled_down = re.compile(r"autoscale: 2 -> 1 consumers")
+            wait_until(lambda: scaled_down.search(log.read_text()), 120, "the scale-down to 1", running=running)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0, log.read_text()[-3000:]
+        finally:
+            stop_group(process)
     result = account(endpoints, topic_name)
     assert result.exact, str(result)
     assert "stopped consumer" in log.read_text()

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
 from loom_ray import loadgen
+from loom_ray.migrate import migrate
 from tests.support.services import ROOT, Endpoints
 
 
@@ -212,6 +215,38 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{tail()}")
         time.sleep(interval_s)
+
+
+@contextmanager
+def slow_rows(endpoints: Endpoints, topic: str, every: int = 1) -> Iterator[None]:
+    """While open, each ``every``-th of ``topic``'s rows costs its writer a millisecond in PostgreSQL (a row
+    trigger on ``loom_messages``): ingestion then takes seconds however fast the machine, so what a test does
+    mid-run (a kill, a scale-up) finds a backlog. Dropped on the way out. Migrates the database first: the trigger
+    needs the table."""
+
+    async def migrated() -> None:
+        conn = await asyncpg.connect(endpoints.dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrated())
+    slow = f"loom_test_slow_{topic.replace('-', '_')}"
+    scalar(
+        endpoints,
+        f"CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$",
+    )
+    scalar(
+        endpoints,
+        f"CREATE TRIGGER {slow} BEFORE INSERT ON loom_messages FOR EACH ROW "
+        f"WHEN (NEW.topic = '{topic}' AND NEW.\"offset\" % {every} = 0) EXECUTE FUNCTION {slow}()",
+    )
+    try:
+        yield
+    finally:
+        scalar(endpoints, f"DROP FUNCTION {slow}() CASCADE")  # and its trigger
 
 
 def fill(
