@@ -53,17 +53,26 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def fixer(schema: Any) -> Fix | None:
-    """The in-place fix of records decoded with the Avro ``schema`` (parsed JSON), or None if none is needed."""
-    return _Compiler().compile(schema, None)
+    """The in-place fix of records decoded with the Avro ``schema`` (parsed JSON), or None if none is needed.
+
+    A recursive type (a record with a field of its own type, or of a type enclosing it) is walked twice: first
+    with its recursive references fixing nothing, which tells whether anything needs fixing at all (a value
+    below a reference is of a type already walked); if so, again with each reference fixing its value as its
+    record does.
+    """
+    first = _Compiler(recursive=False)
+    fix = first.compile(schema, None)
+    return _Compiler(recursive=True).compile(schema, None) if fix is not None and first.recursed else fix
 
 
 class _Compiler:
-    """Walks a schema once; named types are remembered by full name for later references (a recursive
-    reference is left as it is: its fields are not fixed)."""
+    """Walks a schema once; named types are remembered by full name for later references."""
 
-    def __init__(self) -> None:
+    def __init__(self, recursive: bool) -> None:
         self._named: dict[str, Any] = {}
-        self._open: set[str] = set()
+        self._open: dict[str, list[Fix | None]] = {}  # records being walked: the cell their fix goes in
+        self._recursive = recursive
+        self.recursed = False
 
     def compile(self, schema: Any, namespace: str | None) -> Fix | None:
         if isinstance(schema, str):
@@ -96,16 +105,20 @@ class _Compiler:
 
     def _record(self, schema: Mapping[str, Any], namespace: str | None) -> Fix | None:
         full = _full_name(schema, namespace)
-        if full in self._open:
-            return None
+        enclosing = self._open.get(full)
+        if enclosing is not None:
+            self.recursed = True
+            return _reference(enclosing) if self._recursive else None
         self._named[full] = schema
         inner = full.rpartition(".")[0] or None
-        self._open.add(full)
+        cell: list[Fix | None] = [None]
+        self._open[full] = cell
         try:
             fixes = [(f["name"], fix) for f in schema["fields"] if (fix := self.compile(f["type"], inner)) is not None]
         finally:
-            self._open.discard(full)
-        return _record(fixes)
+            del self._open[full]
+        cell[0] = _record(fixes)
+        return cell[0]
 
     def _union(self, branches: list[Any], namespace: str | None) -> Fix | None:
         fixes = []
@@ -157,6 +170,16 @@ def _record(fields: list[tuple[str, Fix]]) -> Fix | None:
         return value
 
     return record
+
+
+def _reference(cell: list[Fix | None]) -> Fix:
+    """A recursive reference: the fix its record's walk leaves in ``cell``."""
+
+    def reference(value: Any) -> Any:
+        fix = cell[0]
+        return value if fix is None else fix(value)
+
+    return reference
 
 
 def _each(fix: Fix | None) -> Fix | None:

@@ -24,6 +24,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 
 from loom_ray.decode import Rejection
 from loom_ray.formats.avro import AvroCodec
+from loom_ray.formats.avro_values import fixer
 from loom_ray.formats.base import Codec, SchemaNotReady
 from loom_ray.formats.json_schema import JsonSchemaCodec
 from loom_ray.formats.protobuf import ProtobufCodec
@@ -102,6 +103,32 @@ def test_avro_logical_types_land_exactly_in_jsonb_text_and_in_route_documents() 
     document, _ = codec.document(value)  # type: ignore[misc]
     assert document["amount"] == "12345678901234567890.123456789012345678"  # a route's numeric gets every digit
     assert document["placed"] == stored["placed"]
+
+
+def test_floats_inside_a_recursive_type_are_named_at_every_depth() -> None:
+    node = {
+        "type": "record",
+        "name": "Node",
+        "namespace": "tree",
+        "fields": [
+            {"name": "ratio", "type": "double"},
+            {"name": "next", "type": ["null", "Node"], "default": None},
+            {"name": "children", "type": {"type": "array", "items": "tree.Node"}},
+        ],
+    }
+    leaf = {"ratio": float("-inf"), "next": None, "children": []}
+    record = {"ratio": 0.5, "next": {"ratio": float("nan"), "next": leaf, "children": []}, "children": [leaf]}
+    client = _client()
+    value = _avro(client, record, node)
+    codec = AvroCodec(lambda: client)
+    _ready(codec, value)
+    text, _ = codec.text(value)  # type: ignore[misc]
+    stored = orjson.loads(text)
+    assert stored["ratio"] == 0.5
+    assert (stored["next"]["ratio"], stored["next"]["next"]["ratio"]) == ("NaN", "-Infinity")
+    assert stored["children"][0]["ratio"] == "-Infinity"
+    without_floats = {**node, "fields": [{"name": "next", "type": ["null", "Node"], "default": None}]}
+    assert fixer(without_floats) is None  # nothing runs per record
 
 
 def test_the_first_record_of_a_schema_id_waits_for_it_and_an_unknown_id_is_a_fetch_error() -> None:
