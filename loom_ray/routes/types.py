@@ -14,7 +14,8 @@ says it:
   ``round = true``: then it is rounded half away from zero, as PostgreSQL does; one whose integer part has
   more than ``p - s`` digits, or beyond what PostgreSQL's numeric holds (131072 digits before the point,
   16383 after), is refused;
-- ``real``/``double precision``: numbers (a double only if it holds the integer exactly; real's range);
+- ``real``/``double precision``: numbers (a double only if it holds the integer exactly; real's range), and the
+  strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (how JSON, and the codecs, write those floats);
 - ``boolean``: ``true``/``false``; ``text``: JSON strings; ``varchar(n)``/``char(n)``: strings of at most
   ``n`` characters (longer ones are refused, except that trailing spaces beyond ``n`` are cut, as
   PostgreSQL cuts them; ``char(n)`` pads shorter ones, as PostgreSQL does);
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -323,6 +325,11 @@ def _short(number: Decimal) -> str:
     return text if len(text) <= 60 else f"{text[:40]}...e{number.adjusted()}"
 
 
+# The floats JSON cannot hold, as protobuf's JSON mapping names them (and loom-ray's codecs write them,
+# loom_ray.formats.jsonify.finite): a real or double precision column holds each.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def _json_double(value: Any) -> float:
     if type(value) is float:
         return value
@@ -331,7 +338,9 @@ def _json_double(value: Any) -> float:
         if as_float != value:
             raise Unfit("OutOfRange", f"{value} cannot be held exactly by a double precision")
         return as_float
-    raise _wrong("a JSON number", value)
+    if type(value) is str and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    raise _wrong('a JSON number (or "NaN", "Infinity", "-Infinity")', value)
 
 
 def _json_real(value: Any) -> float:
@@ -339,8 +348,10 @@ def _json_real(value: Any) -> float:
         number = value
     elif type(value) is int:
         number = float(value)
+    elif type(value) is str and value in _NON_FINITE:
+        return _NON_FINITE[value]
     else:
-        raise _wrong("a JSON number", value)
+        raise _wrong('a JSON number (or "NaN", "Infinity", "-Infinity")', value)
     if abs(number) > _REAL_MAX:
         raise Unfit("OutOfRange", f"{value} is outside real's range (about 3.4e38)")
     return number

@@ -42,6 +42,7 @@ SETUP = (
         n               integer,
         ratio           real,
         score           double precision,
+        peak            double precision,
         flag            boolean,
         note            text,
         "placedAt"      timestamp,
@@ -89,6 +90,7 @@ small = {{}}
 n = {{}}
 ratio = {{}}
 score = {{}}
+peak = {{}}
 flag = {{}}
 note = {{}}
 placedAt = {{ path = "placed" }}
@@ -117,6 +119,7 @@ GOOD: dict[str, Any] = {
     "n": 2**31 - 1,
     "ratio": 0.5,
     "score": 1e-300,
+    "peak": "-Infinity",  # JSON's name for a float it cannot hold
     "flag": True,
     "note": 'é ✓ \\ "',
     "placed": "2024-05-01T10:00:00+02:00",  # timestamp without time zone: converted to UTC
@@ -142,6 +145,7 @@ AS_POSTGRESQL_READS = {
     "n": "2147483647",
     "ratio": "0.5::real",
     "score": "1e-300::float8",
+    "peak": "'-Infinity'::float8",
     "flag": "true",
     "note": "E'é ✓ \\\\ \"'",
     "placedAt": "('2024-05-01T10:00:00+02:00'::timestamptz AT TIME ZONE 'UTC')",

@@ -4,6 +4,7 @@ refused, and which PostgreSQL rules (rounding, cutting trailing spaces, UTC) app
 from __future__ import annotations
 
 import datetime
+import math
 import uuid
 from datetime import date, time
 from decimal import Decimal
@@ -44,6 +45,8 @@ def _json(t: PgType, value: Any, rounds: bool = False) -> Any:
         (pg("float8"), 2**53, float(2**53)),
         (pg("float8"), 1.5, 1.5),
         (pg("float4"), 1.5, 1.5),
+        (pg("float8"), "Infinity", math.inf),  # JSON's names for the floats it cannot hold
+        (pg("float4"), "-Infinity", -math.inf),
         (pg("bool"), False, False),
         (pg("text"), "é ✓", "é ✓"),
         (pg("varchar", length=3), "abc", "abc"),
@@ -73,6 +76,12 @@ def test_json_values_that_fit(t: PgType, value: Any, expected: Any) -> None:
     assert _json(t, value) == expected
 
 
+@pytest.mark.parametrize("kind", ["float4", "float8"])
+def test_nan_reaches_a_float_column_from_its_json_name_and_as_decoded(kind: str) -> None:
+    assert math.isnan(_json(pg(kind), "NaN"))
+    assert math.isnan(native_converter(pg(kind))(math.nan))
+
+
 @pytest.mark.parametrize(
     ("t", "value", "error_class", "reason"),
     [
@@ -89,6 +98,8 @@ def test_json_values_that_fit(t: PgType, value: Any, expected: Any) -> None:
         (pg("numeric", precision=10, scale=2), 0.1 + 0.2, "OutOfRange", "more decimals than numeric(10,2)"),
         (pg("float8"), 2**53 + 1, "OutOfRange", "exactly"),  # a double cannot hold it exactly
         (pg("float4"), 1e39, "OutOfRange", "real's range"),
+        (pg("float8"), "nan", "WrongType", "a JSON number"),  # the three names only, as written
+        (pg("float4"), "1.5", "WrongType", "a JSON number"),
         (pg("bool"), 1, "WrongType", "true or false"),
         (pg("text"), 12, "WrongType", "a JSON string"),
         (pg("text"), "a\x00", "BadValue", "U+0000"),
