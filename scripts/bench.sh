@@ -19,7 +19,7 @@ bench_venv=.cache/bench-venv
 stamp=$bench_venv/.installed-$(sha256sum requirements-bench.lock | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   [ -x $bench_venv/bin/python ] || .venv/bin/uv venv -q --python .venv/bin/python $bench_venv
-  .venv/bin/uv pip sync -q --python $bench_venv/bin/python requirements-bench.lock
+  .venv/bin/uv pip sync -q --compile-bytecode --python $bench_venv/bin/python requirements-bench.lock
   rm -f $bench_venv/.installed-* && touch "$stamp"
   echo "bench: $bench_venv ready" >&2
 fi
