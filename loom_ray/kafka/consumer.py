@@ -89,23 +89,24 @@ class PartitionConsumer:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def assign(self, topic: str, partition: int, offset: int, paused: bool) -> None:
+    async def assign(self, topic: str, partition: int, offset: int) -> None:
         """Start reading ``topic[partition]`` at ``offset`` (added to the current assignment).
 
         librdkafka keeps a partition's pause flag across unassign and assign, so a partition released while
-        fetching was paused would never be fetched again: ``paused`` sets the flag explicitly.
+        it waited for a schema (:meth:`pause`) would never be fetched again: the flag is cleared explicitly.
         """
-        await self._call(self._assign, TopicPartition(topic, partition, offset), paused, False)
+        await self._call(self._assign, TopicPartition(topic, partition, offset), False)
 
-    async def seek(self, topic: str, partition: int, offset: int, paused: bool) -> None:
-        """Read an assigned partition from ``offset`` on (also after an out-of-range fetch stopped it)."""
-        await self._call(self._assign, TopicPartition(topic, partition, offset), paused, True)
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read an assigned partition from ``offset`` on (after an out-of-range fetch stopped it, or a schema
+        wait paused it)."""
+        await self._call(self._assign, TopicPartition(topic, partition, offset), True)
 
-    def _assign(self, tp: TopicPartition, paused: bool, again: bool) -> None:
+    def _assign(self, tp: TopicPartition, again: bool) -> None:
         if again:
             self._consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)])
         self._consumer.incremental_assign([tp])
-        (self._consumer.pause if paused else self._consumer.resume)([tp])
+        self._consumer.resume([tp])
 
     async def unassign(self, topic: str, partition: int) -> None:
         """Stop reading ``topic[partition]``; messages already fetched for it must be ignored by the caller."""
@@ -138,12 +139,9 @@ class PartitionConsumer:
         return int(low), int(high)
 
     async def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Stop fetching these partitions (buffers are full); :meth:`resume` restarts them."""
+        """Stop fetching these partitions (while one waits for its schema), dropping what was prefetched;
+        :meth:`seek` reads one again."""
         await self._call(self._consumer.pause, [TopicPartition(t, p) for t, p in partitions])
-
-    async def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Fetch these partitions again."""
-        await self._call(self._consumer.resume, [TopicPartition(t, p) for t, p in partitions])
 
     async def mirror(self, offsets: dict[tuple[str, int], int]) -> None:
         """Copy offsets committed in PostgreSQL to the Kafka group (asynchronous, advisory only)."""

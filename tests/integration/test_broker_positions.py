@@ -35,10 +35,10 @@ class RewrittenLog:
         self.seeks: list[int] = []
         self.assigned: set[tuple[str, int]] = set()
 
-    async def assign(self, topic: str, partition: int, offset: int, paused: bool) -> None:
+    async def assign(self, topic: str, partition: int, offset: int) -> None:
         self.assigned.add((topic, partition))
 
-    async def seek(self, topic: str, partition: int, offset: int, paused: bool) -> None:
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
         self.seeks.append(offset)
 
     async def unassign(self, topic: str, partition: int) -> None:
