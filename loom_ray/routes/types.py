@@ -328,6 +328,7 @@ def _short(number: Decimal) -> str:
 # The floats JSON cannot hold, as protobuf's JSON mapping names them (and loom-ray's codecs write them,
 # loom_ray.formats.jsonify.finite): a real or double precision column holds each.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_A_FLOAT = 'a JSON number (or "NaN", "Infinity", "-Infinity")'
 
 
 def _json_double(value: Any) -> float:
@@ -340,7 +341,7 @@ def _json_double(value: Any) -> float:
         return as_float
     if type(value) is str and value in _NON_FINITE:
         return _NON_FINITE[value]
-    raise _wrong('a JSON number (or "NaN", "Infinity", "-Infinity")', value)
+    raise _wrong(_A_FLOAT, value)
 
 
 def _json_real(value: Any) -> float:
@@ -351,7 +352,7 @@ def _json_real(value: Any) -> float:
     elif type(value) is str and value in _NON_FINITE:
         return _NON_FINITE[value]
     else:
-        raise _wrong('a JSON number (or "NaN", "Infinity", "-Infinity")', value)
+        raise _wrong(_A_FLOAT, value)
     if abs(number) > _REAL_MAX:
         raise Unfit("OutOfRange", f"{value} is outside real's range (about 3.4e38)")
     return number

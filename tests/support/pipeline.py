@@ -223,26 +223,24 @@ def slow_rows(endpoints: Endpoints, topic: str, every: int = 1) -> Iterator[None
     trigger on ``loom_messages``): ingestion then takes seconds however fast the machine, so what a test does
     mid-run (a kill, a scale-up) finds a backlog. Dropped on the way out. Migrates the database first: the trigger
     needs the table."""
+    slow = f"loom_test_slow_{topic.replace('-', '_')}"
 
-    async def migrated() -> None:
+    async def install() -> None:
         conn = await asyncpg.connect(endpoints.dsn)
         try:
             await migrate(conn)
+            await conn.execute(
+                f"CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$"
+            )
+            await conn.execute(
+                f"CREATE TRIGGER {slow} BEFORE INSERT ON loom_messages FOR EACH ROW "
+                f"WHEN (NEW.topic = '{topic}' AND NEW.\"offset\" % {every} = 0) EXECUTE FUNCTION {slow}()"
+            )
         finally:
             await conn.close()
 
-    asyncio.run(migrated())
-    slow = f"loom_test_slow_{topic.replace('-', '_')}"
-    scalar(
-        endpoints,
-        f"CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$",
-    )
-    scalar(
-        endpoints,
-        f"CREATE TRIGGER {slow} BEFORE INSERT ON loom_messages FOR EACH ROW "
-        f"WHEN (NEW.topic = '{topic}' AND NEW.\"offset\" % {every} = 0) EXECUTE FUNCTION {slow}()",
-    )
+    asyncio.run(install())
     try:
         yield
     finally:
