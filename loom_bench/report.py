@@ -298,9 +298,10 @@ def w3_section(results: dict[str, Any], source: str) -> str:
     if limit:
         lines += [
             f"PostgreSQL's limit for these statements: **{rate(limit.get('msgs_per_s'))} msgs/s** "
+            f"{_limit_windows(limit)} "
             f"(`loom_bench/w3_limit.py`: the route's staging COPY and upsert statement on records held in memory, "
-            f"{limit['variant'].removeprefix('upsert_only_').removesuffix('conn')} connections, batches of 10 000, "
-            f"one window); loom-ray reaches {percent(limit.get('loom_share'))} of it. No system writing this table "
+            f"{limit['variant'].removeprefix('upsert_only_').removesuffix('conn')} connections, batches of 10 000); "
+            f"loom-ray reaches {percent(limit.get('loom_share'))} of it. No system writing this table "
             f"this way can pass it, so on this machine the most loom-ray could be is "
             f"**{times(limit.get('peer_ceiling'))}** Kafka Connect's rate.",
             "",
@@ -313,6 +314,19 @@ def w3_section(results: dict[str, Any], source: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _limit_windows(limit: dict[str, Any]) -> str:
+    """How a workload's PostgreSQL limit was measured: the median of its windows with their spread (one window
+    in results from before it was measured once per repetition)."""
+    windows = limit.get("windows")
+    if not windows:
+        return "(one window)"
+    spread = limit.get("spread")
+    shown = "" if spread is None else f", spread {spread * 100:.0f} %"
+    flag = " ⚠" if limit.get("unsteady") else ""
+    found = f"{rate(limit['min'])}–{rate(limit['max'])}{shown}"
+    return f"(median of {len(windows)} windows, one per repetition: {found}){flag}"
 
 
 def w4_section(results: dict[str, Any], source: str) -> str:
@@ -353,7 +367,8 @@ def w4_section(results: dict[str, Any], source: str) -> str:
         f"of PostgreSQL's limit for the same rows, **{percent(share)}** (target ≥ 85 %: {share_verdict}); on "
         f"Protobuf {percent(found.get('protobuf_share'))}.",
         "",
-        f"PostgreSQL's limit: **{rate(limit.get('msgs_per_s'))} msgs/s** (`loom_bench/w4_limit.py`, B1 for these "
+        f"PostgreSQL's limit: **{rate(limit.get('msgs_per_s'))} msgs/s** {_limit_windows(limit)} "
+        "(`loom_bench/w4_limit.py`, B1 for these "
         f"rows: binary COPY of the typed rows from memory, {limit['variant'].removeprefix('copy_only_')}, batches of "
         "10 000). loom-ray reads each record with confluent-kafka's registry client (the schema fetched once per id) "
         "and fastavro (Protobuf: the message type built from the registry's schema), into an insert route; the "

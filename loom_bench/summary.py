@@ -62,6 +62,23 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def limit_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A PostgreSQL limit measured over several windows (one per repetition, between the systems' runs): the
+    median rate with its min-max and spread, as a system's; ``correct`` only when every window's table was."""
+    rates = spread([w.get("msgs_per_s") for w in windows])
+    disagree = None if rates is None else relative_spread(rates.median, rates.low, rates.high)
+    return {
+        "variant": windows[0]["variant"],
+        "msgs_per_s": None if rates is None else rates.median,
+        "min": None if rates is None else rates.low,
+        "max": None if rates is None else rates.high,
+        "spread": disagree,
+        "unsteady": disagree is not None and disagree > SPREAD_FLAG,
+        "correct": all(w.get("correct", True) for w in windows),
+        "windows": windows,
+    }
+
+
 def best_variant(variants: dict[str, dict[str, Any]], name: str) -> str | None:
     """The variant reported as ``name``: the fastest median among those in its group."""
     members = [v for v, group in SYSTEMS.items() if group == name and v in variants]

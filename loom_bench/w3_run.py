@@ -9,8 +9,8 @@ first progress), so neither's start-up counts; a window the topic ran out in is 
 (:func:`loom_bench.runner.short_window`). loom-ray's rate from its first partition claim to its last
 progress (start-up ramp included) is kept too, as ``claim_msgs_per_s``. After each run the table must equal
 the last-writer-wins fold, by key, of the topic's records below the committed offsets (tombstoned keys
-absent), read back from Kafka with a ``read_committed`` reader. Before the runs, PostgreSQL's own limit for
-the route's statements is measured once (:mod:`loom_bench.w3_limit`).
+absent), read back from Kafka with a ``read_committed`` reader. PostgreSQL's own limit for
+the route's statements is measured at the start of each repetition (:mod:`loom_bench.w3_limit`).
 """
 
 from __future__ import annotations
@@ -177,12 +177,13 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
     preload_s = w3.produce(svc.bootstrap, names, messages)
     chosen = [v for v in VARIANTS if v in selected]
     records = {t: read_topic(svc.bootstrap, t, 300) for t in {names.for_variant(v) for v in chosen}}
-    asyncio.run(_reset(svc.dsn, "loom"))
-    limit = asyncio.run(w3_limit.measure(svc.dsn, names.plain, messages, LIMIT_CONNECTIONS, plan.window))
-    log.info("W3 PostgreSQL limit: %s", limit)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
+    windows: list[dict[str, Any]] = []
     order = []
     for rep in range(plan.reps):
+        asyncio.run(_reset(svc.dsn, "loom"))
+        windows.append(asyncio.run(w3_limit.measure(svc.dsn, names.plain, messages, LIMIT_CONNECTIONS, plan.window)))
+        log.info("W3-r%d PostgreSQL limit: %s", rep, windows[-1])
         sequence = list(chosen)
         rng.shuffle(sequence)
         order.append(sequence)
@@ -191,6 +192,7 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
             runs[variant].append(drain(svc, variant, topic, messages, records[topic], f"W3-r{rep}", plan.window))
     systems = {v: summary.aggregate(rs) for v, rs in runs.items()}
     loom, peer = (systems.get(v, {}).get("msgs_per_s") for v in ("B4_tuned", "B6_tuned"))
+    limit = summary.limit_windows(windows)
     limit.update(
         {"loom_share": stats.ratio(loom, limit["msgs_per_s"]), "peer_ceiling": stats.ratio(limit["msgs_per_s"], peer)}
     )

@@ -133,7 +133,7 @@ def drain(
 
 
 def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng: random.Random) -> dict[str, Any]:
-    """Preload W4's topics, measure the limit once, run every selected variant ``plan.reps`` times in shuffled
+    """Preload W4's topics; ``plan.reps`` times, measure the limit, then run every selected variant in shuffled
     order. Needs LOOM_SCHEMA_REGISTRY_URL (the Confluent API of an Apicurio registry)."""
     registry = os.environ.get("LOOM_SCHEMA_REGISTRY_URL")
     if not registry:
@@ -142,12 +142,13 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
     names = w4.topics(prefix, messages)
     chosen = [v for v, _, _ in VARIANTS if v in selected]
     preload_s = {f: w4.produce(svc.bootstrap, registry, names.of(f), f, messages) for f in w4.FORMATS}
-    asyncio.run(_reset(svc.dsn, "none"))
-    limit = asyncio.run(w4_limit.measure(svc.dsn, names.avro, messages, LIMIT_CONNECTIONS, plan.window))
-    log.info("W4 PostgreSQL limit: %s", limit)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in chosen}
+    windows: list[dict[str, Any]] = []
     order = []
     for rep in range(plan.reps):
+        asyncio.run(_reset(svc.dsn, "none"))
+        windows.append(asyncio.run(w4_limit.measure(svc.dsn, names.avro, messages, LIMIT_CONNECTIONS, plan.window)))
+        log.info("W4-r%d PostgreSQL limit: %s", rep, windows[-1])
         sequence = list(chosen)
         rng.shuffle(sequence)
         order.append(sequence)
@@ -155,6 +156,7 @@ def run(svc: runner.Services, plan: Plan, selected: list[str], prefix: str, rng:
             runs[variant].append(drain(svc, variant, registry, names, messages, f"W4-r{rep}", plan.window))
     systems = {v: summary.aggregate(rs) for v, rs in runs.items()}
     loom, peer = (systems.get(v, {}).get("msgs_per_s") for v in ("B4_tuned", "B6_tuned"))
+    limit = summary.limit_windows(windows)
     return {
         "topics": dataclasses.asdict(names),
         "messages": messages,

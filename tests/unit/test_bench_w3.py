@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from loom_bench import report, stats, w3, w3_limit
+from loom_bench import report, stats, summary, w3, w3_limit
 from loom_bench.config import Window
 from loom_bench.summary import aggregate
 from loom_bench.systems import connect
@@ -155,6 +156,25 @@ def test_w3_section_sets_the_ratio_against_postgresqls_own_limit() -> None:
     assert "PostgreSQL's limit for these statements: **66\u202f000 msgs/s**" in text
     assert "2 connections" in text and "loom-ray reaches 91 % of it" in text
     assert "the most loom-ray could be is **2.64×** Kafka Connect's rate" in text
+    assert "(one window)" in text  # results from before it was measured per repetition
+
+
+def test_the_limit_is_the_median_of_its_windows_with_their_spread() -> None:
+    windows = [
+        {"variant": "upsert_only_2conn", "msgs_per_s": r, "correct": True} for r in (62_000.0, 66_000.0, 70_000.0)
+    ]
+    limit = summary.limit_windows(windows)
+    assert (limit["msgs_per_s"], limit["min"], limit["max"]) == (66_000.0, 62_000.0, 70_000.0)
+    assert limit["spread"] == pytest.approx(8_000 / 66_000) and limit["correct"] and not limit["unsteady"]
+    assert not summary.limit_windows([*windows, {"variant": "upsert_only_2conn", "msgs_per_s": 1.0, "correct": False}])[
+        "correct"
+    ]
+    results = _w3_results(60_000.0, 25_000.0)
+    results["w3"]["limit"] = {**limit, "loom_share": 60_000 / 66_000, "peer_ceiling": 66_000 / 25_000}
+    text = report.w3_section(results, "x")
+    assert (
+        "**66\u202f000 msgs/s** (median of 3 windows, one per repetition: 62\u202f000–70\u202f000, spread 12 %)" in text
+    )
 
 
 _KINDS = {"text": "text", "bigint": "int8", "integer": "int4", "numeric": "numeric", "double precision": "float8"}
