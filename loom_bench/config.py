@@ -99,7 +99,7 @@ COMMON_ENV = {
 # The seed's batching (200 messages or 0.5 s), loom-ray's other defaults (3 actors, 500 per consume()).
 SEED_ENV = {"LOOM_KAFKA_BATCH_SIZE": "200", "LOOM_KAFKA_BATCH_TIMEOUT": "0.5"}
 # Tuned for 2 cores: one actor per core, big consume() calls, large COPY batches; 4 MiB per partition batch
-# (2 000 rows at 2 KB), so that 8 partitions of open batches fit in the 32 MiB fetch-pause threshold.
+# (2 000 rows at 2 KB) so that 8 partitions of open batches stay well below the 64 MiB fetch-pause threshold.
 # A backlog fills batches by count, so the timer only matters under live load: 0.25 s halves the wait
 # (p50 ~ timer/2 + flush) and keeps p99 well inside 1 s.
 TUNED_ENV = {

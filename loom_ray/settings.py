@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         8 * _MiB, ge=1024, le=1024 * _MiB, description="Bytes per partition batch that trigger a flush."
     )
     buffer_max_bytes: int = Field(
-        32 * _MiB,
+        64 * _MiB,
         ge=1024,
         le=16 * 1024 * _MiB,
         description="Per actor: fetching pauses while buffered records take more (values plus ~256 bytes each).",
