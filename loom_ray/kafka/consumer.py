@@ -41,10 +41,11 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
             "fetch.max.bytes": settings.kafka_fetch_max_bytes,
             # Bound prefetch (peak RSS): both limits are *per partition*, and librdkafka may hold one fetch
             # response beyond queued.max.messages.kbytes, so an actor's worst case is about
-            # partitions x (4 + 1) MiB: 80 MiB for 16 partitions (it was 16 + 8 MiB each, 384 MiB; the
-            # defaults are 64 + 1). B5_1p W1 peak RSS went from ~400 MB to ~200-260 MB.
+            # partitions x (2 + 1) MiB: 48 MiB for 16 partitions (the defaults are 64 + 1 MiB). A stopped
+            # consume() (backpressure) leaves every queue full, so this is held while an actor waits on
+            # PostgreSQL.
             "max.partition.fetch.bytes": min(settings.kafka_fetch_max_bytes, 1024 * 1024),
-            "queued.max.messages.kbytes": 4 * 1024,
+            "queued.max.messages.kbytes": 2 * 1024,
             # A partition whose queue is full is not fetched again for fetch.queue.backoff.ms (default
             # 1000): with a small queue and few partitions the queue drains well before that and the
             # consumer idles (one partition, ~100 k msg/s of 200 B: 19 k msg/s with 1000 ms, 35 k with 20,
