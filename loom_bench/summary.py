@@ -35,17 +35,22 @@ def _worst(values: Sequence[int | None]) -> int | None:
     return max(present) if present else None
 
 
-def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One variant over its repetitions: median (min-max) rate, median CPU, worst RSS and exactness."""
+def _rates(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median rate of ``reps`` with its min-max, spread, and whether that spread is past SPREAD_FLAG."""
     rates = spread([r.get("msgs_per_s") for r in reps])
-    found: dict[str, Any] = {
+    disagree = None if rates is None else relative_spread(rates.median, rates.low, rates.high)
+    return {
         "msgs_per_s": None if rates is None else rates.median,
         "min": None if rates is None else rates.low,
         "max": None if rates is None else rates.high,
-        "reps": len(reps),
+        "spread": disagree,
+        "unsteady": disagree is not None and disagree > SPREAD_FLAG,
     }
-    found["spread"] = None if rates is None else relative_spread(rates.median, rates.low, rates.high)
-    found["unsteady"] = found["spread"] is not None and found["spread"] > SPREAD_FLAG
+
+
+def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant over its repetitions: median (min-max) rate, median CPU, worst RSS and exactness."""
+    found: dict[str, Any] = {**_rates(reps), "reps": len(reps)}
     for key in _MEDIANS:
         found[key] = median_or_none([r.get(key) for r in reps])
     rss = [r["peak_rss_mb"] for r in reps if r.get("peak_rss_mb") is not None]
@@ -65,15 +70,9 @@ def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
 def limit_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """A PostgreSQL limit measured over several windows (one per repetition, between the systems' runs): the
     median rate with its min-max and spread, as a system's; ``correct`` only when every window's table was."""
-    rates = spread([w.get("msgs_per_s") for w in windows])
-    disagree = None if rates is None else relative_spread(rates.median, rates.low, rates.high)
     return {
         "variant": windows[0]["variant"],
-        "msgs_per_s": None if rates is None else rates.median,
-        "min": None if rates is None else rates.low,
-        "max": None if rates is None else rates.high,
-        "spread": disagree,
-        "unsteady": disagree is not None and disagree > SPREAD_FLAG,
+        **_rates(windows),
         "correct": all(w.get("correct", True) for w in windows),
         "windows": windows,
     }
